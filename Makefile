@@ -1,0 +1,62 @@
+# Two commands for a newcomer: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gpubroker
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: install run migrate demo test test-embedded lint check bench worker beat clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+demo: migrate
+	$(BIN)/python manage.py seed_demo
+
+## Embedded mode: SQLite file, tasks in-process, API on http://127.0.0.1:8000
+run: demo
+	$(BIN)/python manage.py run_embedded $(HOST):$(PORT)
+
+## The full suite on real PostgreSQL and Redis
+test: install
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		CELERY_TASK_ALWAYS_EAGER=true $(BIN)/pytest $(PYTEST_ARGS)
+
+## The same suite in embedded mode (SQLite, eager tasks)
+test-embedded: install
+	env -u DATABASE_URL -u REDIS_URL CELERY_TASK_ALWAYS_EAGER=true $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+check: install
+	$(BIN)/python manage.py check
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+## Benchmarks on PostgreSQL; each prints one JSON line
+bench: install
+	@for script in bench/*.py; do \
+		DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} $(BIN)/python $$script || exit 1; \
+	done
+
+## Production shape (needs DATABASE_URL and REDIS_URL)
+worker: install
+	$(BIN)/celery -A config worker --loglevel=INFO
+
+beat: install
+	$(BIN)/celery -A config beat --loglevel=INFO
+
+clean:
+	rm -rf $(VENV) var staticfiles

@@ -1,0 +1,42 @@
+"""Money: Decimal everywhere, with the field shapes defined once and one rounding point."""
+
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db import models
+
+ZERO = Decimal("0")
+CENT = Decimal("0.01")
+
+# Amounts in currency: up to 10^14 with cents.
+AMOUNT_MAX_DIGITS = 16
+AMOUNT_PLACES = 2
+# Unit prices per GPU-hour: up to 4 decimal places.
+PRICE_MAX_DIGITS = 12
+PRICE_PLACES = 4
+# Quantities in GPU-hours, kept exact to the GPU-second (1/3600 hour needs more places).
+QUANTITY_MAX_DIGITS = 20
+QUANTITY_PLACES = 6
+# Rates such as the platform fee.
+RATE_MAX_DIGITS = 6
+RATE_PLACES = 4
+
+
+def round_money(value: Decimal) -> Decimal:
+    """Round half-up to cents: the one rounding point, used per invoice line."""
+    return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def AmountField(**kwargs) -> models.DecimalField:  # noqa: N802 - reads like a field class
+    return models.DecimalField(max_digits=AMOUNT_MAX_DIGITS, decimal_places=AMOUNT_PLACES, **kwargs)
+
+
+def PriceField(**kwargs) -> models.DecimalField:  # noqa: N802
+    return models.DecimalField(max_digits=PRICE_MAX_DIGITS, decimal_places=PRICE_PLACES, **kwargs)
+
+
+def QuantityField(**kwargs) -> models.DecimalField:  # noqa: N802
+    return models.DecimalField(max_digits=QUANTITY_MAX_DIGITS, decimal_places=QUANTITY_PLACES, **kwargs)
+
+
+def RateField(**kwargs) -> models.DecimalField:  # noqa: N802
+    return models.DecimalField(max_digits=RATE_MAX_DIGITS, decimal_places=RATE_PLACES, **kwargs)

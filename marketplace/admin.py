@@ -1,0 +1,160 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from marketplace.models import ApiKey, Cluster, GpuModel, Listing, Membership, Node, Organization
+from marketplace.services import api_key_create, api_key_revoke, organization_set_status
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    fields = ["name", "prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = fields
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["name", "role", "status", "platform_fee_rate", "created_at"]
+    list_filter = ["status", "is_provider", "is_lab"]
+    search_fields = ["name"]
+    date_hierarchy = "created_at"
+    inlines = [MembershipInline, ApiKeyInline]
+    actions = ["verify", "suspend", "reactivate", "issue_api_key"]
+
+    def save_model(self, request: HttpRequest, obj: Organization, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            issued = api_key_create(organization=obj)
+            self._show_secret(request, obj, issued.secret)
+
+    @staticmethod
+    def _show_secret(request: HttpRequest, organization: Organization, secret: str) -> None:
+        messages.warning(request, f"API key for {organization.name} (shown once, store it now): {secret}")
+
+    def _set_status(self, request: HttpRequest, queryset: QuerySet, status: str) -> None:
+        for organization in queryset:
+            organization_set_status(organization=organization, status=status)
+        self.message_user(request, f"{queryset.count()} organization(s) now {status}.")
+
+    @admin.action(description="Verify selected organizations")
+    def verify(self, request, queryset):
+        self._set_status(request, queryset, Organization.Status.VERIFIED)
+
+    @admin.action(description="Suspend selected organizations (keys stop working)")
+    def suspend(self, request, queryset):
+        self._set_status(request, queryset, Organization.Status.SUSPENDED)
+
+    @admin.action(description="Reactivate selected organizations")
+    def reactivate(self, request, queryset):
+        self._set_status(request, queryset, Organization.Status.ACTIVE)
+
+    @admin.action(description="Issue a new API key")
+    def issue_api_key(self, request, queryset):
+        for organization in queryset:
+            issued = api_key_create(organization=organization, name="admin-issued")
+            self._show_secret(request, organization, issued.secret)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "name", "organization", "created_at", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["organization"]
+    search_fields = ["prefix", "name", "organization__name"]
+    date_hierarchy = "created_at"
+    actions = ["revoke"]
+
+    def get_fields(self, request, obj=None):
+        return (
+            ["organization", "name"]
+            if obj is None
+            else ["organization", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+        )
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["organization", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def save_model(self, request, obj: ApiKey, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        issued = api_key_create(organization=obj.organization, name=obj.name)
+        obj.pk = issued.api_key.pk
+        obj.prefix = issued.api_key.prefix
+        obj.key_hash = issued.api_key.key_hash
+        obj.created_at = issued.api_key.created_at
+        messages.warning(request, f"API key for {obj.organization} (shown once, store it now): {issued.secret}")
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        for api_key in queryset:
+            api_key_revoke(api_key=api_key)
+        self.message_user(request, f"{queryset.count()} key(s) revoked.")
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "organization", "role", "created_at"]
+    list_filter = ["role"]
+    list_select_related = ["user", "organization"]
+    search_fields = ["user__username", "organization__name"]
+    autocomplete_fields = ["user", "organization"]
+
+
+@admin.register(GpuModel)
+class GpuModelAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "vendor", "memory_gb", "bf16_tflops"]
+    list_filter = ["vendor"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+
+
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    list_display = ["name", "provider", "gpu_model", "region", "interconnect", "gpus_per_node", "created_at"]
+    list_filter = ["gpu_model", "interconnect", "region"]
+    list_select_related = ["provider", "gpu_model"]
+    search_fields = ["name", "provider__name", "region"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = ["hostname", "cluster", "status"]
+    list_filter = ["status"]
+    list_select_related = ["cluster"]
+    search_fields = ["hostname", "cluster__name"]
+    show_full_result_count = False
+    raw_id_fields = ["cluster"]
+
+
+@admin.register(Listing)
+class ListingAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "provider",
+        "cluster",
+        "node_count",
+        "starts_at",
+        "ends_at",
+        "price_per_gpu_hour",
+        "billing_mode",
+        "status",
+    ]
+    list_filter = ["status", "billing_mode", "cluster__gpu_model"]
+    list_select_related = ["provider", "cluster"]
+    search_fields = ["provider__name", "cluster__name"]
+    date_hierarchy = "starts_at"
+    raw_id_fields = ["cluster", "provider"]

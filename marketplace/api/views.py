@@ -1,0 +1,56 @@
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.api.serializers import (
+    ApiKeyCreateSerializer,
+    ApiKeySerializer,
+    GpuModelSerializer,
+    IssuedApiKeySerializer,
+    OrganizationSerializer,
+)
+from marketplace.models import GpuModel
+from marketplace.selectors import api_key_list
+from marketplace.services import api_key_create, api_key_revoke
+
+
+class OrganizationView(APIView):
+    @extend_schema(responses=OrganizationSerializer, summary="The calling organization")
+    def get(self, request: Request) -> Response:
+        return Response(OrganizationSerializer(request.user.organization).data)
+
+
+class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = ApiKeySerializer
+
+    def get_queryset(self):
+        return api_key_list(organization=self.request.user.organization)
+
+    @extend_schema(request=ApiKeyCreateSerializer, responses={201: IssuedApiKeySerializer})
+    def create(self, request: Request) -> Response:
+        serializer = ApiKeyCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        issued = api_key_create(organization=request.user.organization, name=serializer.validated_data["name"])
+        data = IssuedApiKeySerializer(issued.api_key).data | {"secret": issued.secret}
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=ApiKeySerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str) -> Response:
+        api_key = get_object_or_404(self.get_queryset(), pk=pk)
+        return Response(ApiKeySerializer(api_key_revoke(api_key=api_key)).data)
+
+
+class GpuModelViewSet(viewsets.ReadOnlyModelViewSet):
+    """The GPU catalog: public, so a lab can learn the slugs before it has a key."""
+
+    serializer_class = GpuModelSerializer
+    queryset = GpuModel.objects.all()
+    lookup_field = "slug"
+    permission_classes = [AllowAny]
+    authentication_classes = []

@@ -1,0 +1,48 @@
+from dataclasses import dataclass
+
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+
+from marketplace.models import ApiKey, Organization
+from marketplace.selectors import api_key_lookup
+from marketplace.services import api_key_touch
+
+
+@dataclass(frozen=True)
+class ApiPrincipal:
+    """The caller of the API: an organization, through one of its keys."""
+
+    organization: Organization
+    api_key: ApiKey
+
+    is_authenticated = True
+    is_anonymous = False
+    is_staff = False
+
+    @property
+    def pk(self) -> int:
+        return self.api_key.pk
+
+    def __str__(self) -> str:
+        return f"{self.organization} ({self.api_key.prefix})"
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    keyword = "bearer"
+
+    def authenticate(self, request: Request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != self.keyword or not token.strip():
+            raise AuthenticationFailed("Use the header 'Authorization: Bearer <api key>'.")
+        api_key = api_key_lookup(raw=token.strip())
+        if api_key is None:
+            raise AuthenticationFailed("Invalid, revoked or suspended API key.")
+        api_key_touch(api_key=api_key)
+        return ApiPrincipal(organization=api_key.organization, api_key=api_key), api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'

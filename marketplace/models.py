@@ -1,0 +1,219 @@
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import F, Q
+
+from core.money import PriceField, RateField
+
+REGION_VALIDATOR = RegexValidator(
+    r"^[a-z0-9][a-z0-9-]{0,62}$", "Use lowercase letters, digits and dashes, e.g. us-south-1."
+)
+HOSTNAME_VALIDATOR = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$", "Use letters, digits, dots and dashes.")
+
+
+class Organization(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"  # can trade; not yet checked by an operator
+        VERIFIED = "verified", "Verified"  # checked by an operator
+        SUSPENDED = "suspended", "Suspended"  # keys refused, listings hidden
+
+    name = models.CharField(max_length=200, unique=True)
+    is_provider = models.BooleanField(default=False)
+    is_lab = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    platform_fee_rate = RateField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(1)],
+        help_text="Overrides PLATFORM_FEE_RATE for this provider's payouts when set.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(is_provider=True) | Q(is_lab=True), name="organization_has_a_role"),
+            models.CheckConstraint(
+                condition=Q(platform_fee_rate__isnull=True) | Q(platform_fee_rate__gte=0, platform_fee_rate__lt=1),
+                name="organization_fee_rate_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def role(self) -> str:
+        if self.is_provider and self.is_lab:
+            return "both"
+        return "provider" if self.is_provider else "lab"
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"  # manages keys and members
+        ADMIN = "admin", "Admin"  # manages capacity, requests and keys
+        MEMBER = "member", "Member"  # reads
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "organization"], name="membership_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.organization} ({self.role})"
+
+
+class ApiKey(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, default="default")
+    prefix = models.CharField(max_length=16, unique=True, help_text="Public part of the key, shown in lists.")
+    key_hash = models.CharField(max_length=64, help_text="SHA-256 of the whole key; the secret is never stored.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class GpuModel(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    vendor = models.CharField(max_length=32)
+    memory_gb = models.PositiveIntegerField()
+    bf16_tflops = models.PositiveIntegerField(help_text="Peak dense BF16 TFLOPS per GPU.")
+
+    class Meta:
+        ordering = ["vendor", "name"]
+        verbose_name = "GPU model"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Interconnect(models.TextChoices):
+    INFINIBAND = "infiniband", "InfiniBand"
+    ROCE = "roce", "RoCE"
+    ETHERNET = "ethernet", "Ethernet"
+
+
+class Cluster(models.Model):
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="clusters")
+    name = models.CharField(max_length=100)
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="clusters")
+    region = models.CharField(max_length=63, validators=[REGION_VALIDATOR])
+    interconnect = models.CharField(max_length=16, choices=Interconnect.choices)
+    gpus_per_node = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(64)])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "name"], name="cluster_name_unique_per_provider"),
+            models.CheckConstraint(
+                condition=Q(gpus_per_node__gte=1, gpus_per_node__lte=64), name="cluster_gpus_per_node_range"
+            ),
+        ]
+        indexes = [models.Index(fields=["gpu_model", "region", "interconnect"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Node(models.Model):
+    class Status(models.TextChoices):
+        IN_SERVICE = "in_service", "In service"  # can be listed and sold
+        MAINTENANCE = "maintenance", "Maintenance"  # taken out by its provider
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="nodes")
+    hostname = models.CharField(max_length=253, validators=[HOSTNAME_VALIDATOR])
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.IN_SERVICE)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "hostname"], name="node_hostname_unique_per_cluster"),
+        ]
+        indexes = [models.Index(fields=["cluster", "status"])]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
+class BillingMode(models.TextChoices):
+    COMMITTED = "committed", "Committed"  # take-or-pay for the whole booked block
+    METERED = "metered", "Metered"  # reported GPU-seconds; may release early
+
+
+class Listing(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"  # offered in search and to the matching engine
+        PAUSED = "paused", "Paused"  # hidden for now; its nodes stay reserved for it
+        WITHDRAWN = "withdrawn", "Withdrawn"  # final; unsold nodes released
+
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="listings")
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="listings")
+    node_count = models.PositiveIntegerField()
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    price_per_gpu_hour = PriceField()
+    min_duration_hours = models.PositiveIntegerField(default=1)
+    billing_mode = models.CharField(max_length=16, choices=BillingMode.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["price_per_gpu_hour", "starts_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(ends_at__gt=F("starts_at")), name="listing_window_positive"),
+            models.CheckConstraint(condition=Q(node_count__gte=1), name="listing_node_count_positive"),
+            models.CheckConstraint(condition=Q(price_per_gpu_hour__gt=0), name="listing_price_positive"),
+            models.CheckConstraint(condition=Q(min_duration_hours__gte=1), name="listing_min_duration_positive"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "price_per_gpu_hour", "starts_at"]),
+            models.Index(fields=["cluster", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Listing {self.pk}: {self.node_count} x {self.cluster} @ {self.price_per_gpu_hour}"
+
+
+class ListingNode(models.Model):
+    """A node reserved for a listing over the listing's window.
+
+    On PostgreSQL an exclusion constraint keeps a node in at most one unreleased listing
+    for any hour, so a provider can never list more nodes than it has. Contracts allocate
+    nodes through these rows only, so a listing can never sell more than its node_count.
+    """
+
+    listing = models.ForeignKey(Listing, on_delete=models.CASCADE, related_name="listing_nodes")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="listing_nodes")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    released = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["listing", "node"], name="listing_node_unique"),
+            models.CheckConstraint(condition=Q(ends_at__gt=F("starts_at")), name="listing_node_window_positive"),
+        ]
+        indexes = [models.Index(fields=["node", "starts_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} in listing {self.listing_id}"

@@ -1,0 +1,147 @@
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from marketplace.services import organization_create
+
+requires_postgres = pytest.mark.skipif(
+    not settings.IS_POSTGRES, reason="needs PostgreSQL: exclusion constraints and concurrent connections"
+)
+
+
+class OrgClient(APIClient):
+    """An API client authenticated as one organization."""
+
+    organization = None
+    secret = None
+
+
+def make_client(name: str, role: str) -> OrgClient:
+    organization, issued = organization_create(name=name, role=role)
+    client = OrgClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.secret}")
+    client.organization = organization
+    client.secret = issued.secret
+    return client
+
+
+@pytest.fixture
+def anon_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def provider_client(db) -> OrgClient:
+    return make_client("Provider One", "provider")
+
+
+@pytest.fixture
+def other_provider_client(db) -> OrgClient:
+    return make_client("Provider Two", "provider")
+
+
+@pytest.fixture
+def lab_client(db) -> OrgClient:
+    return make_client("Lab One", "lab")
+
+
+@pytest.fixture
+def other_lab_client(db) -> OrgClient:
+    return make_client("Lab Two", "lab")
+
+
+@pytest.fixture
+def both_client(db) -> OrgClient:
+    return make_client("Both Corp", "both")
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    """Check the one error shape and return its ``error`` object."""
+    assert response.status_code == status, (response.status_code, getattr(response, "content", b"")[:500])
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"code", "message", "fields"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+requires_worker = pytest.mark.skipif(
+    not (settings.REDIS_URL and settings.IS_POSTGRES),
+    reason="needs Redis and PostgreSQL: a real Celery worker shares the test database",
+)
+
+
+def _worker_database_url() -> str:
+    from django.db import connection
+
+    params = connection.settings_dict
+    auth = params["USER"] + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
+    return f"postgresql://{auth}@{params['HOST'] or '127.0.0.1'}:{params['PORT'] or 5432}/{params['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A real `celery worker` process on the real Redis broker, against the test database."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import redis
+
+    from config.celery import app
+
+    redis.Redis.from_url(settings.REDIS_URL).delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = os.environ | {
+        "DATABASE_URL": _worker_database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=threads", "--concurrency=4",
+             "--without-gossip", "--without-mingle", "--loglevel=INFO", f"--hostname=test-{os.getpid()}@%h"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not app.control.ping(timeout=0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the Celery worker did not start:\n{log_path.read_text()[-3000:]}")
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture
+def real_worker(celery_worker_process, transactional_db):
+    """Send tasks to the real worker instead of running them in-process."""
+    from config.celery import app
+
+    app.conf.task_always_eager = False
+    try:
+        yield celery_worker_process
+    finally:
+        app.conf.task_always_eager = settings.CELERY_TASK_ALWAYS_EAGER
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1):
+    """Poll for an effect of another process (a worker), failing after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

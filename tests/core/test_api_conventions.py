@@ -1,0 +1,161 @@
+"""The conventions every endpoint follows: auth, the error shape, bad input, idempotency."""
+
+import json
+
+import pytest
+from django.test import override_settings
+
+from marketplace.models import ApiKey
+from tests.conftest import assert_error
+
+pytestmark = pytest.mark.django_db
+
+
+def post_raw(client, path, body: bytes, **extra):
+    return client.generic("POST", path, body, content_type="application/json", **extra)
+
+
+class TestAuthentication:
+    def test_missing_key_is_401_in_error_shape(self, anon_client):
+        response = anon_client.get("/api/v1/organization")
+        assert_error(response, 401, "not_authenticated")
+        assert response["WWW-Authenticate"].startswith("Bearer")
+
+    def test_wrong_scheme_is_401(self, provider_client):
+        provider_client.credentials(HTTP_AUTHORIZATION=f"Token {provider_client.secret}")
+        assert_error(provider_client.get("/api/v1/organization"), 401)
+
+    def test_garbage_key_is_401(self, anon_client):
+        anon_client.credentials(HTTP_AUTHORIZATION="Bearer gpb_abcdefgh_nope")
+        assert_error(anon_client.get("/api/v1/organization"), 401)
+
+    def test_valid_key_authenticates_and_records_use(self, provider_client):
+        response = provider_client.get("/api/v1/organization")
+        assert response.status_code == 200
+        assert response.json()["name"] == "Provider One"
+        assert response.json()["role"] == "provider"
+        assert ApiKey.objects.get(organization=provider_client.organization).last_used_at is not None
+
+    def test_revoked_key_stops_working(self, provider_client):
+        key_id = ApiKey.objects.get(organization=provider_client.organization).pk
+        response = provider_client.post(f"/api/v1/api-keys/{key_id}/revoke")
+        assert response.status_code == 200
+        assert response.json()["revoked_at"] is not None
+        assert_error(provider_client.get("/api/v1/organization"), 401)
+
+    def test_suspended_organization_key_stops_working(self, provider_client):
+        from marketplace.services import organization_set_status
+
+        organization_set_status(organization=provider_client.organization, status="suspended")
+        assert_error(provider_client.get("/api/v1/organization"), 401)
+
+
+class TestApiKeys:
+    def test_secret_shown_once_and_stored_hashed(self, lab_client):
+        response = lab_client.post("/api/v1/api-keys", {"name": "ci"}, format="json")
+        assert response.status_code == 201
+        secret = response.json()["secret"]
+        assert secret.startswith(response.json()["prefix"] + "_")
+        stored = ApiKey.objects.get(pk=response.json()["id"])
+        assert secret not in (stored.key_hash, stored.prefix)
+        listed = lab_client.get("/api/v1/api-keys").json()
+        assert listed["count"] == 2
+        assert all("secret" not in item for item in listed["results"])
+        assert secret not in json.dumps(lab_client.get(f"/api/v1/api-keys/{stored.pk}").json())
+
+    def test_new_key_authenticates(self, lab_client, anon_client):
+        secret = lab_client.post("/api/v1/api-keys", {"name": "ci"}, format="json").json()["secret"]
+        anon_client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        assert anon_client.get("/api/v1/organization").json()["name"] == "Lab One"
+
+    def test_other_organizations_key_is_404(self, lab_client, provider_client):
+        other_key = ApiKey.objects.get(organization=provider_client.organization)
+        assert_error(lab_client.get(f"/api/v1/api-keys/{other_key.pk}"), 404, "not_found")
+        assert_error(lab_client.post(f"/api/v1/api-keys/{other_key.pk}/revoke"), 404)
+        other_key.refresh_from_db()
+        assert other_key.revoked_at is None
+
+
+class TestBadInput:
+    def test_malformed_json(self, lab_client):
+        error = assert_error(post_raw(lab_client, "/api/v1/api-keys", b'{"name": '), 400, "malformed_request")
+        assert "JSON" in error["message"]
+
+    def test_nan_literal_is_rejected(self, lab_client):
+        assert_error(post_raw(lab_client, "/api/v1/api-keys", b'{"name": NaN}'), 400)
+
+    def test_wrong_type(self, lab_client):
+        error = assert_error(lab_client.post("/api/v1/api-keys", {"name": {"a": 1}}, format="json"), 400, "invalid")
+        assert "name" in error["fields"]
+
+    def test_non_object_body(self, lab_client):
+        assert_error(post_raw(lab_client, "/api/v1/api-keys", b"[1, 2, 3]"), 400)
+
+    @override_settings(API_MAX_BODY_BYTES=1024)
+    def test_oversized_body_is_413(self, lab_client):
+        body = json.dumps({"name": "x" * 5000}).encode()
+        assert_error(post_raw(lab_client, "/api/v1/api-keys", body), 413, "payload_too_large")
+        assert ApiKey.objects.filter(organization=lab_client.organization).count() == 1
+
+    def test_unknown_api_path_is_json_404(self, lab_client):
+        assert_error(lab_client.get("/api/v1/no-such-thing"), 404)
+
+    def test_wrong_method_is_405_in_shape(self, lab_client):
+        assert_error(lab_client.delete("/api/v1/organization"), 405, "method_not_allowed")
+
+    def test_unsupported_media_type(self, lab_client):
+        response = lab_client.generic("POST", "/api/v1/api-keys", "name=x", content_type="text/plain")
+        assert_error(response, 415)
+
+
+class TestIdempotency:
+    def test_retry_returns_first_response_and_does_work_once(self, lab_client):
+        first = lab_client.post("/api/v1/api-keys", {"name": "retry"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+        second = lab_client.post("/api/v1/api-keys", {"name": "retry"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+        assert first.status_code == second.status_code == 201
+        assert first.json() == second.json()
+        assert second["Idempotent-Replayed"] == "true"
+        assert ApiKey.objects.filter(organization=lab_client.organization, name="retry").count() == 1
+
+    def test_same_key_different_body_is_409(self, lab_client):
+        lab_client.post("/api/v1/api-keys", {"name": "a"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+        response = lab_client.post("/api/v1/api-keys", {"name": "b"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+        assert_error(response, 409, "idempotency_key_reused")
+        assert not ApiKey.objects.filter(name="b").exists()
+
+    def test_keys_are_scoped_per_organization(self, lab_client, other_lab_client):
+        lab_client.post("/api/v1/api-keys", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
+        response = other_lab_client.post("/api/v1/api-keys", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
+        assert response.status_code == 201
+        assert "Idempotent-Replayed" not in response
+
+    def test_failed_request_is_not_remembered(self, lab_client):
+        bad = lab_client.post("/api/v1/api-keys", {"name": ""}, format="json", HTTP_IDEMPOTENCY_KEY="k-3")
+        assert_error(bad, 400)
+        good = lab_client.post("/api/v1/api-keys", {"name": ""}, format="json", HTTP_IDEMPOTENCY_KEY="k-3")
+        assert good.status_code == 400  # the same bad body fails the same way, nothing cached
+
+    def test_key_expires_after_retention(self, lab_client):
+        import time_machine
+
+        with time_machine.travel("2030-01-01 00:00Z", tick=False):
+            lab_client.post("/api/v1/api-keys", {"name": "old"}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
+        with time_machine.travel("2030-01-02 23:00Z", tick=False):
+            replay = lab_client.post("/api/v1/api-keys", {"name": "old"}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
+            assert replay["Idempotent-Replayed"] == "true"
+        with time_machine.travel("2030-01-03 01:00Z", tick=False):
+            fresh = lab_client.post("/api/v1/api-keys", {"name": "old"}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
+            assert "Idempotent-Replayed" not in fresh
+        assert ApiKey.objects.filter(name="old").count() == 2
+
+
+class TestDocs:
+    def test_schema_and_docs_are_served(self, anon_client):
+        schema = anon_client.get("/api/v1/schema/")
+        assert schema.status_code == 200
+        assert b"openapi: 3" in schema.content
+        assert anon_client.get("/api/v1/docs/").status_code == 200
+
+    def test_gpu_catalog_is_public(self, anon_client):
+        slugs = {item["slug"] for item in anon_client.get("/api/v1/gpu-models").json()["results"]}
+        assert {"a100-sxm-80gb", "h100-sxm-80gb", "h200-sxm-141gb", "b200", "gb200", "mi300x"} <= slugs
