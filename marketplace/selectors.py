@@ -1,9 +1,14 @@
 import hashlib
 import hmac
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Count, Q, QuerySet
 
-from marketplace.models import ApiKey, Organization
+from core.timeutils import current_hour, hours_between
+from marketplace.models import ApiKey, Cluster, GpuModel, Listing, ListingNode, Node, Organization
 
 KEY_PREFIX = "gpb"
 
@@ -45,3 +50,160 @@ def api_key_from_authorization_header(header: str) -> ApiKey | None:
 
 def api_key_list(*, organization: Organization) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(organization=organization).order_by("-created_at", "-id")
+
+
+@dataclass(frozen=True)
+class ListingQuery:
+    """What a caller asks of the listings. A missing window bound means the listing's own."""
+
+    gpu_model: str | None = None
+    region: str | None = None
+    interconnect: str | None = None
+    billing_mode: str | None = None
+    min_gpus: int | None = None
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    max_price: Decimal | None = None
+    provider_id: int | None = None  # set: that provider's own listings, in every status
+    cluster_id: int | None = None
+    listing_id: int | None = None
+    statuses: tuple[str, ...] = field(default_factory=tuple)
+    deliverable_only: bool = True  # drop listings that cannot deliver min_gpus (or one node)
+
+
+def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[list[Listing], int]:
+    """Listings with ``available_nodes``: nodes free for the entire window after what is sold.
+
+    With ``deliverable_only`` only listings that can deliver ``min_gpus`` (at least one
+    node) in whole nodes of one cluster remain. Without ``provider_id`` suspended providers'
+    listings are left out. Sorted by price, then start. Two queries whatever the number of
+    listings or results: one computes the page and the total together, one loads its rows.
+    """
+    from broker.models import Allocation
+
+    adapt = connection.ops.adapt_datetimefield_value
+    now_hour = current_hour()
+    listing_table = Listing._meta.db_table
+    conditions: list[str] = []
+    params: list[object] = []
+
+    if query.provider_id is not None:
+        conditions.append("l.provider_id = %s")
+        params.append(query.provider_id)
+    else:
+        conditions.append("o.status <> %s")
+        params.append(Organization.Status.SUSPENDED)
+    if query.statuses:
+        conditions.append(f"l.status IN ({', '.join(['%s'] * len(query.statuses))})")
+        params.extend(query.statuses)
+    for column, value in (
+        ("gm.slug", query.gpu_model),
+        ("c.region", query.region),
+        ("c.interconnect", query.interconnect),
+        ("l.billing_mode", query.billing_mode),
+        ("l.cluster_id", query.cluster_id),
+        ("l.id", query.listing_id),
+    ):
+        if value is not None:
+            conditions.append(f"{column} = %s")
+            params.append(value)
+    if query.max_price is not None:
+        conditions.append("l.price_per_gpu_hour <= %s")
+        params.append(connection.ops.adapt_decimalfield_value(query.max_price, 12, 4))
+
+    # The window each listing is judged on: the one asked for, else the rest of its own.
+    if query.starts_at is not None:
+        window_start = "%s"
+        start_params = [adapt(query.starts_at)]
+    else:
+        window_start = "CASE WHEN l.starts_at > %s THEN l.starts_at ELSE %s END"
+        start_params = [adapt(now_hour), adapt(now_hour)]
+    if query.ends_at is not None:
+        window_end, end_params = "%s", [adapt(query.ends_at)]
+    else:
+        window_end, end_params = "l.ends_at", []
+    if query.starts_at is not None and query.ends_at is not None:
+        conditions.append("l.min_duration_hours <= %s")
+        params.append(hours_between(query.starts_at, query.ends_at))
+
+    deliverable = ""
+    if query.deliverable_only:
+        deliverable = "WHERE COALESCE(f.available_nodes, 0) >= 1"
+        if query.min_gpus:
+            deliverable += " AND COALESCE(f.available_nodes, 0) * ca.gpus_per_node >= %s"
+    where = " AND ".join(conditions) or "1 = 1"
+    # Only table names and placeholders are interpolated; every value is a parameter.
+    sql = f"""
+        WITH candidates AS (
+            SELECT l.id, l.price_per_gpu_hour, l.starts_at, l.ends_at, c.gpus_per_node,
+                   {window_start} AS ws, {window_end} AS we
+            FROM {listing_table} l
+            JOIN {Cluster._meta.db_table} c ON c.id = l.cluster_id
+            JOIN {GpuModel._meta.db_table} gm ON gm.id = c.gpu_model_id
+            JOIN {Organization._meta.db_table} o ON o.id = l.provider_id
+            WHERE {where}
+        ), windows AS (
+            SELECT * FROM candidates
+            WHERE starts_at <= ws AND we > ws AND we <= ends_at
+        ), free AS (
+            SELECT ln.listing_id, COUNT(*) AS available_nodes
+            FROM windows w
+            JOIN {ListingNode._meta.db_table} ln ON ln.listing_id = w.id
+            JOIN {Node._meta.db_table} n ON n.id = ln.node_id
+            WHERE NOT ln.released AND n.status = %s
+              AND NOT EXISTS (
+                  SELECT 1 FROM {Allocation._meta.db_table} a
+                  WHERE a.node_id = ln.node_id AND a.starts_at < w.we AND a.ends_at > w.ws
+              )
+            GROUP BY ln.listing_id
+        )
+        SELECT ca.id, COALESCE(f.available_nodes, 0), COUNT(*) OVER ()
+        FROM windows ca LEFT JOIN free f ON f.listing_id = ca.id
+        {deliverable}
+        ORDER BY ca.price_per_gpu_hour, ca.starts_at, ca.id
+        LIMIT %s OFFSET %s
+    """  # noqa: S608
+    all_params = [*start_params, *end_params, *params, Node.Status.IN_SERVICE]
+    if query.deliverable_only and query.min_gpus:
+        all_params.append(query.min_gpus)
+    all_params.extend([limit, offset])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, all_params)
+        rows = cursor.fetchall()
+    if not rows:
+        return [], 0 if offset == 0 else _listing_search_count_past_end(query)
+    total = rows[0][2]
+    available = {row[0]: row[1] for row in rows}
+    listings = Listing.objects.select_related("cluster__gpu_model", "provider").in_bulk(list(available))
+    page = []
+    for listing_id, available_nodes, _ in rows:
+        listing = listings[listing_id]
+        listing.available_nodes = available_nodes
+        page.append(listing)
+    return page, total
+
+
+def _listing_search_count_past_end(query: ListingQuery) -> int:
+    """The total when a page past the end was asked for (its query returned no row)."""
+    _, total = listing_search(query=query, limit=1, offset=0)
+    return total
+
+
+def cluster_list(*, provider: Organization) -> QuerySet[Cluster]:
+    return (
+        Cluster.objects.filter(provider=provider)
+        .select_related("gpu_model")
+        .annotate(
+            node_count=Count("nodes"),
+            nodes_in_service=Count("nodes", filter=Q(nodes__status=Node.Status.IN_SERVICE)),
+        )
+        .order_by("id")
+    )
+
+
+def listing_visible_to(*, organization: Organization) -> QuerySet[Listing]:
+    """Listings an organization may read one by one: its own, and other providers' active ones."""
+    visible = Q(provider=organization)
+    if organization.is_lab:
+        visible |= Q(status=Listing.Status.ACTIVE) & ~Q(provider__status=Organization.Status.SUSPENDED)
+    return Listing.objects.filter(visible).select_related("cluster__gpu_model", "provider")

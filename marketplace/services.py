@@ -1,14 +1,28 @@
 import secrets
 import string
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
+from django.utils.text import slugify
 
 from core.errors import InvalidInput, InvalidTransition
-from marketplace.models import ApiKey, Membership, Organization
+from core.timeutils import current_hour, hours_between, is_whole_hour
+from marketplace.models import (
+    ApiKey,
+    BillingMode,
+    Cluster,
+    GpuModel,
+    Listing,
+    ListingNode,
+    Membership,
+    Node,
+    Organization,
+)
 from marketplace.selectors import KEY_PREFIX, hash_api_key
 
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -92,3 +106,274 @@ def membership_add(*, organization: Organization, username: str, email: str = ""
         membership.role = role
         membership.save(update_fields=["role"])
     return membership
+
+
+# --- Clusters and nodes ------------------------------------------------------------------
+
+NODE_BATCH_SIZE = 5000
+MAX_NODES_PER_CALL = 20000
+
+
+def _hostnames_for(cluster: Cluster, count: int, hostnames: list[str] | None, start_index: int) -> list[str]:
+    if hostnames is not None:
+        if len(hostnames) != count:
+            raise InvalidInput(
+                f"Give exactly {count} hostnames or none.", fields={"hostnames": [f"Expected {count} hostnames."]}
+            )
+        if len(set(hostnames)) != len(hostnames):
+            raise InvalidInput("Hostnames must be unique.", fields={"hostnames": ["Duplicate hostnames."]})
+        return hostnames
+    base = slugify(cluster.name)[:40] or "node"
+    return [f"{base}-{cluster.pk}-{index:05d}" for index in range(start_index, start_index + count)]
+
+
+def _nodes_bulk_create(*, cluster: Cluster, count: int, hostnames: list[str] | None, start_index: int) -> None:
+    names = _hostnames_for(cluster, count, hostnames, start_index)
+    try:
+        with transaction.atomic():
+            Node.objects.bulk_create(
+                (Node(cluster=cluster, hostname=name) for name in names), batch_size=NODE_BATCH_SIZE
+            )
+    except IntegrityError:
+        raise InvalidInput(
+            "A hostname is already used in this cluster.", fields={"hostnames": ["Hostname already in use."]}
+        )
+
+
+def cluster_create(
+    *,
+    provider: Organization,
+    name: str,
+    gpu_model: GpuModel,
+    region: str,
+    interconnect: str,
+    gpus_per_node: int,
+    node_count: int,
+    hostnames: list[str] | None = None,
+) -> Cluster:
+    """Register a cluster and its nodes, in bulk."""
+    if not provider.is_provider:
+        raise InvalidInput("Only providers register clusters.")
+    if not 1 <= node_count <= MAX_NODES_PER_CALL:
+        raise InvalidInput(f"node_count must be 1 to {MAX_NODES_PER_CALL}.", fields={"node_count": ["Out of range."]})
+    with transaction.atomic():
+        if Cluster.objects.filter(provider=provider, name=name).exists():
+            raise InvalidInput("You already have a cluster with this name.", fields={"name": ["Already in use."]})
+        cluster = Cluster.objects.create(
+            provider=provider,
+            name=name,
+            gpu_model=gpu_model,
+            region=region,
+            interconnect=interconnect,
+            gpus_per_node=gpus_per_node,
+        )
+        _nodes_bulk_create(cluster=cluster, count=node_count, hostnames=hostnames, start_index=1)
+    return cluster
+
+
+def cluster_update(*, cluster: Cluster, name: str | None = None) -> Cluster:
+    """Rename a cluster. Its hardware and place are facts of sold contracts and never change."""
+    if name is not None and name != cluster.name:
+        with transaction.atomic():
+            if Cluster.objects.filter(provider_id=cluster.provider_id, name=name).exclude(pk=cluster.pk).exists():
+                raise InvalidInput("You already have a cluster with this name.", fields={"name": ["Already in use."]})
+            cluster.name = name
+            cluster.save(update_fields=["name"])
+    return cluster
+
+
+def cluster_add_nodes(*, cluster: Cluster, count: int, hostnames: list[str] | None = None) -> int:
+    """Add nodes to a cluster; returns how many were added."""
+    if not 1 <= count <= MAX_NODES_PER_CALL:
+        raise InvalidInput(f"count must be 1 to {MAX_NODES_PER_CALL}.", fields={"count": ["Out of range."]})
+    with transaction.atomic():
+        Cluster.objects.select_for_update().get(pk=cluster.pk)
+        start_index = Node.objects.filter(cluster=cluster).count() + 1
+        _nodes_bulk_create(cluster=cluster, count=count, hostnames=hostnames, start_index=start_index)
+    return count
+
+
+def _free_nodes_qs(*, cluster_id: int, starts_at: datetime, ends_at: datetime, exclude_listing_id: int | None = None):
+    """In-service nodes of a cluster reserved by no listing and sold to no contract in the window."""
+    from broker.models import Allocation
+
+    reserved = ListingNode.objects.filter(
+        node_id=OuterRef("pk"), released=False, starts_at__lt=ends_at, ends_at__gt=starts_at
+    )
+    if exclude_listing_id is not None:
+        reserved = reserved.exclude(listing_id=exclude_listing_id)
+    sold = Allocation.objects.filter(node_id=OuterRef("pk"), starts_at__lt=ends_at, ends_at__gt=starts_at)
+    return (
+        Node.objects.filter(cluster_id=cluster_id, status=Node.Status.IN_SERVICE)
+        .exclude(Exists(reserved))
+        .exclude(Exists(sold))
+        .order_by("id")
+    )
+
+
+def node_set_status(*, node: Node, status: str) -> Node:
+    """Take a node out of service or put it back.
+
+    A node sold for a current or future hour cannot be taken out: that would break a
+    running or promised workload. Unsold listing reservations move to a free node when one
+    exists, so the listing can still deliver.
+    """
+    from broker.models import Allocation
+
+    if status not in Node.Status.values:
+        raise InvalidInput(f"Unknown status {status!r}.", fields={"status": ["Use in_service or maintenance."]})
+    with transaction.atomic():
+        Cluster.objects.select_for_update().get(pk=node.cluster_id)
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        if node.status == status:
+            return node
+        now = timezone.now()
+        if status == Node.Status.MAINTENANCE:
+            if Allocation.objects.filter(node=node, ends_at__gt=now).filter(ends_at__gt=F("starts_at")).exists():
+                raise InvalidTransition(
+                    f"Node {node.hostname} is sold for a current or future hour; it cannot go into maintenance.",
+                    code="node_in_use",
+                )
+            node.status = status
+            node.save(update_fields=["status"])
+            movable = ListingNode.objects.filter(node=node, released=False, ends_at__gt=now).exclude(
+                Exists(Allocation.objects.filter(listing_node_id=OuterRef("pk")))
+            )
+            for binding in movable.select_related("listing"):
+                replacement = _free_nodes_qs(
+                    cluster_id=node.cluster_id, starts_at=binding.starts_at, ends_at=binding.ends_at
+                ).first()
+                if replacement is not None:
+                    binding.node = replacement
+                    binding.save(update_fields=["node"])
+        else:
+            node.status = status
+            node.save(update_fields=["status"])
+    return node
+
+
+# --- Listings ----------------------------------------------------------------------------
+
+
+def _validate_window(*, starts_at: datetime, ends_at: datetime) -> None:
+    fields = {}
+    if not is_whole_hour(starts_at):
+        fields["starts_at"] = ["Must be a whole UTC hour (minutes and seconds zero)."]
+    elif starts_at < current_hour():
+        fields["starts_at"] = ["Must not be before the current hour."]
+    if not is_whole_hour(ends_at):
+        fields["ends_at"] = ["Must be a whole UTC hour (minutes and seconds zero)."]
+    elif ends_at <= starts_at:
+        fields["ends_at"] = ["Must be after starts_at."]
+    if fields:
+        raise InvalidInput(next(iter(fields.values()))[0], fields=fields)
+
+
+def _validate_price(price: Decimal, field: str = "price_per_gpu_hour") -> None:
+    if not price.is_finite() or price <= 0:
+        raise InvalidInput("The price must be greater than zero.", fields={field: ["Must be greater than zero."]})
+    if price.as_tuple().exponent < -4:
+        raise InvalidInput("At most 4 decimal places.", fields={field: ["At most 4 decimal places."]})
+
+
+def listing_create(
+    *,
+    provider: Organization,
+    cluster: Cluster,
+    node_count: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    price_per_gpu_hour: Decimal,
+    billing_mode: str,
+    min_duration_hours: int = 1,
+) -> Listing:
+    """Offer nodes of a cluster for a window, reserving specific free nodes for it."""
+    if cluster.provider_id != provider.pk:
+        raise InvalidInput("Unknown cluster.", fields={"cluster": ["No such cluster of yours."]})
+    _validate_window(starts_at=starts_at, ends_at=ends_at)
+    _validate_price(price_per_gpu_hour)
+    if billing_mode not in BillingMode.values:
+        raise InvalidInput("Unknown billing mode.", fields={"billing_mode": ["Use committed or metered."]})
+    if node_count < 1:
+        raise InvalidInput("node_count must be at least 1.", fields={"node_count": ["Must be at least 1."]})
+    window_hours = hours_between(starts_at, ends_at)
+    if not 1 <= min_duration_hours <= window_hours:
+        raise InvalidInput(
+            f"min_duration_hours must be 1 to {window_hours} (the window's length).",
+            fields={"min_duration_hours": [f"Must be between 1 and {window_hours}."]},
+        )
+    with transaction.atomic():
+        # One listing writer per cluster at a time: the free-node choice below stays valid.
+        Cluster.objects.select_for_update().get(pk=cluster.pk)
+        free_ids = list(
+            _free_nodes_qs(cluster_id=cluster.pk, starts_at=starts_at, ends_at=ends_at).values_list("id", flat=True)[
+                :node_count
+            ]
+        )
+        if len(free_ids) < node_count:
+            raise InvalidInput(
+                f"Only {len(free_ids)} nodes of this cluster are in service and not already listed or sold "
+                f"for the whole window.",
+                fields={"node_count": [f"At most {len(free_ids)} nodes are free for this window."]},
+            )
+        listing = Listing.objects.create(
+            provider=provider,
+            cluster=cluster,
+            node_count=node_count,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            price_per_gpu_hour=price_per_gpu_hour,
+            min_duration_hours=min_duration_hours,
+            billing_mode=billing_mode,
+        )
+        ListingNode.objects.bulk_create(
+            [
+                ListingNode(listing=listing, node_id=node_id, starts_at=starts_at, ends_at=ends_at)
+                for node_id in free_ids
+            ],
+            batch_size=NODE_BATCH_SIZE,
+        )
+    return listing
+
+
+_LISTING_TRANSITIONS = {
+    Listing.Status.PAUSED: {Listing.Status.ACTIVE},
+    Listing.Status.ACTIVE: {Listing.Status.PAUSED},
+}
+
+
+def listing_update(
+    *, listing: Listing, price_per_gpu_hour: Decimal | None = None, status: str | None = None
+) -> Listing:
+    """Reprice, pause or resume a listing. Contracts already written keep their terms."""
+    with transaction.atomic():
+        listing = Listing.objects.select_for_update().get(pk=listing.pk)
+        if listing.status == Listing.Status.WITHDRAWN:
+            raise InvalidTransition("A withdrawn listing cannot change.")
+        update_fields = ["updated_at"]
+        if price_per_gpu_hour is not None:
+            _validate_price(price_per_gpu_hour)
+            listing.price_per_gpu_hour = price_per_gpu_hour
+            update_fields.append("price_per_gpu_hour")
+        if status is not None and status != listing.status:
+            if status not in _LISTING_TRANSITIONS.get(listing.status, set()):
+                raise InvalidTransition(
+                    f"A listing cannot go from {listing.status} to {status}; use withdraw to end it.",
+                    fields={"status": ["Use active or paused."]},
+                )
+            listing.status = status
+            update_fields.append("status")
+        listing.save(update_fields=update_fields)
+    return listing
+
+
+def listing_withdraw(*, listing: Listing) -> Listing:
+    """End a listing for good and release its unsold nodes. Sold nodes stay sold."""
+    with transaction.atomic():
+        listing = Listing.objects.select_for_update().get(pk=listing.pk)
+        if listing.status == Listing.Status.WITHDRAWN:
+            return listing
+        listing.status = Listing.Status.WITHDRAWN
+        listing.save(update_fields=["status", "updated_at"])
+        ListingNode.objects.filter(listing=listing, released=False).update(released=True)
+    return listing

@@ -7,6 +7,8 @@ the check and the write.
 
 from django.db import migrations
 
+from core.db import postgres_only_sql
+
 FORWARD = [
     "CREATE EXTENSION IF NOT EXISTS btree_gist",
     """ALTER TABLE marketplace_listingnode ADD CONSTRAINT listing_node_no_overlap
@@ -22,16 +24,7 @@ BACKWARD = [
 ]
 
 
-def run(statements):
-    def apply(apps, schema_editor):
-        if schema_editor.connection.vendor != "postgresql":
-            return
-        for statement in statements:
-            schema_editor.execute(statement)
-
-    return apply
-
 
 class Migration(migrations.Migration):
     dependencies = [("marketplace", "0002_gpu_catalog")]
-    operations = [migrations.RunPython(run(FORWARD), run(BACKWARD))]
+    operations = [postgres_only_sql(FORWARD, BACKWARD)]

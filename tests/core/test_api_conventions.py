@@ -125,7 +125,9 @@ class TestIdempotency:
 
     def test_keys_are_scoped_per_organization(self, lab_client, other_lab_client):
         lab_client.post("/api/v1/api-keys", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
-        response = other_lab_client.post("/api/v1/api-keys", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
+        response = other_lab_client.post(
+            "/api/v1/api-keys", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="shared"
+        )
         assert response.status_code == 201
         assert "Idempotent-Replayed" not in response
 

@@ -1,0 +1,136 @@
+from django.db import models
+from django.db.models import F, Q
+
+from core.money import AmountField, PriceField
+from marketplace.models import BillingMode, Cluster, GpuModel, Interconnect, Listing, ListingNode, Node, Organization
+
+
+class ComputeRequest(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"  # waiting for the matching engine
+        FILLED = "filled", "Filled"  # contracts written for all of it
+        EXPIRED = "expired", "Expired"  # its start passed unfilled
+        CANCELLED = "cancelled", "Cancelled"  # withdrawn by the lab while open
+
+    lab = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="compute_requests")
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="compute_requests")
+    gpu_count = models.PositiveIntegerField()
+    starts_at = models.DateTimeField()
+    duration_hours = models.PositiveIntegerField()
+    ends_at = models.DateTimeField()
+    max_price_per_gpu_hour = PriceField()
+    billing_mode = models.CharField(max_length=16, choices=BillingMode.choices)
+    colocated = models.BooleanField(default=True)
+    region = models.CharField(max_length=63, blank=True, default="")
+    interconnect = models.CharField(max_length=16, choices=Interconnect.choices, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    filled_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True, help_text="When it expired or was cancelled.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(gpu_count__gte=1), name="request_gpu_count_positive"),
+            models.CheckConstraint(condition=Q(duration_hours__gte=1), name="request_duration_positive"),
+            models.CheckConstraint(condition=Q(ends_at__gt=F("starts_at")), name="request_window_positive"),
+            models.CheckConstraint(condition=Q(max_price_per_gpu_hour__gt=0), name="request_price_positive"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "gpu_model", "created_at"]),
+            models.Index(fields=["lab", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Request {self.pk}: {self.gpu_count} x {self.gpu_model_id} ({self.status})"
+
+
+class Contract(models.Model):
+    """The binding result of a fill or a booking. Its terms never change after creation."""
+
+    class Status(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"  # signed; its window has not started
+        ACTIVE = "active", "Active"  # inside its window
+        COMPLETED = "completed", "Completed"  # its window ended
+        TERMINATED = "terminated", "Terminated"  # a metered contract released early by the lab
+        CANCELLED = "cancelled", "Cancelled"  # cancelled by an operator, with a reason
+
+    request = models.ForeignKey(
+        ComputeRequest, null=True, blank=True, on_delete=models.PROTECT, related_name="contracts"
+    )
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="contracts")
+    lab = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="contracts_bought")
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="contracts_sold")
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="contracts")
+    gpu_count = models.PositiveIntegerField()
+    node_count = models.PositiveIntegerField()
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    price_per_gpu_hour = PriceField()
+    billing_mode = models.CharField(max_length=16, choices=BillingMode.choices)
+    total_amount = AmountField(null=True, blank=True, help_text="The whole block's price (committed contracts).")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
+    released_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its nodes were freed early (termination or cancellation)."
+    )
+    cancel_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(ends_at__gt=F("starts_at")), name="contract_window_positive"),
+            models.CheckConstraint(condition=Q(gpu_count__gte=1), name="contract_gpu_count_positive"),
+            models.CheckConstraint(condition=Q(node_count__gte=1), name="contract_node_count_positive"),
+            models.CheckConstraint(condition=Q(price_per_gpu_hour__gt=0), name="contract_price_positive"),
+            models.CheckConstraint(
+                condition=Q(billing_mode="metered", total_amount__isnull=True)
+                | Q(billing_mode="committed", total_amount__isnull=False),
+                name="contract_total_iff_committed",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="cancelled") | ~Q(cancel_reason=""), name="contract_cancel_has_reason"
+            ),
+            # A fill writes at most one contract per listing for a request, so a re-delivered
+            # matching task cannot write a second one.
+            models.UniqueConstraint(
+                fields=["request", "listing"],
+                condition=Q(request__isnull=False),
+                name="contract_one_per_request_listing",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["lab", "-created_at"]),
+            models.Index(fields=["provider", "-created_at"]),
+            models.Index(fields=["status", "starts_at"]),
+            models.Index(fields=["status", "ends_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Contract {self.pk}: {self.gpu_count} GPUs {self.starts_at:%Y-%m-%d %H:%M}"
+
+
+class Allocation(models.Model):
+    """A node held for a contract over [starts_at, ends_at).
+
+    PostgreSQL refuses two allocations of one node for overlapping hours (an exclusion
+    constraint), and refuses an allocation whose node is not the node its listing reserved
+    (a composite foreign key), so capacity cannot be sold twice whatever the code does.
+    """
+
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="allocations")
+    listing_node = models.ForeignKey(ListingNode, on_delete=models.PROTECT, related_name="allocations")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            # Equal bounds: released before it started; an empty range overlaps nothing.
+            models.CheckConstraint(condition=Q(ends_at__gte=F("starts_at")), name="allocation_window_valid"),
+            models.UniqueConstraint(fields=["contract", "node"], name="allocation_node_once_per_contract"),
+        ]
+        indexes = [models.Index(fields=["node", "starts_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} for contract {self.contract_id}"
