@@ -180,6 +180,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "purge-idempotency-keys": {"task": "core.tasks.purge_idempotency_keys", "schedule": crontab(minute=17)},
+    "rematch-open-requests": {"task": "broker.tasks.rematch_open_requests", "schedule": 30.0},
+    "advance-lifecycle": {"task": "broker.tasks.advance_lifecycle", "schedule": 60.0},
 }
 
 LOGGING = {

@@ -174,6 +174,9 @@ class Listing(models.Model):
     min_duration_hours = models.PositiveIntegerField(default=1)
     billing_mode = models.CharField(max_length=16, choices=BillingMode.choices)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    inventory_version = models.PositiveBigIntegerField(
+        default=0, help_text="Bumped whenever what this listing can deliver changes (a sale, a release, a node)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -228,6 +228,7 @@ def node_set_status(*, node: Node, status: str) -> Node:
         if node.status == status:
             return node
         now = timezone.now()
+        affected_listings = list(ListingNode.objects.filter(node=node).values_list("listing_id", flat=True))
         if status == Node.Status.MAINTENANCE:
             if Allocation.objects.filter(node=node, ends_at__gt=now).filter(ends_at__gt=F("starts_at")).exists():
                 raise InvalidTransition(
@@ -249,7 +250,13 @@ def node_set_status(*, node: Node, status: str) -> Node:
         else:
             node.status = status
             node.save(update_fields=["status"])
+        listing_inventory_changed(listing_ids=affected_listings)
     return node
+
+
+def listing_inventory_changed(*, listing_ids) -> None:
+    """Tell the matching engine that what these listings can deliver has changed."""
+    Listing.objects.filter(pk__in=listing_ids).update(inventory_version=F("inventory_version") + 1)
 
 
 # --- Listings ----------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from broker.api.serializers import (
+    BookingSerializer,
+    ComputeRequestCreateSerializer,
+    ComputeRequestSerializer,
+    ContractSerializer,
+)
+from broker.selectors import compute_request_list, contract_list
+from broker.services import compute_request_cancel, compute_request_create, contract_terminate, listing_book
+from marketplace.permissions import IsLab
+from marketplace.selectors import listing_visible_to
+
+
+class ComputeRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A lab's orders for compute; the matching engine fills them."""
+
+    permission_classes = [IsLab]
+    serializer_class = ComputeRequestSerializer
+    filterset_fields = ["status", "billing_mode"]
+
+    def get_queryset(self):
+        return compute_request_list(lab=self.request.user.organization)
+
+    @extend_schema(request=ComputeRequestCreateSerializer, responses={201: ComputeRequestSerializer})
+    def create(self, request: Request) -> Response:
+        serializer = ComputeRequestCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        compute_request = compute_request_create(lab=request.user.organization, **serializer.validated_data)
+        data = ComputeRequestSerializer(compute_request).data | {"status": compute_request.status, "contracts": []}
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=ComputeRequestSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        compute_request_cancel(request=self.get_object())
+        return Response(ComputeRequestSerializer(self.get_queryset().get(pk=pk)).data)
+
+
+class ContractViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Contracts the caller is a party to, as buyer or seller."""
+
+    serializer_class = ContractSerializer
+    filterset_fields = ["status", "billing_mode"]
+
+    def get_queryset(self):
+        return contract_list(organization=self.request.user.organization)
+
+    @extend_schema(request=None, responses=ContractSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsLab])
+    def terminate(self, request: Request, pk: str) -> Response:
+        contract_terminate(contract=self.get_object(), lab=request.user.organization)
+        return Response(ContractSerializer(self.get_queryset().get(pk=pk)).data)
+
+
+class ListingBookView(APIView):
+    permission_classes = [IsLab]
+
+    @extend_schema(
+        request=BookingSerializer,
+        responses={201: ContractSerializer},
+        summary="Book a listing's capacity now, at its price",
+        description="201 with the contract, or 409 `capacity_unavailable` when the capacity is no longer there.",
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        organization = request.user.organization
+        listing = get_object_or_404(listing_visible_to(organization=organization), pk=pk)
+        serializer = BookingSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        contract = listing_book(lab=organization, listing=listing, **serializer.validated_data)
+        contract = contract_list(organization=organization).get(pk=contract.pk)
+        return Response(ContractSerializer(contract).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,458 @@
+"""The matching engine: fills open compute requests of one market segment (a GPU model).
+
+It loads the segment's order book (active listings, their reserved nodes, what is sold)
+into memory once, then walks open requests oldest first in chunks. Each chunk is one
+transaction that first locks the segment's listing rows, refreshes any listing whose
+inventory changed since it was loaded (an instant booking, a release, a node taken out),
+plans fills in memory and writes them in bulk. The database has the last word: an
+exclusion constraint refuses any double sale, in which case the chunk is rolled back and
+retried on freshly loaded state.
+
+Only one matcher runs per segment at a time (a PostgreSQL advisory lock; a process lock on
+SQLite), and a request is written as filled in the same transaction as its contracts, so a
+task delivered twice finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from broker.models import Allocation, ComputeRequest, Contract
+from core.timeutils import HOUR, current_hour
+from marketplace.models import BillingMode, Listing, ListingNode, Node, Organization
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 500
+ADVISORY_LOCK_NAMESPACE = 0x6D617463  # "matc"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_process_locks: dict[int, threading.Lock] = defaultdict(threading.Lock)
+_process_locks_guard = threading.Lock()
+
+
+def _hour(value: datetime) -> int:
+    return int((value - _EPOCH) // HOUR)
+
+
+@dataclass(slots=True)
+class BookListing:
+    id: int
+    provider_id: int
+    cluster_id: int
+    price: Decimal
+    billing_mode: str
+    starts: int
+    ends: int
+    min_duration: int
+    gpus_per_node: int
+    region: str
+    interconnect: str
+    version: int
+    active: bool = True
+    bindings: list[tuple[int, int]] = field(default_factory=list)  # (listing node id, node id)
+
+
+@dataclass(slots=True)
+class Fill:
+    request: ComputeRequest
+    parts: list[tuple[BookListing, list[tuple[int, int]]]]
+    starts: int
+    ends: int
+
+
+@dataclass
+class MatchResult:
+    segment: int
+    requests_seen: int = 0
+    requests_filled: int = 0
+    contracts_created: int = 0
+    nodes_allocated: int = 0
+    retries: int = 0
+    skipped_locked: bool = False
+
+
+class OrderBook:
+    """The segment's listings sorted by price then listing time, and each node's sold hours."""
+
+    def __init__(self, gpu_model_id: int):
+        self.gpu_model_id = gpu_model_id
+        self.listings: dict[int, BookListing] = {}
+        self.by_price: list[BookListing] = []
+        self.busy: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        self._resort = False
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        now = timezone.now()
+        rows = (
+            Listing.objects.filter(
+                cluster__gpu_model_id=self.gpu_model_id,
+                status=Listing.Status.ACTIVE,
+                ends_at__gt=now,
+            )
+            .exclude(provider__status=Organization.Status.SUSPENDED)
+            .order_by("price_per_gpu_hour", "created_at", "id")
+            .values_list(
+                "id",
+                "provider_id",
+                "cluster_id",
+                "price_per_gpu_hour",
+                "billing_mode",
+                "starts_at",
+                "ends_at",
+                "min_duration_hours",
+                "cluster__gpus_per_node",
+                "cluster__region",
+                "cluster__interconnect",
+                "inventory_version",
+            )
+        )
+        self.listings = {}
+        self.by_price = []
+        for row in rows:
+            listing = BookListing(
+                id=row[0],
+                provider_id=row[1],
+                cluster_id=row[2],
+                price=row[3],
+                billing_mode=row[4],
+                starts=_hour(row[5]),
+                ends=_hour(row[6]),
+                min_duration=row[7],
+                gpus_per_node=row[8],
+                region=row[9],
+                interconnect=row[10],
+                version=row[11],
+            )
+            self.listings[listing.id] = listing
+            self.by_price.append(listing)
+        self.busy = defaultdict(list)
+        self._load_inventory(list(self.listings))
+
+    def _load_inventory(self, listing_ids: list[int]) -> None:
+        """(Re)load reserved nodes of these listings and every sale on those nodes."""
+        if not listing_ids:
+            return
+        for listing_id in listing_ids:
+            self.listings[listing_id].bindings = []
+        bindings = (
+            ListingNode.objects.filter(listing_id__in=listing_ids, released=False, node__status=Node.Status.IN_SERVICE)
+            .order_by("node_id")
+            .values_list("listing_id", "id", "node_id")
+        )
+        node_ids = []
+        for listing_id, listing_node_id, node_id in bindings:
+            self.listings[listing_id].bindings.append((listing_node_id, node_id))
+            node_ids.append(node_id)
+        for node_id in node_ids:
+            self.busy.pop(node_id, None)
+        now = timezone.now()
+        sales = Allocation.objects.filter(node_id__in=node_ids, ends_at__gt=now).filter(ends_at__gt=F("starts_at"))
+        for node_id, starts_at, ends_at in sales.values_list("node_id", "starts_at", "ends_at"):
+            self.busy[node_id].append((_hour(starts_at), _hour(ends_at)))
+
+    def refresh(self) -> None:
+        """Under the listing locks: re-read price and status, reload changed inventories."""
+        if not self.listings:
+            return
+        rows = (
+            Listing.objects.select_for_update()
+            .filter(pk__in=list(self.listings))
+            .order_by("pk")
+            .values_list("pk", "status", "price_per_gpu_hour", "inventory_version")
+        )
+        changed = []
+        for listing_id, status, price, version in rows:
+            listing = self.listings[listing_id]
+            listing.active = status == Listing.Status.ACTIVE
+            if price != listing.price:
+                listing.price = price
+                self._resort = True
+            if version != listing.version:
+                listing.version = version
+                changed.append(listing_id)
+        if self._resort:
+            self.by_price.sort(key=lambda item: (item.price, item.id))
+            self._resort = False
+        if changed:
+            self._load_inventory(changed)
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _free_nodes(self, listing: BookListing, starts: int, ends: int, limit: int) -> list[tuple[int, int]]:
+        busy = self.busy
+        found = []
+        for binding in listing.bindings:
+            intervals = busy.get(binding[1])
+            if intervals:
+                clash = False
+                for sold_start, sold_end in intervals:
+                    if sold_start < ends and sold_end > starts:
+                        clash = True
+                        break
+                if clash:
+                    continue
+            found.append(binding)
+            if len(found) == limit:
+                break
+        return found
+
+    def _candidates(self, request: ComputeRequest, starts: int, ends: int) -> list[BookListing]:
+        max_price = request.max_price_per_gpu_hour
+        gpu_count = request.gpu_count
+        duration = ends - starts
+        mode = request.billing_mode
+        region = request.region
+        interconnect = request.interconnect
+        lab_id = request.lab_id
+        out = []
+        for listing in self.by_price:
+            if listing.price > max_price:
+                break
+            if (
+                listing.active
+                and listing.billing_mode == mode
+                and listing.starts <= starts
+                and listing.ends >= ends
+                and listing.min_duration <= duration
+                and gpu_count % listing.gpus_per_node == 0
+                and listing.provider_id != lab_id
+                and (not region or listing.region == region)
+                and (not interconnect or listing.interconnect == interconnect)
+                and listing.bindings
+            ):
+                out.append(listing)
+        return out
+
+    def plan(self, request: ComputeRequest) -> Fill | None:
+        starts = _hour(request.starts_at)
+        ends = _hour(request.ends_at)
+        candidates = self._candidates(request, starts, ends)
+        if not candidates:
+            return None
+        if request.colocated:
+            parts = self._plan_colocated(request.gpu_count, candidates, starts, ends)
+        else:
+            parts = self._plan_spread(request.gpu_count, candidates, starts, ends)
+        if parts is None:
+            return None
+        return Fill(request=request, parts=parts, starts=starts, ends=ends)
+
+    def _plan_colocated(self, gpu_count, candidates, starts, ends):
+        """The cheapest complete fill inside one cluster, from its listings cheapest first."""
+        by_cluster: dict[int, list[BookListing]] = {}
+        for listing in candidates:
+            by_cluster.setdefault(listing.cluster_id, []).append(listing)
+        best_cost = None
+        best_parts = None
+        for listings in by_cluster.values():  # clusters in order of their cheapest listing
+            if best_cost is not None and listings[0].price * gpu_count >= best_cost:
+                break
+            needed = gpu_count // listings[0].gpus_per_node
+            parts = []
+            cost = Decimal(0)
+            for listing in listings:
+                nodes = self._free_nodes(listing, starts, ends, needed)
+                if nodes:
+                    parts.append((listing, nodes))
+                    cost += listing.price * len(nodes) * listing.gpus_per_node
+                    needed -= len(nodes)
+                    if needed == 0:
+                        break
+            if needed == 0 and (best_cost is None or cost < best_cost):
+                best_cost, best_parts = cost, parts
+        return best_parts
+
+    def _plan_spread(self, gpu_count, candidates, starts, ends):
+        """Cheapest first across clusters and providers, whole nodes from each listing."""
+        remaining = gpu_count
+        parts = []
+        for listing in candidates:
+            wanted = remaining // listing.gpus_per_node
+            if wanted == 0:
+                continue
+            nodes = self._free_nodes(listing, starts, ends, wanted)
+            if nodes:
+                parts.append((listing, nodes))
+                remaining -= len(nodes) * listing.gpus_per_node
+                if remaining == 0:
+                    return parts
+        return None
+
+    def hold(self, fill: Fill) -> None:
+        for _, nodes in fill.parts:
+            for _, node_id in nodes:
+                self.busy[node_id].append((fill.starts, fill.ends))
+
+
+def _acquire_segment_lock(gpu_model_id: int, wait: bool) -> bool:
+    if connection.vendor == "postgresql":
+        function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {function}(%s, %s)", [ADVISORY_LOCK_NAMESPACE, gpu_model_id])
+            row = cursor.fetchone()
+        return wait or bool(row[0])
+    with _process_locks_guard:
+        lock = _process_locks[gpu_model_id]
+    return lock.acquire(blocking=wait)
+
+
+def _release_segment_lock(gpu_model_id: int) -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCK_NAMESPACE, gpu_model_id])
+        return
+    _process_locks[gpu_model_id].release()
+
+
+def segment_match(*, gpu_model_id: int, wait: bool = False) -> MatchResult:
+    """Fill what can be filled of the segment's open requests, oldest first.
+
+    Returns with ``skipped_locked`` when another matcher holds the segment and ``wait`` is
+    false; the caller retries later.
+    """
+    result = MatchResult(segment=gpu_model_id)
+    if not _acquire_segment_lock(gpu_model_id, wait):
+        result.skipped_locked = True
+        return result
+    try:
+        book = OrderBook(gpu_model_id)
+        book.load()
+        request_ids = list(
+            ComputeRequest.objects.filter(
+                gpu_model_id=gpu_model_id, status=ComputeRequest.Status.OPEN, starts_at__gte=current_hour()
+            )
+            .order_by("created_at", "id")
+            .values_list("id", flat=True)
+        )
+        result.requests_seen = len(request_ids)
+        if not book.listings:
+            return result
+        for offset in range(0, len(request_ids), CHUNK_SIZE):
+            chunk = request_ids[offset : offset + CHUNK_SIZE]
+            try:
+                _match_chunk(book, chunk, result)
+            except IntegrityError:
+                # Someone sold a node our snapshot thought free: start from the database again.
+                logger.warning("matching segment %s: conflict, reloading and retrying a chunk", gpu_model_id)
+                result.retries += 1
+                book.load()
+                _match_chunk(book, chunk, result)
+    finally:
+        _release_segment_lock(gpu_model_id)
+    return result
+
+
+def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -> None:
+    with transaction.atomic():
+        book.refresh()
+        requests = list(
+            ComputeRequest.objects.select_for_update()
+            .filter(pk__in=request_ids, status=ComputeRequest.Status.OPEN)
+            .order_by("created_at", "id")
+        )
+        held: list[tuple[int, tuple[int, int]]] = []
+        fills: list[Fill] = []
+        for request in requests:
+            fill = book.plan(request)
+            if fill is None:
+                continue
+            book.hold(fill)
+            for _, nodes in fill.parts:
+                held.extend((node_id, (fill.starts, fill.ends)) for _, node_id in nodes)
+            fills.append(fill)
+        if not fills:
+            return
+        try:
+            _write_fills(fills)
+        except IntegrityError:
+            for node_id, interval in held:
+                book.busy[node_id].remove(interval)
+            raise
+    result.requests_filled += len(fills)
+    result.contracts_created += sum(len(fill.parts) for fill in fills)
+    result.nodes_allocated += sum(len(nodes) for fill in fills for _, nodes in fill.parts)
+
+
+def _write_fills(fills: list[Fill]) -> None:
+    from broker.services import contract_total
+
+    contracts = []
+    for fill in fills:
+        request = fill.request
+        hours = fill.ends - fill.starts
+        for listing, nodes in fill.parts:
+            gpu_count = len(nodes) * listing.gpus_per_node
+            contracts.append(
+                Contract(
+                    request_id=request.pk,
+                    listing_id=listing.id,
+                    lab_id=request.lab_id,
+                    provider_id=listing.provider_id,
+                    cluster_id=listing.cluster_id,
+                    gpu_count=gpu_count,
+                    node_count=len(nodes),
+                    starts_at=request.starts_at,
+                    ends_at=request.ends_at,
+                    price_per_gpu_hour=listing.price,
+                    billing_mode=listing.billing_mode,
+                    total_amount=(
+                        contract_total(gpu_count=gpu_count, hours=hours, price_per_gpu_hour=listing.price)
+                        if listing.billing_mode == BillingMode.COMMITTED
+                        else None
+                    ),
+                )
+            )
+    Contract.objects.bulk_create(contracts, batch_size=1000)
+    allocations = []
+    index = 0
+    touched: set[int] = set()
+    for fill in fills:
+        for listing, nodes in fill.parts:
+            contract = contracts[index]
+            index += 1
+            touched.add(listing.id)
+            allocations.extend(
+                Allocation(
+                    contract_id=contract.pk,
+                    listing_node_id=listing_node_id,
+                    node_id=node_id,
+                    starts_at=contract.starts_at,
+                    ends_at=contract.ends_at,
+                )
+                for listing_node_id, node_id in nodes
+            )
+    Allocation.objects.bulk_create(allocations, batch_size=2000)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    now = timezone.now()
+    ComputeRequest.objects.filter(pk__in=[fill.request.pk for fill in fills]).update(
+        status=ComputeRequest.Status.FILLED, filled_at=now
+    )
+    # Our own writes change these listings' inventory; keep the snapshot's versions in step.
+    Listing.objects.filter(pk__in=touched).update(inventory_version=F("inventory_version") + 1)
+    for fill in fills:
+        for listing, _ in fill.parts:
+            if listing.id in touched:
+                listing.version += 1
+                touched.discard(listing.id)
+
+
+def segments_with_open_requests() -> list[int]:
+    return list(
+        ComputeRequest.objects.filter(status=ComputeRequest.Status.OPEN)
+        .values_list("gpu_model_id", flat=True)
+        .distinct()
+        .order_by("gpu_model_id")
+    )

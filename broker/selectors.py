@@ -1,0 +1,28 @@
+from django.db.models import Prefetch, Q, QuerySet
+
+from broker.models import Allocation, ComputeRequest, Contract
+from marketplace.models import Organization
+
+
+def compute_request_list(*, lab: Organization) -> QuerySet[ComputeRequest]:
+    return (
+        ComputeRequest.objects.filter(lab=lab)
+        .select_related("gpu_model")
+        .prefetch_related(Prefetch("contracts", queryset=Contract.objects.only("id", "request_id").order_by("id")))
+        .order_by("-created_at", "-id")
+    )
+
+
+def contract_list(*, organization: Organization) -> QuerySet[Contract]:
+    """Contracts an organization is a party to, as buyer or seller; nobody else sees them."""
+    return (
+        Contract.objects.filter(Q(lab=organization) | Q(provider=organization))
+        .select_related("lab", "provider", "cluster__gpu_model")
+        .prefetch_related(
+            Prefetch(
+                "allocations",
+                queryset=Allocation.objects.select_related("node").order_by("node__hostname"),
+            )
+        )
+        .order_by("-created_at", "-id")
+    )

@@ -1,0 +1,291 @@
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef
+from django.utils import timezone
+
+from broker.models import Allocation, ComputeRequest, Contract
+from core.errors import CapacityUnavailable, InvalidInput, InvalidTransition
+from core.money import round_money
+from core.timeutils import HOUR, current_hour, is_whole_hour, next_hour
+from marketplace.models import BillingMode, GpuModel, Listing, ListingNode, Node, Organization
+from marketplace.services import listing_inventory_changed
+
+MAX_DURATION_HOURS = 24 * 366 * 3
+
+
+def contract_total(*, gpu_count: int, hours: int, price_per_gpu_hour: Decimal) -> Decimal:
+    """The price of a committed block: GPUs x hours x price, to the cent."""
+    return round_money(gpu_count * hours * price_per_gpu_hour)
+
+
+def _validate_start(starts_at: datetime) -> None:
+    if not is_whole_hour(starts_at):
+        raise InvalidInput("starts_at must be a whole UTC hour.", fields={"starts_at": ["Must be a whole UTC hour."]})
+    if starts_at < current_hour():
+        raise InvalidInput(
+            "starts_at must not be before the current hour.",
+            fields={"starts_at": ["Must not be before the current hour."]},
+        )
+
+
+def _validate_price(price: Decimal, field: str) -> None:
+    if not price.is_finite() or price <= 0:
+        raise InvalidInput("The price must be greater than zero.", fields={field: ["Must be greater than zero."]})
+    if price.as_tuple().exponent < -4:
+        raise InvalidInput("At most 4 decimal places.", fields={field: ["At most 4 decimal places."]})
+
+
+def _enqueue_matching(gpu_model_id: int) -> None:
+    from broker.tasks import match_segment
+
+    match_segment.delay_on_commit(gpu_model_id)
+
+
+# --- Compute requests --------------------------------------------------------------------
+
+
+def compute_request_create(
+    *,
+    lab: Organization,
+    gpu_model: GpuModel,
+    gpu_count: int,
+    starts_at: datetime,
+    duration_hours: int,
+    max_price_per_gpu_hour: Decimal,
+    billing_mode: str,
+    colocated: bool = True,
+    region: str = "",
+    interconnect: str = "",
+) -> ComputeRequest:
+    """Record a lab's order; the matching engine picks it up once it commits."""
+    if not lab.is_lab:
+        raise InvalidInput("Only labs request compute.")
+    _validate_start(starts_at)
+    _validate_price(max_price_per_gpu_hour, "max_price_per_gpu_hour")
+    if not 1 <= duration_hours <= MAX_DURATION_HOURS:
+        raise InvalidInput(
+            f"duration_hours must be 1 to {MAX_DURATION_HOURS}.", fields={"duration_hours": ["Out of range."]}
+        )
+    if billing_mode not in BillingMode.values:
+        raise InvalidInput("Unknown billing mode.", fields={"billing_mode": ["Use committed or metered."]})
+    with transaction.atomic():
+        request = ComputeRequest.objects.create(
+            lab=lab,
+            gpu_model=gpu_model,
+            gpu_count=gpu_count,
+            starts_at=starts_at,
+            duration_hours=duration_hours,
+            ends_at=starts_at + duration_hours * HOUR,
+            max_price_per_gpu_hour=max_price_per_gpu_hour,
+            billing_mode=billing_mode,
+            colocated=colocated,
+            region=region,
+            interconnect=interconnect,
+        )
+        _enqueue_matching(gpu_model.pk)
+    return request
+
+
+def compute_request_cancel(*, request: ComputeRequest) -> ComputeRequest:
+    """Cancel an open request. A filled one has contracts; it cannot be cancelled."""
+    with transaction.atomic():
+        request = ComputeRequest.objects.select_for_update().get(pk=request.pk)
+        if request.status == ComputeRequest.Status.CANCELLED:
+            return request
+        if request.status != ComputeRequest.Status.OPEN:
+            raise InvalidTransition(f"Only an open request can be cancelled; this one is {request.status}.")
+        request.status = ComputeRequest.Status.CANCELLED
+        request.closed_at = timezone.now()
+        request.save(update_fields=["status", "closed_at"])
+    return request
+
+
+def compute_request_rematch(*, request: ComputeRequest) -> None:
+    """Queue the matching of the request's market segment (an operator's nudge)."""
+    if request.status != ComputeRequest.Status.OPEN:
+        raise InvalidTransition(f"Only an open request is matched; this one is {request.status}.")
+    transaction.on_commit(lambda: _enqueue_matching(request.gpu_model_id))
+
+
+def compute_requests_expire(*, now: datetime | None = None) -> int:
+    """Expire open requests whose start hour has passed. One statement; safe to run twice."""
+    now = now or timezone.now()
+    return ComputeRequest.objects.filter(
+        status=ComputeRequest.Status.OPEN, starts_at__lt=now.replace(minute=0, second=0, microsecond=0)
+    ).update(status=ComputeRequest.Status.EXPIRED, closed_at=now)
+
+
+# --- Instant booking -----------------------------------------------------------------------
+
+
+def free_listing_nodes(*, listing: Listing, starts_at: datetime, ends_at: datetime):
+    """The listing's reserved, in-service nodes sold to nobody in [starts_at, ends_at)."""
+    sold = Allocation.objects.filter(node_id=OuterRef("node_id"), starts_at__lt=ends_at, ends_at__gt=starts_at)
+    return (
+        ListingNode.objects.filter(listing=listing, released=False, node__status=Node.Status.IN_SERVICE)
+        .exclude(Exists(sold))
+        .order_by("node_id")
+    )
+
+
+def listing_book(
+    *, lab: Organization, listing: Listing, gpu_count: int, starts_at: datetime, duration_hours: int
+) -> Contract:
+    """Book nodes of a listing at its price, now: a contract, or CapacityUnavailable."""
+    if not lab.is_lab:
+        raise InvalidInput("Only labs book capacity.")
+    if listing.provider_id == lab.pk:
+        raise InvalidInput("You cannot book your own listing.", fields={"listing": ["This is your own listing."]})
+    _validate_start(starts_at)
+    if not 1 <= duration_hours <= MAX_DURATION_HOURS:
+        raise InvalidInput("duration_hours is out of range.", fields={"duration_hours": ["Out of range."]})
+    ends_at = starts_at + duration_hours * HOUR
+    with transaction.atomic():
+        # Bookers of one listing queue here; the matching engine takes the same lock.
+        listing = (
+            Listing.objects.select_for_update(of=("self",)).select_related("cluster", "provider").get(pk=listing.pk)
+        )
+        if listing.status != Listing.Status.ACTIVE or listing.provider.status == Organization.Status.SUSPENDED:
+            raise CapacityUnavailable("This listing is not on offer.")
+        gpus_per_node = listing.cluster.gpus_per_node
+        if gpu_count % gpus_per_node:
+            raise InvalidInput(
+                f"gpu_count must be a multiple of {gpus_per_node} (whole nodes).",
+                fields={"gpu_count": [f"Must be a multiple of {gpus_per_node}."]},
+            )
+        if starts_at < listing.starts_at or ends_at > listing.ends_at:
+            raise InvalidInput(
+                "The booking must fall inside the listing's window.",
+                fields={"starts_at": [f"The listing runs {listing.starts_at:%Y-%m-%dT%H:%MZ} to "
+                                      f"{listing.ends_at:%Y-%m-%dT%H:%MZ}."]},
+            )  # fmt: skip
+        if duration_hours < listing.min_duration_hours:
+            raise InvalidInput(
+                f"This listing sells at least {listing.min_duration_hours} hours.",
+                fields={"duration_hours": [f"At least {listing.min_duration_hours}."]},
+            )
+        node_count = gpu_count // gpus_per_node
+        chosen = list(
+            free_listing_nodes(listing=listing, starts_at=starts_at, ends_at=ends_at).values_list("id", "node_id")[
+                :node_count
+            ]
+        )
+        if len(chosen) < node_count:
+            raise CapacityUnavailable(
+                f"Only {len(chosen) * gpus_per_node} GPUs of this listing are free for that window.",
+                fields={"gpu_count": [f"At most {len(chosen) * gpus_per_node} available."]},
+            )
+        try:
+            with transaction.atomic():
+                contract = Contract.objects.create(
+                    listing=listing,
+                    lab=lab,
+                    provider_id=listing.provider_id,
+                    cluster_id=listing.cluster_id,
+                    gpu_count=gpu_count,
+                    node_count=node_count,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    price_per_gpu_hour=listing.price_per_gpu_hour,
+                    billing_mode=listing.billing_mode,
+                    total_amount=_committed_total(listing.billing_mode, gpu_count, duration_hours, listing),
+                )
+                Allocation.objects.bulk_create(
+                    Allocation(
+                        contract=contract, listing_node_id=ln_id, node_id=node_id, starts_at=starts_at, ends_at=ends_at
+                    )
+                    for ln_id, node_id in chosen
+                )
+                _check_deferred_constraints()
+        except IntegrityError:
+            # The database refused a double sale that slipped past the check above.
+            raise CapacityUnavailable("That capacity was just sold.")
+        Listing.objects.filter(pk=listing.pk).update(inventory_version=F("inventory_version") + 1)
+    return contract
+
+
+def _committed_total(billing_mode: str, gpu_count: int, hours: int, listing: Listing) -> Decimal | None:
+    if billing_mode != BillingMode.COMMITTED:
+        return None
+    return contract_total(gpu_count=gpu_count, hours=hours, price_per_gpu_hour=listing.price_per_gpu_hour)
+
+
+def _check_deferred_constraints() -> None:
+    """Run deferred constraint checks now, so a violation surfaces inside this savepoint."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+
+
+# --- Contract lifecycle --------------------------------------------------------------------
+
+LIVE_STATUSES = (Contract.Status.SCHEDULED, Contract.Status.ACTIVE)
+
+
+def _release_from(contract: Contract) -> datetime:
+    """Nodes are freed from the next whole hour (or the start, if it has not begun)."""
+    return min(max(next_hour(), contract.starts_at), contract.ends_at)
+
+
+def _release_allocations(contract: Contract, release_at: datetime) -> None:
+    Allocation.objects.filter(contract=contract, ends_at__gt=release_at).update(ends_at=release_at)
+    Allocation.objects.filter(contract=contract, starts_at__gt=F("ends_at")).update(ends_at=F("starts_at"))
+    listing_inventory_changed(listing_ids=[contract.listing_id])
+
+
+def contract_terminate(*, contract: Contract, lab: Organization) -> Contract:
+    """Release a metered contract early; its nodes are free from the next whole hour."""
+    with transaction.atomic():
+        contract = Contract.objects.select_for_update().get(pk=contract.pk)
+        if contract.lab_id != lab.pk:
+            raise InvalidTransition("Only the buying lab may terminate a contract.")
+        if contract.billing_mode != BillingMode.METERED:
+            raise InvalidTransition(
+                "A committed contract is paid in full and cannot be terminated; an operator may cancel it.",
+                code="committed_contract",
+            )
+        if contract.status == Contract.Status.TERMINATED:
+            return contract
+        if contract.status not in LIVE_STATUSES:
+            raise InvalidTransition(f"A {contract.status} contract cannot be terminated.")
+        release_at = _release_from(contract)
+        contract.status = Contract.Status.TERMINATED
+        contract.released_at = release_at
+        contract.save(update_fields=["status", "released_at"])
+        _release_allocations(contract, release_at)
+    return contract
+
+
+def contract_cancel(*, contract: Contract, reason: str) -> Contract:
+    """An operator's cancellation, with a reason; nodes are free from the next whole hour."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("A cancellation needs a reason.", fields={"reason": ["This field is required."]})
+    with transaction.atomic():
+        contract = Contract.objects.select_for_update().get(pk=contract.pk)
+        if contract.status == Contract.Status.CANCELLED:
+            return contract
+        if contract.status not in LIVE_STATUSES:
+            raise InvalidTransition(f"A {contract.status} contract cannot be cancelled.")
+        release_at = _release_from(contract)
+        contract.status = Contract.Status.CANCELLED
+        contract.cancel_reason = reason
+        contract.released_at = release_at
+        contract.save(update_fields=["status", "cancel_reason", "released_at"])
+        _release_allocations(contract, release_at)
+    return contract
+
+
+def contracts_advance(*, now: datetime | None = None) -> dict[str, int]:
+    """Start and finish contracts by the clock. Set-based, so running it twice changes nothing."""
+    now = now or timezone.now()
+    completed = Contract.objects.filter(status__in=LIVE_STATUSES, ends_at__lte=now).update(
+        status=Contract.Status.COMPLETED
+    )
+    activated = Contract.objects.filter(status=Contract.Status.SCHEDULED, starts_at__lte=now, ends_at__gt=now).update(
+        status=Contract.Status.ACTIVE
+    )
+    return {"activated": activated, "completed": completed}

@@ -1,0 +1,128 @@
+"""Factories for organizations, clusters and listings, and ``sell`` to simulate sold capacity.
+
+Listings are created through ``listing_create`` so their ListingNode reservations exist, as
+they would in production. ``sell`` writes a contract with allocations directly, standing in
+for the broker's services until they exist.
+"""
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import factory
+from django.db import transaction
+from django.db.models import Exists, F, OuterRef
+
+from broker.models import Allocation, Contract
+from core.timeutils import hours_between, next_hour
+from marketplace.models import BillingMode, Cluster, GpuModel, Interconnect, Listing, ListingNode, Node, Organization
+from marketplace.services import listing_create, listing_update, listing_withdraw
+
+DEFAULT_GPU_MODEL = "h100-sxm-80gb"
+
+
+class OrganizationFactory(factory.django.DjangoModelFactory):
+    """A provider by default; ``OrganizationFactory(lab=True)`` or ``(both=True)`` for the others."""
+
+    class Meta:
+        model = Organization
+
+    class Params:
+        lab = factory.Trait(is_provider=False, is_lab=True)
+        both = factory.Trait(is_provider=True, is_lab=True)
+
+    name = factory.Sequence(lambda n: f"Organization {n}")
+    is_provider = True
+    is_lab = False
+
+
+class ClusterFactory(factory.django.DjangoModelFactory):
+    """A cluster with ``node_count`` in-service nodes (4 by default), bulk-created."""
+
+    class Meta:
+        model = Cluster
+        skip_postgeneration_save = True
+
+    provider = factory.SubFactory(OrganizationFactory)
+    name = factory.Sequence(lambda n: f"cluster-{n}")
+    gpu_model = factory.LazyFunction(lambda: GpuModel.objects.get(slug=DEFAULT_GPU_MODEL))
+    region = "us-south-1"
+    interconnect = Interconnect.INFINIBAND
+    gpus_per_node = 8
+
+    @factory.post_generation
+    def node_count(cluster: Cluster, create: bool, extracted: int | None, **kwargs) -> None:
+        count = 4 if extracted is None else extracted
+        if create and count:
+            Node.objects.bulk_create(
+                Node(cluster=cluster, hostname=f"{cluster.name}-n{index:05d}") for index in range(1, count + 1)
+            )
+
+
+class ListingFactory(factory.django.DjangoModelFactory):
+    """A listing made by ``listing_create``, then paused or withdrawn if ``status`` says so."""
+
+    class Meta:
+        model = Listing
+
+    cluster = factory.SubFactory(ClusterFactory)
+    provider = factory.SelfAttribute("cluster.provider")
+    node_count = 2
+    starts_at = factory.LazyFunction(next_hour)
+    ends_at = factory.LazyAttribute(lambda listing: listing.starts_at + timedelta(hours=24))
+    price_per_gpu_hour = Decimal("2.5000")
+    min_duration_hours = 1
+    billing_mode = BillingMode.COMMITTED
+    status = Listing.Status.ACTIVE
+
+    @classmethod
+    def _create(cls, model_class, *args, status: str = Listing.Status.ACTIVE, **kwargs) -> Listing:
+        listing = listing_create(**kwargs)
+        if status == Listing.Status.PAUSED:
+            listing = listing_update(listing=listing, status=status)
+        elif status == Listing.Status.WITHDRAWN:
+            listing = listing_withdraw(listing=listing)
+        return listing
+
+
+def sell(listing: Listing, node_count: int, starts_at: datetime, ends_at: datetime, lab: Organization) -> Contract:
+    """Write a scheduled contract for ``node_count`` of the listing's reserved nodes over the window.
+
+    Picks reservations of the listing, not released, whose in-service node has no allocation
+    overlapping the window. Stands in for the broker's booking service in tests.
+    """
+    cluster = listing.cluster
+    overlapping = Allocation.objects.filter(
+        node_id=OuterRef("node_id"), starts_at__lt=ends_at, ends_at__gt=starts_at
+    ).filter(ends_at__gt=F("starts_at"))
+    free = list(
+        ListingNode.objects.filter(listing=listing, released=False, node__status=Node.Status.IN_SERVICE)
+        .exclude(Exists(overlapping))
+        .order_by("id")[:node_count]
+    )
+    if len(free) < node_count:
+        raise ValueError(f"only {len(free)} free reserved nodes in listing {listing.pk} for that window")
+    gpu_count = node_count * cluster.gpus_per_node
+    price = listing.price_per_gpu_hour
+    committed = listing.billing_mode == BillingMode.COMMITTED
+    with transaction.atomic():
+        contract = Contract.objects.create(
+            listing=listing,
+            lab=lab,
+            provider_id=listing.provider_id,
+            cluster=cluster,
+            gpu_count=gpu_count,
+            node_count=node_count,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            price_per_gpu_hour=price,
+            billing_mode=listing.billing_mode,
+            total_amount=gpu_count * hours_between(starts_at, ends_at) * price if committed else None,
+            status=Contract.Status.SCHEDULED,
+        )
+        Allocation.objects.bulk_create(
+            Allocation(
+                contract=contract, listing_node=binding, node_id=binding.node_id, starts_at=starts_at, ends_at=ends_at
+            )
+            for binding in free
+        )
+    return contract
