@@ -182,6 +182,10 @@ CELERY_BEAT_SCHEDULE = {
     "purge-idempotency-keys": {"task": "core.tasks.purge_idempotency_keys", "schedule": crontab(minute=17)},
     "rematch-open-requests": {"task": "broker.tasks.rematch_open_requests", "schedule": 30.0},
     "advance-lifecycle": {"task": "broker.tasks.advance_lifecycle", "schedule": 60.0},
+    "close-previous-month": {
+        "task": "billing.tasks.close_previous_month",
+        "schedule": crontab(day_of_month="1", hour="0", minute="30"),
+    },
 }
 
 LOGGING = {

@@ -8,6 +8,7 @@ from core.views import not_found
 api_v1 = [
     path("", include("marketplace.api.urls")),
     path("", include("broker.api.urls")),
+    path("", include("billing.api.urls")),
     path("schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path(
         "docs/",

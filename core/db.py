@@ -14,8 +14,9 @@ def postgres_only_sql(forward: list[str], backward: list[str]) -> migrations.Run
         def apply(apps, schema_editor):
             if schema_editor.connection.vendor != "postgresql":
                 return
-            for statement in statements:
-                schema_editor.execute(statement)
+            with schema_editor.connection.cursor() as cursor:
+                for statement in statements:
+                    cursor.execute(statement)  # no parameters: '%' in PL/pgSQL stays literal
 
         return apply
 

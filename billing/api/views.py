@@ -1,0 +1,84 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from billing.api.serializers import (
+    InvoicePreviewSerializer,
+    InvoiceSerializer,
+    PayoutStatementSerializer,
+    PreviewQuerySerializer,
+    UsageBatchSerializer,
+    UsageIngestResultSerializer,
+    UsageRecordSerializer,
+)
+from billing.rating import parse_period
+from billing.selectors import invoice_list, payout_list, usage_list
+from billing.services import billing_period_preview, usage_ingest
+from core.errors import InvalidInput
+from core.money import ZERO
+from marketplace.permissions import IsLab, IsProvider
+
+
+class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Providers report GPU-seconds used under their contracts."""
+
+    permission_classes = [IsProvider]
+    serializer_class = UsageRecordSerializer
+    filterset_fields = ["contract"]
+
+    def get_queryset(self):
+        return usage_list(provider=self.request.user.organization)
+
+    @extend_schema(
+        request=UsageBatchSerializer,
+        responses={200: UsageIngestResultSerializer},
+        summary="Report usage (up to 1,000 records)",
+        description=(
+            "Each record is accepted, reported back as a duplicate (its `id` was seen before), or rejected "
+            "with a reason; valid records of a call are kept even when others are rejected."
+        ),
+    )
+    def create(self, request: Request) -> Response:
+        data = request.data
+        if not isinstance(data, dict) or set(data) != {"records"}:
+            raise InvalidInput('Send {"records": [...]}.', fields={"records": ["This field is required."]})
+        result = usage_ingest(provider=request.user.organization, records=data["records"])
+        body = {"accepted": result.accepted, "duplicates": result.duplicates, "rejected": result.rejected}
+        return Response(body, status=status.HTTP_200_OK)
+
+
+class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A lab's monthly invoices."""
+
+    permission_classes = [IsLab]
+    serializer_class = InvoiceSerializer
+    filterset_fields = ["status"]
+
+    def get_queryset(self):
+        return invoice_list(lab=self.request.user.organization)
+
+    @extend_schema(
+        parameters=[PreviewQuerySerializer],
+        responses=InvoicePreviewSerializer,
+        summary="Preview a month's invoice from the current data (saves nothing)",
+    )
+    @action(detail=False, methods=["get"])
+    def preview(self, request: Request) -> Response:
+        query = PreviewQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        period = parse_period(query.validated_data["period"])
+        lines = billing_period_preview(lab=request.user.organization, period=period)
+        total = sum((line.amount for line in lines), ZERO)
+        return Response(InvoicePreviewSerializer({"period": f"{period:%Y-%m}", "total": total, "lines": lines}).data)
+
+
+class PayoutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A provider's monthly statements: gross, platform fee, net."""
+
+    permission_classes = [IsProvider]
+    serializer_class = PayoutStatementSerializer
+
+    def get_queryset(self):
+        return payout_list(provider=self.request.user.organization)

@@ -1,0 +1,67 @@
+"""Double-entry postings. Positive amounts are debits, negative credits; legs sum to zero."""
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+from django.db.models import Q, Sum
+
+from billing.models import Account, LedgerEntry, LedgerTransaction
+from core.money import ZERO
+
+Leg = tuple[str, int | None]  # (account kind, organization id or None for platform accounts)
+Posting = tuple[str, str, str, dict[Leg, Decimal]]  # (kind, source key, memo, legs)
+
+
+class UnbalancedPosting(ValueError):
+    pass
+
+
+def _accounts(legs: Iterable[Leg]) -> dict[Leg, int]:
+    wanted = set(legs)
+    accounts: dict[Leg, int] = {}
+    condition = Q(pk__in=[])
+    for kind, organization_id in wanted:
+        condition |= Q(kind=kind, organization_id=organization_id)
+    for pk, kind, organization_id in Account.objects.filter(condition).values_list("pk", "kind", "organization_id"):
+        accounts[(kind, organization_id)] = pk
+    missing = wanted - accounts.keys()
+    if missing:
+        Account.objects.bulk_create(
+            [Account(kind=kind, organization_id=org) for kind, org in missing], ignore_conflicts=True
+        )
+        return _accounts(wanted)
+    return accounts
+
+
+def ledger_post(postings: list[Posting]) -> list[LedgerTransaction]:
+    """Write balanced transactions, one per posting; zero legs are dropped."""
+    cleaned = []
+    for kind, source_key, memo, legs in postings:
+        legs = {leg: amount for leg, amount in legs.items() if amount != 0}
+        if sum(legs.values(), ZERO) != 0:
+            raise UnbalancedPosting(f"{source_key}: legs sum to {sum(legs.values(), ZERO)}")
+        if legs:
+            cleaned.append((kind, source_key, memo, legs))
+    if not cleaned:
+        return []
+    accounts = _accounts(leg for *_, legs in cleaned for leg in legs)
+    transactions = LedgerTransaction.objects.bulk_create(
+        LedgerTransaction(kind=kind, source_key=source_key, memo=memo) for kind, source_key, memo, _ in cleaned
+    )
+    LedgerEntry.objects.bulk_create(
+        (
+            LedgerEntry(transaction=txn, account_id=accounts[leg], amount=amount)
+            for txn, (*_, legs) in zip(transactions, cleaned, strict=True)
+            for leg, amount in legs.items()
+        ),
+        batch_size=5000,
+    )
+    return transactions
+
+
+def account_balance(*, kind: str, organization_id: int | None = None) -> Decimal:
+    """A balance is the sum of its entries (debit-positive), never a stored counter."""
+    total = LedgerEntry.objects.filter(account__kind=kind, account__organization_id=organization_id).aggregate(
+        total=Sum("amount")
+    )["total"]
+    return total or ZERO

@@ -1,0 +1,282 @@
+from django.db import models
+from django.db.models import F, Q
+
+from broker.models import Contract
+from core.money import AmountField, PriceField, QuantityField, RateField
+from marketplace.models import Node, Organization
+
+
+class UsageRecord(models.Model):
+    """GPU-seconds a provider reports for a contract over [started_at, ended_at).
+
+    ``event_id`` is the provider's own id: a record sent twice is stored once. Records are
+    immutable; which invoice bills one follows from its ``period`` and its ``id`` against
+    the watermarks of the period closes (see billing.rating).
+    """
+
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="usage_records")
+    event_id = models.CharField(max_length=128)
+    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="usage_records")
+    node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+    gpu_seconds = models.DecimalField(max_digits=18, decimal_places=3)
+    period = models.DateField(help_text="First day of the UTC month the usage falls in.")
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "event_id"], name="usage_event_unique_per_provider"),
+            models.CheckConstraint(condition=Q(ended_at__gt=F("started_at")), name="usage_interval_positive"),
+            models.CheckConstraint(condition=Q(gpu_seconds__gte=0), name="usage_gpu_seconds_non_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["period", "contract"]),
+            models.Index(fields=["contract", "period"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id}: {self.gpu_seconds} GPU-s on contract {self.contract_id}"
+
+
+class BillingPeriod(models.Model):
+    """A closed calendar month. Closing is done once; its watermark splits late usage off."""
+
+    period = models.DateField(unique=True, help_text="First day of the UTC month.")
+    usage_watermark = models.BigIntegerField(help_text="Highest usage record id billed by this close.")
+    closed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-period"]
+
+    def __str__(self) -> str:
+        return f"{self.period:%Y-%m}"
+
+
+class DocumentSequence(models.Model):
+    """Gapless numbering for invoices, credit notes and statements (row-locked counter)."""
+
+    name = models.CharField(max_length=32, unique=True)
+    last_value = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.last_value}"
+
+
+class Invoice(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"  # being assembled; no number, no ledger posting
+        ISSUED = "issued", "Issued"  # numbered, posted, immutable; awaiting payment
+        PAID = "paid", "Paid"  # payments cover it
+        VOID = "void", "Void"  # fully reversed by a credit note
+
+    lab = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="invoices")
+    period = models.DateField(help_text="First day of the billed UTC month.")
+    number = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    total = AmountField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    issued_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["lab", "period"], name="invoice_one_per_lab_period"),
+            models.CheckConstraint(
+                condition=Q(status="draft") | Q(number__isnull=False), name="invoice_issued_has_number"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.number or f"Draft invoice {self.pk}"
+
+
+class InvoiceLine(models.Model):
+    class Kind(models.TextChoices):
+        COMMITTED = "committed", "Committed block"  # GPU-hours of the window in the period
+        METERED = "metered", "Metered usage"  # reported GPU-seconds in the period
+        ADJUSTMENT = "adjustment", "Late usage adjustment"  # usage of a closed period
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="invoice_lines")
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    service_period = models.DateField(help_text="The month whose service this line bills.")
+    description = models.CharField(max_length=255)
+    quantity = QuantityField(help_text="GPU-hours.")
+    unit_price = PriceField()
+    amount = AmountField()
+    fee_rate = RateField()
+    fee_amount = AmountField()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(quantity__gte=0), name="invoice_line_quantity_non_negative"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="invoice_line_amount_non_negative"),
+            models.CheckConstraint(
+                condition=Q(fee_amount__gte=0, fee_amount__lte=F("amount")), name="invoice_line_fee_within_amount"
+            ),
+        ]
+        indexes = [models.Index(fields=["contract", "service_period"])]
+
+    def __str__(self) -> str:
+        return self.description
+
+    @property
+    def net_amount(self):
+        return self.amount - self.fee_amount
+
+
+class CreditNote(models.Model):
+    """A correction of an issued invoice. The invoice itself never changes."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    number = models.CharField(max_length=32, unique=True)
+    reason = models.TextField()
+    amount = AmountField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="credit_note_amount_positive")]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class CreditNoteLine(models.Model):
+    """The share of a credit note that reverses one invoice line (and its provider split)."""
+
+    credit_note = models.ForeignKey(CreditNote, on_delete=models.CASCADE, related_name="lines")
+    invoice_line = models.ForeignKey(InvoiceLine, on_delete=models.PROTECT, related_name="credits")
+    amount = AmountField()
+    fee_amount = AmountField()
+    statement = models.ForeignKey(
+        "PayoutStatement",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="credit_lines",
+        help_text="The provider statement that deducted it.",
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="credit_line_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(fee_amount__gte=0, fee_amount__lte=F("amount")), name="credit_line_fee_within_amount"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount} of line {self.invoice_line_id}"
+
+
+class Payment(models.Model):
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="payments")
+    amount = AmountField()
+    reference = models.CharField(max_length=128, blank=True, default="")
+    received_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.amount} for {self.invoice}"
+
+
+class PayoutStatement(models.Model):
+    """What a provider earned in a month: gross, the platform's fee, and net."""
+
+    class Status(models.TextChoices):
+        ISSUED = "issued", "Issued"  # computed at the close; the payout is due
+        PAID = "paid", "Paid"  # the payout was sent
+
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="payout_statements")
+    period = models.DateField()
+    number = models.CharField(max_length=32, unique=True)
+    gross = AmountField()
+    fee = AmountField()
+    net = AmountField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ISSUED)
+    created_at = models.DateTimeField(auto_now_add=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "period"], name="payout_one_per_provider_period"),
+            models.CheckConstraint(condition=Q(gross=F("fee") + F("net")), name="payout_gross_is_fee_plus_net"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class Account(models.Model):
+    class Kind(models.TextChoices):
+        LAB_RECEIVABLE = "lab_receivable", "Lab receivable"  # asset: what a lab owes
+        PROVIDER_PAYABLE = "provider_payable", "Provider payable"  # liability: what we owe a provider
+        PLATFORM_REVENUE = "platform_revenue", "Platform revenue"  # income: the fee
+        CASH = "cash", "Cash"  # asset: money in the bank
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="accounts"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "organization"], name="account_unique_per_org"),
+            models.UniqueConstraint(
+                fields=["kind"], condition=Q(organization__isnull=True), name="account_unique_platform"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["lab_receivable", "provider_payable"], organization__isnull=False)
+                | Q(kind__in=["platform_revenue", "cash"], organization__isnull=True),
+                name="account_owner_matches_kind",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}" + (f": {self.organization}" if self.organization_id else "")
+
+
+class LedgerTransaction(models.Model):
+    class Kind(models.TextChoices):
+        INVOICE = "invoice", "Invoice issued"
+        PAYMENT = "payment", "Payment received"
+        CREDIT_NOTE = "credit_note", "Credit note"
+        PAYOUT = "payout", "Payout sent"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    source_key = models.CharField(max_length=64, unique=True, help_text="What posted it; posted once.")
+    memo = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.memo
+
+
+class LedgerEntry(models.Model):
+    """One leg of a transaction: positive is a debit, negative a credit. Legs sum to zero."""
+
+    transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT, related_name="entries")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    amount = AmountField()
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        constraints = [models.CheckConstraint(condition=~Q(amount=0), name="ledger_entry_non_zero")]
+        indexes = [models.Index(fields=["account", "transaction"])]
+
+    def __str__(self) -> str:
+        return f"{self.account}: {self.amount}"

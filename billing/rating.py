@@ -1,0 +1,223 @@
+"""Rating: turning contracts and usage into invoice lines for a calendar month.
+
+- A committed contract bills the GPU-hours of its window (up to an early release) that
+  fall in the month, times its price, whatever was used.
+- A metered contract bills the GPU-seconds reported for the month / 3,600, times its price,
+  never more than the contract could deliver in that month.
+- Usage that arrives after its month was closed is billed as an adjustment line on the
+  next invoice. Which close bills a usage record follows from the record's month and its
+  id against each close's watermark (the highest record id that close saw): a record of
+  month P is billed by the first close N >= P whose watermark covers it. Closes happen in
+  order, so that close bills ``period == N and id <= W(N)`` plus ``period < N and
+  W(N-1) < id <= W(N)``, computed with one aggregate query and no per-record update.
+
+All arithmetic is Decimal; each line's amount (and its platform-fee share) is rounded
+half-up to cents once, here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import Q, Sum
+
+from billing.models import Invoice, InvoiceLine, UsageRecord
+from broker.models import Contract
+from core.errors import InvalidInput
+from core.money import ZERO, round_money
+from core.timeutils import HOUR
+from marketplace.models import BillingMode, Organization
+
+SECONDS_PER_HOUR = Decimal(3600)
+
+
+def parse_period(value: str) -> date:
+    """'2026-11' -> date(2026, 11, 1)."""
+    try:
+        year, month = value.split("-")
+        if len(year) != 4 or len(month) != 2:
+            raise ValueError
+        return date(int(year), int(month), 1)
+    except (ValueError, AttributeError):
+        raise InvalidInput("A period is a month, YYYY-MM.", fields={"period": ["Use YYYY-MM, e.g. 2026-11."]})
+
+
+def month_of(moment: datetime) -> date:
+    moment = moment.astimezone(UTC)
+    return date(moment.year, moment.month, 1)
+
+
+def next_month(period: date) -> date:
+    return date(period.year + (period.month == 12), period.month % 12 + 1, 1)
+
+
+def previous_month(period: date) -> date:
+    return date(period.year - (period.month == 1), (period.month - 2) % 12 + 1, 1)
+
+
+def period_bounds(period: date) -> tuple[datetime, datetime]:
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    end_month = next_month(period)
+    return start, datetime(end_month.year, end_month.month, 1, tzinfo=UTC)
+
+
+def fee_rate_for(provider: Organization) -> Decimal:
+    rate = provider.platform_fee_rate
+    return settings.PLATFORM_FEE_RATE if rate is None else rate
+
+
+@dataclass(frozen=True, slots=True)
+class ContractTerms:
+    id: int
+    lab_id: int
+    provider_id: int
+    billing_mode: str
+    gpu_count: int
+    starts_at: datetime
+    service_end: datetime  # ends_at, or the early release
+    price: Decimal
+    gpu_model: str
+
+    def capacity_hours(self, period: date) -> Decimal:
+        """GPU-hours the contract can deliver inside the month."""
+        start, end = period_bounds(period)
+        lo, hi = max(self.starts_at, start), min(self.service_end, end)
+        if hi <= lo:
+            return ZERO
+        return Decimal(self.gpu_count * int((hi - lo) // HOUR))
+
+
+@dataclass(slots=True)
+class RatedLine:
+    lab_id: int
+    contract_id: int
+    provider_id: int
+    kind: str
+    service_period: date
+    description: str
+    quantity: Decimal  # exact GPU-hours
+    unit_price: Decimal
+    amount: Decimal
+    fee_rate: Decimal
+    fee_amount: Decimal
+
+
+_TERMS_FIELDS = (
+    "id",
+    "lab_id",
+    "provider_id",
+    "billing_mode",
+    "gpu_count",
+    "starts_at",
+    "ends_at",
+    "released_at",
+    "price_per_gpu_hour",
+    "cluster__gpu_model__name",
+)
+
+
+def _terms(rows) -> dict[int, ContractTerms]:
+    out = {}
+    for cid, lab_id, provider_id, mode, gpus, starts_at, ends_at, released_at, price, model in rows:
+        out[cid] = ContractTerms(
+            id=cid,
+            lab_id=lab_id,
+            provider_id=provider_id,
+            billing_mode=mode,
+            gpu_count=gpus,
+            starts_at=starts_at,
+            service_end=min(ends_at, released_at) if released_at else ends_at,
+            price=price,
+            gpu_model=model,
+        )
+    return out
+
+
+def _already_billed(contract_ids) -> dict[tuple[int, date], Decimal]:
+    rows = (
+        InvoiceLine.objects.filter(contract_id__in=contract_ids)
+        .exclude(invoice__status=Invoice.Status.DRAFT)
+        .values_list("contract_id", "service_period")
+        .annotate(quantity=Sum("quantity"))
+    )
+    return {(cid, period): quantity for cid, period, quantity in rows}
+
+
+def _line(terms: ContractTerms, kind: str, period: date, quantity: Decimal, fee_rates, label: str) -> RatedLine:
+    amount = round_money(quantity * terms.price)
+    rate = fee_rates[terms.provider_id]
+    return RatedLine(
+        lab_id=terms.lab_id,
+        contract_id=terms.id,
+        provider_id=terms.provider_id,
+        kind=kind,
+        service_period=period,
+        description=f"Contract {terms.id}: {terms.gpu_count} x {terms.gpu_model}, {label} {period:%Y-%m}",
+        quantity=quantity,
+        unit_price=terms.price,
+        amount=amount,
+        fee_rate=rate,
+        fee_amount=round_money(amount * rate),
+    )
+
+
+def rate_period(*, period: date, usage_upto: int | None, late_after: int, lab_id: int | None = None) -> list[RatedLine]:
+    """The lines a close of ``period`` bills (or a preview shows), for one lab or all.
+
+    ``usage_upto`` is the close's watermark (None: every record received so far);
+    ``late_after`` the previous close's watermark. Lines already on issued invoices are
+    subtracted, so rating twice never bills twice.
+    """
+    start, end = period_bounds(period)
+    overlapping = Contract.objects.filter(starts_at__lt=end, ends_at__gt=start).exclude(
+        released_at__isnull=False, released_at__lte=start
+    )
+    usage = UsageRecord.objects.filter(Q(period=period) | Q(period__lt=period, id__gt=late_after))
+    if usage_upto is not None:
+        usage = usage.filter(id__lte=usage_upto)
+    if lab_id is not None:
+        overlapping = overlapping.filter(lab_id=lab_id)
+        usage = usage.filter(contract__lab_id=lab_id)
+    usage_sums = list(
+        usage.filter(contract__billing_mode=BillingMode.METERED)
+        .values_list("contract_id", "period")
+        .annotate(seconds=Sum("gpu_seconds"))
+        .order_by()
+    )
+    terms = _terms(overlapping.values_list(*_TERMS_FIELDS))
+    missing = {cid for cid, _, _ in usage_sums} - terms.keys()
+    if missing:
+        terms |= _terms(Contract.objects.filter(pk__in=missing).values_list(*_TERMS_FIELDS))
+    billed = _already_billed(list(terms))
+    providers = {t.provider_id for t in terms.values()}
+    fee_rates = {org.pk: fee_rate_for(org) for org in Organization.objects.filter(pk__in=providers)}
+
+    lines: list[RatedLine] = []
+    for contract in sorted(terms.values(), key=lambda t: t.id):
+        if contract.billing_mode != BillingMode.COMMITTED:
+            continue
+        quantity = contract.capacity_hours(period) - billed.get((contract.id, period), ZERO)
+        if quantity > 0:
+            lines.append(_line(contract, InvoiceLine.Kind.COMMITTED, period, quantity, fee_rates, "committed"))
+
+    remaining_by_key = defaultdict(lambda: None)
+    for cid, usage_period, seconds in sorted(usage_sums, key=lambda row: (row[1], row[0])):
+        contract = terms[cid]
+        key = (cid, usage_period)
+        remaining = remaining_by_key[key]
+        if remaining is None:
+            remaining = contract.capacity_hours(usage_period) - billed.get(key, ZERO)
+        quantity = min(seconds / SECONDS_PER_HOUR, max(remaining, ZERO))
+        remaining_by_key[key] = remaining - quantity
+        if quantity <= 0:
+            continue
+        if usage_period == period:
+            lines.append(_line(contract, InvoiceLine.Kind.METERED, period, quantity, fee_rates, "metered usage"))
+        else:
+            line = _line(contract, InvoiceLine.Kind.ADJUSTMENT, usage_period, quantity, fee_rates, "late usage for")
+            lines.append(line)
+    return lines

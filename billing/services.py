@@ -1,0 +1,516 @@
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Max, Sum
+from django.utils import timezone
+
+from billing.ledger import ledger_post
+from billing.models import (
+    Account,
+    BillingPeriod,
+    CreditNote,
+    CreditNoteLine,
+    DocumentSequence,
+    Invoice,
+    InvoiceLine,
+    LedgerTransaction,
+    Payment,
+    PayoutStatement,
+    UsageRecord,
+)
+from billing.rating import RatedLine, month_of, next_month, period_bounds, rate_period
+from broker.models import Allocation, Contract
+from core.errors import InvalidInput, InvalidTransition
+from core.money import ZERO, round_money
+from marketplace.models import Organization
+
+MAX_USAGE_BATCH = 1000
+MAX_GPU_SECONDS = Decimal("1e14")
+USAGE_LOCK = (0x62696C6C, 1)  # ("bill", 1): ingestion shares it, a close takes it alone
+
+
+# --- Usage ingestion -----------------------------------------------------------------------
+
+
+@dataclass
+class IngestResult:
+    accepted: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+
+def _reject(result: IngestResult, index: int, record_id, code: str, message: str) -> None:
+    result.rejected.append({"index": index, "id": record_id, "code": code, "message": message})
+
+
+def _parse_time(value) -> datetime | None:
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.astimezone(UTC)
+
+
+def _parse_gpu_seconds(value) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or number < 0 or number > MAX_GPU_SECONDS or number.as_tuple().exponent < -3:
+        return None
+    return number
+
+
+@dataclass(slots=True)
+class _Candidate:
+    index: int
+    event_id: str
+    contract_id: int
+    node_name: str | None
+    started_at: datetime
+    ended_at: datetime
+    gpu_seconds: Decimal
+
+
+def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
+    """Store a provider's usage records; each is accepted, a duplicate, or rejected alone.
+
+    A record's ``id`` is the provider's event id: sent again (even by two retries at the
+    same moment) it is stored once, by the database's unique constraint.
+    """
+    if not isinstance(records, list) or not 1 <= len(records) <= MAX_USAGE_BATCH:
+        raise InvalidInput(
+            f"Send 1 to {MAX_USAGE_BATCH} records.", fields={"records": [f"A list of 1 to {MAX_USAGE_BATCH}."]}
+        )
+    result = IngestResult()
+    candidates: list[_Candidate] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(records):
+        if not isinstance(raw, dict):
+            _reject(result, index, None, "invalid", "A record is an object.")
+            continue
+        event_id = raw.get("id")
+        if isinstance(event_id, int) and not isinstance(event_id, bool):
+            event_id = str(event_id)
+        if not isinstance(event_id, str) or not 1 <= len(event_id) <= 128:
+            _reject(result, index, None, "invalid", "id: a string of 1 to 128 characters is required.")
+            continue
+        unknown = set(raw) - {"id", "contract", "node", "started_at", "ended_at", "gpu_seconds"}
+        if unknown:
+            _reject(result, index, event_id, "invalid", f"Unknown field(s): {', '.join(sorted(map(str, unknown)))}.")
+            continue
+        contract_id = raw.get("contract")
+        if isinstance(contract_id, bool) or not isinstance(contract_id, int) or not 1 <= contract_id < 2**62:
+            _reject(result, index, event_id, "invalid", "contract: a contract id is required.")
+            continue
+        node_name = raw.get("node")
+        if node_name is not None and (not isinstance(node_name, str) or not 1 <= len(node_name) <= 253):
+            _reject(result, index, event_id, "invalid", "node: a hostname string.")
+            continue
+        started_at, ended_at = _parse_time(raw.get("started_at")), _parse_time(raw.get("ended_at"))
+        if started_at is None or ended_at is None:
+            _reject(result, index, event_id, "invalid", "started_at and ended_at: ISO 8601 times with a zone.")
+            continue
+        if ended_at <= started_at:
+            _reject(result, index, event_id, "invalid", "ended_at must be after started_at.")
+            continue
+        if month_of(started_at) != month_of(ended_at - timedelta(microseconds=1)):
+            _reject(result, index, event_id, "spans_months", "A record may not span two UTC months; split it.")
+            continue
+        gpu_seconds = _parse_gpu_seconds(raw.get("gpu_seconds"))
+        if gpu_seconds is None:
+            _reject(result, index, event_id, "invalid", "gpu_seconds: a number >= 0 with at most 3 decimals.")
+            continue
+        if event_id in seen:
+            result.duplicates.append(event_id)
+            continue
+        seen.add(event_id)
+        candidates.append(_Candidate(index, event_id, contract_id, node_name, started_at, ended_at, gpu_seconds))
+
+    contracts = {
+        row[0]: row
+        for row in Contract.objects.filter(pk__in={c.contract_id for c in candidates}, provider=provider).values_list(
+            "id", "starts_at", "ends_at", "released_at", "gpu_count", "cluster__gpus_per_node"
+        )
+    }
+    named = {(c.contract_id, c.node_name) for c in candidates if c.node_name is not None and c.contract_id in contracts}
+    nodes = {}
+    if named:
+        nodes = {
+            (contract_id, hostname): node_id
+            for contract_id, hostname, node_id in Allocation.objects.filter(
+                contract_id__in={cid for cid, _ in named}, node__hostname__in={name for _, name in named}
+            ).values_list("contract_id", "node__hostname", "node_id")
+        }
+    rows = []
+    for candidate in candidates:
+        contract = contracts.get(candidate.contract_id)
+        if contract is None:
+            _reject(result, candidate.index, candidate.event_id, "unknown_contract", "No such contract of yours.")
+            continue
+        _, starts_at, ends_at, released_at, gpu_count, gpus_per_node = contract
+        service_end = min(ends_at, released_at) if released_at else ends_at
+        if candidate.started_at < starts_at or candidate.ended_at > service_end:
+            _reject(
+                result, candidate.index, candidate.event_id, "outside_contract",
+                f"Usage must fall inside the contract's window {starts_at:%Y-%m-%dT%H:%MZ} to "
+                f"{service_end:%Y-%m-%dT%H:%MZ}.",
+            )  # fmt: skip
+            continue
+        gpus = gpu_count
+        node_id = None
+        if candidate.node_name is not None:
+            node_id = nodes.get((candidate.contract_id, candidate.node_name))
+            if node_id is None:
+                _reject(
+                    result, candidate.index, candidate.event_id, "unknown_node", "That node is not in the contract."
+                )
+                continue
+            gpus = gpus_per_node
+        seconds = Decimal((candidate.ended_at - candidate.started_at).total_seconds())
+        if candidate.gpu_seconds > gpus * seconds:
+            _reject(
+                result, candidate.index, candidate.event_id, "exceeds_capacity",
+                f"{candidate.gpu_seconds} GPU-seconds is more than {gpus} GPUs deliver in {seconds} seconds.",
+            )  # fmt: skip
+            continue
+        rows.append((candidate, node_id))
+    if rows:
+        inserted = _insert_usage(provider, rows)
+        for candidate, _ in rows:
+            (result.accepted if candidate.event_id in inserted else result.duplicates).append(candidate.event_id)
+    return result
+
+
+def _insert_usage(provider: Organization, rows: list[tuple[_Candidate, int | None]]) -> set[str]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING: the ids that were new."""
+    ops = connection.ops
+    now = ops.adapt_datetimefield_value(timezone.now())
+    values = []
+    params: list = []
+    for candidate, node_id in rows:
+        values.append("(%s, %s, %s, %s, %s, %s, %s, %s, %s)")
+        params += [
+            provider.pk,
+            candidate.event_id,
+            candidate.contract_id,
+            node_id,
+            ops.adapt_datetimefield_value(candidate.started_at),
+            ops.adapt_datetimefield_value(candidate.ended_at),
+            ops.adapt_decimalfield_value(candidate.gpu_seconds, 18, 3),
+            ops.adapt_datefield_value(month_of(candidate.started_at)),
+            now,
+        ]
+    table = UsageRecord._meta.db_table
+    columns = "provider_id, event_id, contract_id, node_id, started_at, ended_at, gpu_seconds, period, received_at"
+    # Only the table name and placeholders are interpolated.
+    sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join(values)} ON CONFLICT (provider_id, event_id) DO NOTHING RETURNING event_id"  # noqa: E501, S608
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+# --- Numbering -----------------------------------------------------------------------------
+
+
+def _next_numbers(name: str, count: int) -> list[int]:
+    """Reserve ``count`` consecutive numbers of a gapless sequence (row lock until commit)."""
+    sequence, _ = DocumentSequence.objects.get_or_create(name=name)
+    sequence = DocumentSequence.objects.select_for_update().get(pk=sequence.pk)
+    first = sequence.last_value + 1
+    sequence.last_value += count
+    sequence.save(update_fields=["last_value"])
+    return list(range(first, first + count))
+
+
+# --- Closing a month -------------------------------------------------------------------------
+
+
+@dataclass
+class CloseResult:
+    period: BillingPeriod
+    created: bool
+    invoices: int = 0
+    statements: int = 0
+
+
+def billing_period_close(*, period: date, now: datetime | None = None) -> CloseResult:
+    """Issue the invoices and provider statements of an ended month, once."""
+    now = now or timezone.now()
+    _, period_end = period_bounds(period)
+    if now < period_end:
+        raise InvalidTransition(f"{period:%Y-%m} has not ended yet.", code="period_not_ended")
+    existing = BillingPeriod.objects.filter(period=period).first()
+    if existing is not None:
+        return CloseResult(period=existing, created=False)
+    try:
+        with transaction.atomic():
+            return _close(period)
+    except IntegrityError:
+        # Another close of the same month won the race; it did the work.
+        existing = BillingPeriod.objects.filter(period=period).first()
+        if existing is None:
+            raise
+        return CloseResult(period=existing, created=False)
+
+
+def _close(period: date) -> CloseResult:
+    latest = BillingPeriod.objects.select_for_update().order_by("-period").first()
+    if latest is not None and period <= latest.period:
+        raise InvalidTransition(f"{latest.period:%Y-%m} is already closed; months close in order.")
+    if latest is not None and period != next_month(latest.period):
+        raise InvalidTransition(f"Close {next_month(latest.period):%Y-%m} first; months close in order.")
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Wait for in-flight usage batches; later ones get higher ids than the watermark.
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", USAGE_LOCK)
+    watermark = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
+    closed = BillingPeriod.objects.create(period=period, usage_watermark=watermark)
+    lines = rate_period(period=period, usage_upto=watermark, late_after=latest.usage_watermark if latest else 0)
+    invoices = _issue_invoices(period, lines)
+    statements = _issue_statements(period, lines)
+    return CloseResult(period=closed, created=True, invoices=invoices, statements=statements)
+
+
+def _issue_invoices(period: date, lines: list[RatedLine]) -> int:
+    by_lab: dict[int, list[RatedLine]] = defaultdict(list)
+    for line in lines:
+        by_lab[line.lab_id].append(line)
+    if not by_lab:
+        return 0
+    lab_ids = sorted(by_lab)
+    numbers = _next_numbers("invoice", len(lab_ids))
+    now = timezone.now()
+    invoices = Invoice.objects.bulk_create(
+        Invoice(
+            lab_id=lab_id,
+            period=period,
+            number=f"INV-{period:%Y%m}-{number:06d}",
+            status=Invoice.Status.ISSUED,
+            total=sum((line.amount for line in by_lab[lab_id]), ZERO),
+            issued_at=now,
+        )
+        for lab_id, number in zip(lab_ids, numbers, strict=True)
+    )
+    invoice_by_lab = {invoice.lab_id: invoice for invoice in invoices}
+    InvoiceLine.objects.bulk_create(
+        (
+            InvoiceLine(
+                invoice=invoice_by_lab[line.lab_id],
+                contract_id=line.contract_id,
+                provider_id=line.provider_id,
+                kind=line.kind,
+                service_period=line.service_period,
+                description=line.description,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+                amount=line.amount,
+                fee_rate=line.fee_rate,
+                fee_amount=line.fee_amount,
+            )
+            for line in lines
+        ),
+        batch_size=2000,
+    )
+    postings = []
+    for lab_id in lab_ids:
+        invoice = invoice_by_lab[lab_id]
+        legs: dict[tuple[str, int | None], Decimal] = defaultdict(lambda: ZERO)
+        legs[(Account.Kind.LAB_RECEIVABLE, lab_id)] += invoice.total
+        for line in by_lab[lab_id]:
+            legs[(Account.Kind.PROVIDER_PAYABLE, line.provider_id)] -= line.amount - line.fee_amount
+            legs[(Account.Kind.PLATFORM_REVENUE, None)] -= line.fee_amount
+        postings.append((LedgerTransaction.Kind.INVOICE, f"invoice:{invoice.pk}", f"Invoice {invoice.number}", legs))
+    ledger_post(postings)
+    return len(invoices)
+
+
+def _issue_statements(period: date, lines: list[RatedLine]) -> int:
+    """Each provider's gross, fee and net for the month, from the lines issued at this close
+    and the credit notes written since the previous close."""
+    gross: dict[int, Decimal] = defaultdict(lambda: ZERO)
+    fee: dict[int, Decimal] = defaultdict(lambda: ZERO)
+    for line in lines:
+        gross[line.provider_id] += line.amount
+        fee[line.provider_id] += line.fee_amount
+    credits = (
+        CreditNoteLine.objects.filter(statement__isnull=True)
+        .values_list("invoice_line__provider_id")
+        .annotate(amount=Sum("amount"), fee=Sum("fee_amount"))
+        .order_by()
+    )
+    for provider_id, amount, fee_amount in credits:
+        gross[provider_id] -= amount
+        fee[provider_id] -= fee_amount
+    if not gross:
+        return 0
+    provider_ids = sorted(gross)
+    numbers = _next_numbers("payout", len(provider_ids))
+    statements = PayoutStatement.objects.bulk_create(
+        PayoutStatement(
+            provider_id=provider_id,
+            period=period,
+            number=f"PAY-{period:%Y%m}-{number:06d}",
+            gross=gross[provider_id],
+            fee=fee[provider_id],
+            net=gross[provider_id] - fee[provider_id],
+        )
+        for provider_id, number in zip(provider_ids, numbers, strict=True)
+    )
+    by_provider = {statement.provider_id: statement for statement in statements}
+    for provider_id, *_ in credits:
+        CreditNoteLine.objects.filter(statement__isnull=True, invoice_line__provider_id=provider_id).update(
+            statement=by_provider[provider_id]
+        )
+    return len(statements)
+
+
+def billing_period_preview(*, lab: Organization, period: date) -> list[RatedLine]:
+    """What the month's invoice would hold if it were closed from the current data; saves nothing."""
+    latest_before = BillingPeriod.objects.filter(period__lt=period).order_by("-period").first()
+    return rate_period(
+        period=period,
+        usage_upto=None,
+        late_after=latest_before.usage_watermark if latest_before else 0,
+        lab_id=lab.pk,
+    )
+
+
+# --- Payments, credit notes, payouts ---------------------------------------------------------
+
+
+def invoice_amount_due(invoice: Invoice) -> Decimal:
+    credited = invoice.credit_notes.aggregate(total=Sum("amount"))["total"] or ZERO
+    paid = invoice.payments.aggregate(total=Sum("amount"))["total"] or ZERO
+    return invoice.total - credited - paid
+
+
+def invoice_record_payment(
+    *, invoice: Invoice, amount: Decimal, reference: str = "", received_at: datetime | None = None
+) -> Payment:
+    """Record money received from the lab; the invoice is paid once nothing is due."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if invoice.status != Invoice.Status.ISSUED:
+            raise InvalidTransition(f"A {invoice.status} invoice takes no payment.")
+        if not amount.is_finite() or amount <= 0 or round_money(amount) != amount:
+            raise InvalidInput("A payment is a positive amount in cents.", fields={"amount": ["Invalid amount."]})
+        due = invoice_amount_due(invoice)
+        if amount > due:
+            raise InvalidInput(f"Only {due} is due.", fields={"amount": [f"At most {due}."]})
+        payment = Payment.objects.create(
+            invoice=invoice, amount=amount, reference=reference, received_at=received_at or timezone.now()
+        )
+        legs = {(Account.Kind.CASH, None): amount, (Account.Kind.LAB_RECEIVABLE, invoice.lab_id): -amount}
+        ledger_post([(LedgerTransaction.Kind.PAYMENT, f"payment:{payment.pk}", f"Payment for {invoice.number}", legs)])
+        if amount == due:
+            invoice.status = Invoice.Status.PAID
+            invoice.paid_at = timezone.now()
+            invoice.save(update_fields=["status", "paid_at"])
+    return payment
+
+
+def _line_credit_room(lines: list[InvoiceLine]) -> dict[int, tuple[Decimal, Decimal]]:
+    """For each line: amount and fee not yet credited."""
+    credited = {
+        line_id: (amount, fee)
+        for line_id, amount, fee in CreditNoteLine.objects.filter(invoice_line__in=lines)
+        .values_list("invoice_line_id")
+        .annotate(amount=Sum("amount"), fee=Sum("fee_amount"))
+        .order_by()
+    }
+    room = {}
+    for line in lines:
+        amount, fee = credited.get(line.pk, (ZERO, ZERO))
+        room[line.pk] = (line.amount - amount, line.fee_amount - fee)
+    return room
+
+
+def credit_note_create(
+    *, invoice: Invoice, reason: str, amount: Decimal | None = None, contract: Contract | None = None
+) -> CreditNote:
+    """Correct an issued invoice: credit ``amount`` (default: all that is left), spread over
+    its lines (or only the lines of ``contract``), with each provider's share reversed."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("A credit note needs a reason.", fields={"reason": ["This field is required."]})
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if invoice.status != Invoice.Status.ISSUED:
+            raise InvalidTransition(f"Only an unpaid issued invoice can be credited; this one is {invoice.status}.")
+        lines = list(invoice.lines.all() if contract is None else invoice.lines.filter(contract=contract))
+        room = _line_credit_room(lines)
+        available = min(sum((r[0] for r in room.values()), ZERO), invoice_amount_due(invoice))
+        amount = available if amount is None else amount
+        if not amount.is_finite() or amount <= 0 or round_money(amount) != amount:
+            raise InvalidInput("A credit is a positive amount in cents.", fields={"amount": ["Invalid amount."]})
+        if amount > available:
+            raise InvalidInput(f"At most {available} can be credited.", fields={"amount": [f"At most {available}."]})
+        number = _next_numbers("credit_note", 1)[0]
+        note = CreditNote.objects.create(
+            invoice=invoice, number=f"CN-{invoice.period:%Y%m}-{number:06d}", reason=reason, amount=amount
+        )
+        parts = []
+        left = amount
+        for line in lines:
+            line_room, fee_room = room[line.pk]
+            share = min(line_room, left)
+            if share <= 0:
+                continue
+            fee_share = fee_room if share == line_room else min(round_money(share * line.fee_rate), fee_room)
+            parts.append(CreditNoteLine(credit_note=note, invoice_line=line, amount=share, fee_amount=fee_share))
+            left -= share
+            if left == 0:
+                break
+        CreditNoteLine.objects.bulk_create(parts)
+        legs: dict[tuple[str, int | None], Decimal] = defaultdict(lambda: ZERO)
+        legs[(Account.Kind.LAB_RECEIVABLE, invoice.lab_id)] -= amount
+        for part in parts:
+            legs[(Account.Kind.PROVIDER_PAYABLE, part.invoice_line.provider_id)] += part.amount - part.fee_amount
+            legs[(Account.Kind.PLATFORM_REVENUE, None)] += part.fee_amount
+        ledger_post(
+            [(LedgerTransaction.Kind.CREDIT_NOTE, f"credit_note:{note.pk}", f"Credit note {note.number}", legs)]
+        )
+        if invoice_amount_due(invoice) == 0 and not invoice.payments.exists():
+            invoice.status = Invoice.Status.VOID
+            invoice.voided_at = timezone.now()
+            invoice.save(update_fields=["status", "voided_at"])
+    return note
+
+
+def invoice_void(*, invoice: Invoice, reason: str) -> CreditNote:
+    """Void an unpaid issued invoice with a credit note for everything still due."""
+    if invoice.payments.exists():
+        raise InvalidTransition("A partly paid invoice cannot be voided; credit the rest instead.")
+    return credit_note_create(invoice=invoice, reason=reason)
+
+
+def payout_mark_paid(*, statement: PayoutStatement) -> PayoutStatement:
+    """Record that the provider's net was sent."""
+    with transaction.atomic():
+        statement = PayoutStatement.objects.select_for_update().get(pk=statement.pk)
+        if statement.status == PayoutStatement.Status.PAID:
+            return statement
+        if statement.net > 0:
+            legs = {
+                (Account.Kind.PROVIDER_PAYABLE, statement.provider_id): statement.net,
+                (Account.Kind.CASH, None): -statement.net,
+            }
+            ledger_post([(LedgerTransaction.Kind.PAYOUT, f"payout:{statement.pk}", f"Payout {statement.number}", legs)])
+        statement.status = PayoutStatement.Status.PAID
+        statement.paid_at = timezone.now()
+        statement.save(update_fields=["status", "paid_at"])
+    return statement
