@@ -1,12 +1,55 @@
-"""The demo market that `make run` serves."""
+"""The demo market that `make run` serves.
 
-from marketplace.models import ApiKey, Organization
-from marketplace.services import api_key_create, organization_create
+A large provider (a 12,500-node, 100,000-GPU H100 supercluster) and a smaller cloud list
+capacity; a lab has open requests that the matching engine fills; last month is closed,
+so there is usage, an issued invoice and a payout statement to look at. Seeding twice
+changes nothing but the demo API keys, which are re-issued (the old ones revoked).
+"""
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from billing.models import BillingPeriod
+from billing.rating import month_of, period_bounds, previous_month
+from billing.services import billing_period_close, usage_ingest
+from broker.models import Allocation, ComputeRequest, Contract
+from broker.services import compute_request_create, contract_total, listing_book
+from core.timeutils import HOUR, current_hour
+from marketplace.models import ApiKey, Cluster, GpuModel, Listing, ListingNode, Organization
+from marketplace.services import api_key_create, cluster_create, listing_create, organization_create
 
 DEMO_KEY_NAME = "demo"
-DEMO_ORGANIZATIONS = [
-    ("Colossus Compute", "provider"),
-    ("Frontier Lab", "lab"),
+PROVIDER, CLOUD, LAB, BOTH = "Colossus Compute", "Nimbus GPU Cloud", "Frontier Lab", "Orbital AI"
+DEMO_ORGANIZATIONS = [(PROVIDER, "provider"), (CLOUD, "provider"), (LAB, "lab"), (BOTH, "both")]
+
+CLUSTERS = [
+    # provider, name, gpu model, region, interconnect, gpus per node, nodes
+    (PROVIDER, "colossus-1", "h100-sxm-80gb", "us-south-1", "infiniband", 8, 12_500),
+    (CLOUD, "nimbus-h200-a", "h200-sxm-141gb", "eu-west-2", "roce", 8, 64),
+    (CLOUD, "nimbus-mi300x", "mi300x", "us-east-1", "infiniband", 8, 32),
+    (CLOUD, "nimbus-a100", "a100-sxm-80gb", "us-east-1", "ethernet", 8, 16),
+    (BOTH, "orbital-b200", "b200", "us-west-1", "infiniband", 8, 24),
+]
+
+LISTINGS = [
+    # cluster, nodes, start offset hours, length hours, price, billing mode
+    ("colossus-1", 4_000, 1, 30 * 24, "2.1000", "committed"),
+    ("colossus-1", 1_000, 1, 14 * 24, "2.4500", "metered"),
+    ("nimbus-h200-a", 48, 1, 21 * 24, "3.1000", "committed"),
+    ("nimbus-mi300x", 32, 1, 14 * 24, "1.6500", "metered"),
+    ("nimbus-a100", 16, 1, 7 * 24, "1.0500", "metered"),
+    ("orbital-b200", 16, 24, 10 * 24, "4.2000", "committed"),
+]
+
+REQUESTS = [
+    # gpu model, gpus, start offset hours, duration, max price, billing mode, colocated
+    ("h100-sxm-80gb", 2_048, 24, 72, "2.5000", "committed", True),
+    ("h100-sxm-80gb", 512, 12, 48, "2.6000", "metered", False),
+    ("h200-sxm-141gb", 128, 6, 24, "3.5000", "committed", True),
+    ("b200", 64, 48, 24, "3.0000", "committed", True),  # below the ask: stays open
 ]
 
 
@@ -16,18 +59,143 @@ def _organization_with_fresh_key(name: str, role: str) -> tuple[Organization, st
     if organization is None:
         organization, issued = organization_create(name=name, role=role, key_name=DEMO_KEY_NAME)
         return organization, issued.secret
-    from django.utils import timezone
-
     ApiKey.objects.filter(organization=organization, name=DEMO_KEY_NAME, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
     return organization, api_key_create(organization=organization, name=DEMO_KEY_NAME).secret
 
 
+def _past_contract(*, cluster: Cluster, lab: Organization, nodes: int, hours: int, price: str, mode: str) -> Contract:
+    """A contract that ran last month. Services refuse past windows, so history is written
+    directly here, with the same shape the services write."""
+    start = period_bounds(previous_month(month_of(timezone.now())))[0] + timedelta(days=3)
+    end = start + hours * HOUR
+    listing = Listing.objects.create(
+        provider=cluster.provider,
+        cluster=cluster,
+        node_count=nodes,
+        starts_at=start,
+        ends_at=end,
+        price_per_gpu_hour=Decimal(price),
+        billing_mode=mode,
+        status=Listing.Status.WITHDRAWN,
+    )
+    node_ids = list(cluster.nodes.order_by("-id").values_list("id", flat=True)[:nodes])
+    bindings = ListingNode.objects.bulk_create(
+        ListingNode(listing=listing, node_id=node_id, starts_at=start, ends_at=end, released=True)
+        for node_id in node_ids
+    )
+    gpus = nodes * cluster.gpus_per_node
+    contract = Contract.objects.create(
+        listing=listing,
+        lab=lab,
+        provider=cluster.provider,
+        cluster=cluster,
+        gpu_count=gpus,
+        node_count=nodes,
+        starts_at=start,
+        ends_at=end,
+        price_per_gpu_hour=listing.price_per_gpu_hour,
+        billing_mode=mode,
+        total_amount=contract_total(gpu_count=gpus, hours=hours, price_per_gpu_hour=listing.price_per_gpu_hour)
+        if mode == "committed"
+        else None,
+        status=Contract.Status.COMPLETED,
+    )
+    Allocation.objects.bulk_create(
+        Allocation(contract=contract, listing_node=b, node_id=b.node_id, starts_at=start, ends_at=end)
+        for b in bindings
+    )
+    return contract
+
+
+def _seed_market() -> None:
+    orgs = {org.name: org for org in Organization.objects.filter(name__in=[n for n, _ in DEMO_ORGANIZATIONS])}
+    models = {model.slug: model for model in GpuModel.objects.all()}
+    clusters = {}
+    for provider, name, model, region, interconnect, gpus_per_node, nodes in CLUSTERS:
+        clusters[name] = cluster_create(
+            provider=orgs[provider],
+            name=name,
+            gpu_model=models[model],
+            region=region,
+            interconnect=interconnect,
+            gpus_per_node=gpus_per_node,
+            node_count=nodes,
+        )
+    hour = current_hour()
+    listings = {}
+    for name, nodes, offset, length, price, mode in LISTINGS:
+        cluster = clusters[name]
+        listings[name, mode] = listing_create(
+            provider=cluster.provider,
+            cluster=cluster,
+            node_count=nodes,
+            starts_at=hour + offset * HOUR,
+            ends_at=hour + (offset + length) * HOUR,
+            price_per_gpu_hour=Decimal(price),
+            billing_mode=mode,
+        )
+    # History: last month's contracts, their usage, and the month closed.
+    committed = _past_contract(
+        cluster=clusters["colossus-1"], lab=orgs[LAB], nodes=32, hours=72, price="2.0500", mode="committed"
+    )
+    metered = _past_contract(
+        cluster=clusters["nimbus-mi300x"], lab=orgs[LAB], nodes=4, hours=48, price="1.7000", mode="metered"
+    )
+    records = []
+    for hour_index in range(48):
+        started = metered.starts_at + hour_index * HOUR
+        records.append(
+            {
+                "id": f"demo-mi300x-{hour_index:03d}",
+                "contract": metered.pk,
+                "started_at": started.isoformat(),
+                "ended_at": (started + HOUR).isoformat(),
+                "gpu_seconds": 32 * 3600 * (70 + hour_index % 25) // 100,  # 70-94% busy
+            }
+        )
+    usage_ingest(provider=orgs[CLOUD], records=records)
+    del committed
+    # Upcoming: an instant booking, and requests for the matching engine.
+    listing_book(
+        lab=orgs[BOTH],
+        listing=listings["nimbus-a100", "metered"],
+        gpu_count=32,
+        starts_at=hour + 2 * HOUR,
+        duration_hours=24,
+    )
+    for model, gpus, offset, duration, price, mode, colocated in REQUESTS:
+        compute_request_create(
+            lab=orgs[LAB],
+            gpu_model=models[model],
+            gpu_count=gpus,
+            starts_at=hour + offset * HOUR,
+            duration_hours=duration,
+            max_price_per_gpu_hour=Decimal(price),
+            billing_mode=mode,
+            colocated=colocated,
+        )
+
+
 def seed_demo_market() -> dict[str, str]:
-    """Create or refresh the demo organizations; return their fresh API keys by name."""
+    """Create the demo market once; return fresh API keys of its organizations by name."""
     keys = {}
-    for name, role in DEMO_ORGANIZATIONS:
-        _, secret = _organization_with_fresh_key(name, role)
-        keys[f"{name} ({role})"] = secret
+    with transaction.atomic():
+        for name, role in DEMO_ORGANIZATIONS:
+            _, secret = _organization_with_fresh_key(name, role)
+            keys[f"{name} ({role})"] = secret
+        if not Cluster.objects.filter(name="colossus-1").exists():
+            _seed_market()
+    period = previous_month(month_of(timezone.now()))
+    if not BillingPeriod.objects.exists():
+        billing_period_close(period=period)
     return keys
+
+
+def demo_summary() -> dict[str, int]:
+    return {
+        "open_requests": ComputeRequest.objects.filter(status=ComputeRequest.Status.OPEN).count(),
+        "contracts": Contract.objects.count(),
+        "listings": Listing.objects.filter(status=Listing.Status.ACTIVE).count(),
+    }

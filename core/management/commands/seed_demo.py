@@ -3,7 +3,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from core.demo import seed_demo_market
+from core.demo import demo_summary, seed_demo_market
 
 
 class Command(BaseCommand):
@@ -23,7 +23,11 @@ class Command(BaseCommand):
                 admin.save()
             keys = seed_demo_market()
         self.stdout.write("")
-        self.stdout.write("Demo market ready.")
+        summary = demo_summary()
+        self.stdout.write(
+            f"Demo market ready: {summary['listings']} active listings, {summary['contracts']} contracts, "
+            f"{summary['open_requests']} open request(s)."
+        )
         self.stdout.write(
             "  Admin:    http://127.0.0.1:8000/admin/  user 'admin'"
             + (f" password '{admin_password}'" if created else " (password unchanged)")
