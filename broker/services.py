@@ -123,6 +123,7 @@ def compute_requests_expire(*, now: datetime | None = None) -> int:
 def free_listing_nodes(*, listing: Listing, starts_at: datetime, ends_at: datetime):
     """The listing's reserved, in-service nodes sold to nobody in [starts_at, ends_at)."""
     sold = Allocation.objects.filter(node_id=OuterRef("node_id"), starts_at__lt=ends_at, ends_at__gt=starts_at)
+    sold = sold.filter(ends_at__gt=F("starts_at"))  # a released-before-start (empty) allocation holds nothing
     return (
         ListingNode.objects.filter(listing=listing, released=False, node__status=Node.Status.IN_SERVICE)
         .exclude(Exists(sold))

@@ -154,6 +154,7 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
               AND NOT EXISTS (
                   SELECT 1 FROM {Allocation._meta.db_table} a
                   WHERE a.node_id = ln.node_id AND a.starts_at < w.we AND a.ends_at > w.ws
+                    AND a.ends_at > a.starts_at
               )
             GROUP BY ln.listing_id
         )

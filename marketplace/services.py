@@ -202,7 +202,9 @@ def _free_nodes_qs(*, cluster_id: int, starts_at: datetime, ends_at: datetime, e
     )
     if exclude_listing_id is not None:
         reserved = reserved.exclude(listing_id=exclude_listing_id)
-    sold = Allocation.objects.filter(node_id=OuterRef("pk"), starts_at__lt=ends_at, ends_at__gt=starts_at)
+    sold = Allocation.objects.filter(node_id=OuterRef("pk"), starts_at__lt=ends_at, ends_at__gt=starts_at).filter(
+        ends_at__gt=F("starts_at")  # an allocation released before it started holds nothing
+    )
     return (
         Node.objects.filter(cluster_id=cluster_id, status=Node.Status.IN_SERVICE)
         .exclude(Exists(reserved))
