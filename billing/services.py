@@ -399,9 +399,17 @@ def invoice_amount_due(invoice: Invoice) -> Decimal:
 
 
 def invoice_record_payment(
-    *, invoice: Invoice, amount: Decimal, reference: str = "", received_at: datetime | None = None
+    *,
+    invoice: Invoice,
+    amount: Decimal,
+    reference: str = "",
+    received_at: datetime | None = None,
+    actor=None,
+    actor_label: str = "",
 ) -> Payment:
     """Record money received from the lab; the invoice is paid once nothing is due."""
+    from core.services import audit_record
+
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if invoice.status != Invoice.Status.ISSUED:
@@ -420,6 +428,13 @@ def invoice_record_payment(
             invoice.status = Invoice.Status.PAID
             invoice.paid_at = timezone.now()
             invoice.save(update_fields=["status", "paid_at"])
+        audit_record(
+            action="payment_recorded",
+            target=invoice,
+            actor=actor,
+            actor_label=actor_label,
+            message=f"{amount} received ({reference or 'no reference'}); {due - amount} still due",
+        )
     return payment
 
 
@@ -491,11 +506,39 @@ def credit_note_create(
     return note
 
 
-def invoice_void(*, invoice: Invoice, reason: str) -> CreditNote:
+def invoice_void(*, invoice: Invoice, reason: str, actor=None, actor_label: str = "") -> CreditNote:
     """Void an unpaid issued invoice with a credit note for everything still due."""
+    from core.services import audit_record
+
     if invoice.payments.exists():
         raise InvalidTransition("A partly paid invoice cannot be voided; credit the rest instead.")
-    return credit_note_create(invoice=invoice, reason=reason)
+    with transaction.atomic():
+        note = credit_note_create(invoice=invoice, reason=reason)
+        invoice.refresh_from_db()
+        if invoice.status != Invoice.Status.VOID:
+            raise InvalidTransition("The invoice still has an amount due after crediting it.")
+        audit_record(
+            action="invoice_voided",
+            target=invoice,
+            actor=actor,
+            actor_label=actor_label,
+            message=f"{reason} (credit note {note.number}, {note.amount})",
+        )
+    return note
+
+
+def contract_credit_invoiced(*, contract: Contract, reason: str) -> list[CreditNote]:
+    """Credit what is still due of a contract's lines on unpaid issued invoices."""
+    notes = []
+    invoices = Invoice.objects.filter(status=Invoice.Status.ISSUED, lines__contract=contract).distinct()
+    for invoice in invoices.order_by("id"):
+        lines = list(invoice.lines.filter(contract=contract))
+        room = sum((amount for amount, _ in _line_credit_room(lines).values()), ZERO)
+        due = invoice_amount_due(invoice)
+        amount = min(room, due)
+        if amount > 0:
+            notes.append(credit_note_create(invoice=invoice, reason=reason, amount=amount, contract=contract))
+    return notes
 
 
 def payout_mark_paid(*, statement: PayoutStatement) -> PayoutStatement:

@@ -260,8 +260,15 @@ def contract_terminate(*, contract: Contract, lab: Organization) -> Contract:
     return contract
 
 
-def contract_cancel(*, contract: Contract, reason: str) -> Contract:
-    """An operator's cancellation, with a reason; nodes are free from the next whole hour."""
+def contract_cancel(*, contract: Contract, reason: str, actor=None, actor_label: str = "") -> Contract:
+    """An operator's cancellation, with a reason.
+
+    Its nodes are free from the next whole hour; whatever of it was invoiced and is unpaid
+    is credited by a credit note; later months bill nothing past the release.
+    """
+    from billing.services import contract_credit_invoiced
+    from core.services import audit_record
+
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("A cancellation needs a reason.", fields={"reason": ["This field is required."]})
@@ -277,6 +284,15 @@ def contract_cancel(*, contract: Contract, reason: str) -> Contract:
         contract.released_at = release_at
         contract.save(update_fields=["status", "cancel_reason", "released_at"])
         _release_allocations(contract, release_at)
+        credit_notes = contract_credit_invoiced(contract=contract, reason=f"Contract {contract.pk} cancelled: {reason}")
+        credited = ", ".join(note.number for note in credit_notes) or "nothing invoiced"
+        audit_record(
+            action="contract_cancelled",
+            target=contract,
+            actor=actor,
+            actor_label=actor_label,
+            message=f"{reason} (nodes free from {release_at:%Y-%m-%dT%H:%MZ}; credited: {credited})",
+        )
     return contract
 
 

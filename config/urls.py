@@ -3,6 +3,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from core.admin_views import market_overview_view
 from core.views import not_found
 
 api_v1 = [
@@ -24,6 +25,7 @@ api_v1 = [
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/api/v1/docs/", permanent=False)),
+    path("admin/market-overview/", admin.site.admin_view(market_overview_view), name="market-overview"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     re_path(r"^api/", not_found),

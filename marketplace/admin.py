@@ -2,8 +2,19 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from core.admin import AuditedAdmin
+from core.errors import DomainError
+from core.services import audit_record
 from marketplace.models import ApiKey, Cluster, GpuModel, Listing, Membership, Node, Organization
-from marketplace.services import api_key_create, api_key_revoke, organization_set_status
+from marketplace.services import (
+    api_key_create,
+    api_key_revoke,
+    listing_update,
+    listing_withdraw,
+    node_set_status,
+    organization_set_fee_rate,
+    organization_set_status,
+)
 
 
 class MembershipInline(admin.TabularInline):
@@ -25,7 +36,7 @@ class ApiKeyInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(AuditedAdmin):
     list_display = ["name", "role", "status", "platform_fee_rate", "created_at"]
     list_filter = ["status", "is_provider", "is_lab"]
     search_fields = ["name"]
@@ -34,6 +45,10 @@ class OrganizationAdmin(admin.ModelAdmin):
     actions = ["verify", "suspend", "reactivate", "issue_api_key"]
 
     def save_model(self, request: HttpRequest, obj: Organization, form, change: bool) -> None:
+        if change and "platform_fee_rate" in form.changed_data:
+            organization_set_fee_rate(organization=obj, rate=obj.platform_fee_rate, actor=request.user)
+        if change and "status" in form.changed_data:
+            organization_set_status(organization=obj, status=obj.status, actor=request.user)
         super().save_model(request, obj, form, change)
         if not change:
             issued = api_key_create(organization=obj)
@@ -45,7 +60,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
     def _set_status(self, request: HttpRequest, queryset: QuerySet, status: str) -> None:
         for organization in queryset:
-            organization_set_status(organization=organization, status=status)
+            organization_set_status(organization=organization, status=status, actor=request.user)
         self.message_user(request, f"{queryset.count()} organization(s) now {status}.")
 
     @admin.action(description="Verify selected organizations")
@@ -68,7 +83,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AuditedAdmin):
     list_display = ["prefix", "name", "organization", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["organization"]
@@ -105,7 +120,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(AuditedAdmin):
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["role"]
     list_select_related = ["user", "organization"]
@@ -114,7 +129,7 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(GpuModel)
-class GpuModelAdmin(admin.ModelAdmin):
+class GpuModelAdmin(AuditedAdmin):
     list_display = ["name", "slug", "vendor", "memory_gb", "bf16_tflops"]
     list_filter = ["vendor"]
     search_fields = ["name", "slug"]
@@ -122,26 +137,51 @@ class GpuModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(Cluster)
-class ClusterAdmin(admin.ModelAdmin):
+class ClusterAdmin(AuditedAdmin):
     list_display = ["name", "provider", "gpu_model", "region", "interconnect", "gpus_per_node", "created_at"]
     list_filter = ["gpu_model", "interconnect", "region"]
     list_select_related = ["provider", "gpu_model"]
     search_fields = ["name", "provider__name", "region"]
     date_hierarchy = "created_at"
+    readonly_fields = ["provider", "gpu_model", "region", "interconnect", "gpus_per_node", "created_at"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # providers register clusters through the API
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
+class NodeAdmin(AuditedAdmin):
     list_display = ["hostname", "cluster", "status"]
     list_filter = ["status"]
     list_select_related = ["cluster"]
     search_fields = ["hostname", "cluster__name"]
     show_full_result_count = False
-    raw_id_fields = ["cluster"]
+    readonly_fields = ["cluster", "hostname", "status"]
+    actions = ["to_maintenance", "to_service"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def _set_status(self, request, queryset, status):
+        for node in queryset:
+            try:
+                node_set_status(node=node, status=status)
+            except DomainError as exc:
+                self.message_user(request, f"{node}: {exc.message}", messages.ERROR)
+            else:
+                audit_record(action=f"node_{status}", target=node, actor=request.user)
+
+    @admin.action(description="Take selected nodes out of service (maintenance)")
+    def to_maintenance(self, request, queryset):
+        self._set_status(request, queryset, Node.Status.MAINTENANCE)
+
+    @admin.action(description="Put selected nodes back in service")
+    def to_service(self, request, queryset):
+        self._set_status(request, queryset, Node.Status.IN_SERVICE)
 
 
 @admin.register(Listing)
-class ListingAdmin(admin.ModelAdmin):
+class ListingAdmin(AuditedAdmin):
     list_display = [
         "id",
         "provider",
@@ -157,4 +197,35 @@ class ListingAdmin(admin.ModelAdmin):
     list_select_related = ["provider", "cluster"]
     search_fields = ["provider__name", "cluster__name"]
     date_hierarchy = "starts_at"
-    raw_id_fields = ["cluster", "provider"]
+    actions = ["pause", "resume", "withdraw"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def _apply(self, request, queryset, change, label):
+        for listing in queryset:
+            try:
+                change(listing)
+            except DomainError as exc:
+                self.message_user(request, f"{listing}: {exc.message}", messages.ERROR)
+            else:
+                audit_record(action=f"listing_{label}", target=listing, actor=request.user)
+
+    @admin.action(description="Pause selected listings")
+    def pause(self, request, queryset):
+        self._apply(
+            request, queryset, lambda item: listing_update(listing=item, status=Listing.Status.PAUSED), "paused"
+        )
+
+    @admin.action(description="Resume selected listings")
+    def resume(self, request, queryset):
+        self._apply(
+            request, queryset, lambda item: listing_update(listing=item, status=Listing.Status.ACTIVE), "resumed"
+        )
+
+    @admin.action(description="Withdraw selected listings (sold capacity stays sold)")
+    def withdraw(self, request, queryset):
+        self._apply(request, queryset, lambda item: listing_withdraw(listing=item), "withdrawn")

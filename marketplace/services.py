@@ -86,12 +86,54 @@ def organization_create(*, name: str, role: str, key_name: str = "default") -> t
     return organization, issued
 
 
-def organization_set_status(*, organization: Organization, status: str) -> Organization:
-    """Verify, suspend or reactivate an organization."""
+def organization_set_status(
+    *, organization: Organization, status: str, actor=None, actor_label: str = ""
+) -> Organization:
+    """Verify, suspend or reactivate an organization. A suspended one's keys stop working
+    and its listings leave search and matching."""
+    from core.services import audit_record
+
     if status not in Organization.Status.values:
         raise InvalidTransition(f"Unknown status {status!r}.")
-    Organization.objects.filter(pk=organization.pk).update(status=status)
-    organization.status = status
+    with transaction.atomic():
+        previous = Organization.objects.select_for_update().get(pk=organization.pk).status
+        Organization.objects.filter(pk=organization.pk).update(status=status)
+        organization.status = status
+        if previous != status:
+            audit_record(
+                action=f"organization_{status}",
+                target=organization,
+                actor=actor,
+                actor_label=actor_label,
+                message=f"{previous} -> {status}",
+            )
+    return organization
+
+
+def organization_set_fee_rate(
+    *, organization: Organization, rate: Decimal | None, actor=None, actor_label: str = ""
+) -> Organization:
+    """Override the platform fee taken from a provider's payouts (None: the default)."""
+    from core.services import audit_record
+
+    if rate is not None and (
+        not rate.is_finite() or not Decimal(0) <= rate < Decimal(1) or rate.as_tuple().exponent < -4
+    ):
+        raise InvalidInput(
+            "A fee rate is a fraction in [0, 1) with at most 4 places, e.g. 0.05.",
+            fields={"platform_fee_rate": ["Must be in [0, 1)."]},
+        )
+    with transaction.atomic():
+        previous = Organization.objects.select_for_update().get(pk=organization.pk).platform_fee_rate
+        Organization.objects.filter(pk=organization.pk).update(platform_fee_rate=rate)
+        organization.platform_fee_rate = rate
+        audit_record(
+            action="fee_rate_set",
+            target=organization,
+            actor=actor,
+            actor_label=actor_label,
+            message=f"{previous if previous is not None else 'default'} -> {rate if rate is not None else 'default'}",
+        )
     return organization
 
 

@@ -1,0 +1,173 @@
+from django import forms
+from django.contrib import admin
+from django.db.models import Sum
+
+from billing.models import (
+    Account,
+    BillingPeriod,
+    CreditNote,
+    DocumentSequence,
+    Invoice,
+    InvoiceLine,
+    LedgerEntry,
+    LedgerTransaction,
+    Payment,
+    PayoutStatement,
+    UsageRecord,
+)
+from billing.services import invoice_record_payment, invoice_void, payout_mark_paid
+from core.admin import ReadOnlyAdmin, ReadOnlyInline, ReasonForm, run_form_action
+from core.money import ZERO
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = ["event_id", "provider", "contract", "started_at", "ended_at", "gpu_seconds", "period"]
+    list_filter = ["period"]
+    list_select_related = ["provider", "contract"]
+    search_fields = ["event_id", "provider__name"]
+    date_hierarchy = "started_at"
+    show_full_result_count = False
+
+
+@admin.register(BillingPeriod)
+class BillingPeriodAdmin(ReadOnlyAdmin):
+    list_display = ["period", "usage_watermark", "closed_at"]
+
+
+@admin.register(DocumentSequence)
+class DocumentSequenceAdmin(ReadOnlyAdmin):
+    list_display = ["name", "last_value"]
+
+
+class InvoiceLineInline(ReadOnlyInline):
+    model = InvoiceLine
+    fields = ["contract", "kind", "service_period", "description", "quantity", "unit_price", "amount", "fee_amount"]
+    readonly_fields = fields
+    show_change_link = False
+
+
+class CreditNoteInline(ReadOnlyInline):
+    model = CreditNote
+    fields = ["number", "amount", "reason", "created_at"]
+    readonly_fields = fields
+
+
+class PaymentInline(ReadOnlyInline):
+    model = Payment
+    fields = ["amount", "reference", "received_at"]
+    readonly_fields = fields
+
+
+class PaymentForm(forms.Form):
+    amount = forms.DecimalField(max_digits=16, decimal_places=2, min_value=0.01, required=False,
+                                help_text="Leave empty to record the whole amount due.")  # fmt: skip
+    reference = forms.CharField(max_length=128, required=False)
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = ["number", "lab", "period", "status", "total", "issued_at", "paid_at"]
+    list_filter = ["status", "period"]
+    list_select_related = ["lab"]
+    search_fields = ["number", "lab__name"]
+    date_hierarchy = "issued_at"
+    inlines = [InvoiceLineInline, CreditNoteInline, PaymentInline]
+    actions = ["record_payment", "void"]
+
+    @admin.action(description="Record a payment (marks the invoice paid when nothing is left due)")
+    def record_payment(self, request, queryset):
+        from billing.services import invoice_amount_due
+
+        def apply(invoice, data):
+            amount = data["amount"] or invoice_amount_due(invoice)
+            invoice_record_payment(invoice=invoice, amount=amount, reference=data["reference"], actor=request.user)
+            invoice.refresh_from_db()
+            return f"payment of {amount} recorded; invoice is {invoice.status}."
+
+        return run_form_action(self, request, queryset, form_class=PaymentForm, title="Record payment", apply=apply)
+
+    @admin.action(description="Void selected invoices with a credit note")
+    def void(self, request, queryset):
+        def apply(invoice, data):
+            note = invoice_void(invoice=invoice, reason=data["reason"], actor=request.user)
+            return f"voided by credit note {note.number} ({note.amount})."
+
+        return run_form_action(self, request, queryset, form_class=ReasonForm, title="Void invoices", apply=apply)
+
+
+@admin.register(CreditNote)
+class CreditNoteAdmin(ReadOnlyAdmin):
+    list_display = ["number", "invoice", "amount", "reason", "created_at"]
+    list_select_related = ["invoice"]
+    search_fields = ["number", "invoice__number"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    list_display = ["invoice", "amount", "reference", "received_at"]
+    list_select_related = ["invoice"]
+    search_fields = ["invoice__number", "reference"]
+    date_hierarchy = "received_at"
+
+
+@admin.register(PayoutStatement)
+class PayoutStatementAdmin(ReadOnlyAdmin):
+    list_display = ["number", "provider", "period", "gross", "fee", "net", "status", "paid_at"]
+    list_filter = ["status", "period"]
+    list_select_related = ["provider"]
+    search_fields = ["number", "provider__name"]
+    actions = ["mark_paid"]
+
+    @admin.action(description="Mark selected payouts as sent")
+    def mark_paid(self, request, queryset):
+        from core.services import audit_record
+
+        for statement in queryset:
+            payout_mark_paid(statement=statement)
+            audit_record(action="payout_paid", target=statement, actor=request.user, message=f"net {statement.net}")
+        self.message_user(request, f"{queryset.count()} payout(s) marked paid.")
+
+
+@admin.register(Account)
+class AccountAdmin(ReadOnlyAdmin):
+    list_display = ["__str__", "kind", "organization", "balance"]
+    list_filter = ["kind"]
+    list_select_related = ["organization"]
+    search_fields = ["organization__name"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(entries_total=Sum("entries__amount"))
+
+    @admin.display(description="Balance (debit +)", ordering="entries_total")
+    def balance(self, account):
+        return account.entries_total or ZERO
+
+
+class LedgerEntryInline(ReadOnlyInline):
+    model = LedgerEntry
+    fields = ["account", "amount"]
+    readonly_fields = fields
+    show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("account__organization")
+
+
+@admin.register(LedgerTransaction)
+class LedgerTransactionAdmin(ReadOnlyAdmin):
+    list_display = ["id", "kind", "memo", "source_key", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["memo", "source_key"]
+    date_hierarchy = "created_at"
+    inlines = [LedgerEntryInline]
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "transaction", "account", "amount"]
+    list_filter = ["account__kind"]
+    list_select_related = ["transaction", "account__organization"]
+    search_fields = ["transaction__memo", "account__organization__name"]
+    show_full_result_count = False

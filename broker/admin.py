@@ -1,0 +1,90 @@
+from django.contrib import admin, messages
+
+from broker.models import Allocation, ComputeRequest, Contract
+from broker.services import compute_request_rematch, contract_cancel
+from core.admin import ReadOnlyAdmin, ReadOnlyInline, ReasonForm, run_form_action
+from core.errors import DomainError
+from core.services import audit_record
+
+
+@admin.register(ComputeRequest)
+class ComputeRequestAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "lab",
+        "gpu_model",
+        "gpu_count",
+        "starts_at",
+        "duration_hours",
+        "max_price_per_gpu_hour",
+        "billing_mode",
+        "colocated",
+        "status",
+        "created_at",
+    ]
+    list_filter = ["status", "gpu_model", "billing_mode", "colocated"]
+    list_select_related = ["lab", "gpu_model"]
+    search_fields = ["id", "lab__name"]
+    date_hierarchy = "created_at"
+    actions = ["rematch"]
+
+    @admin.action(description="Re-run matching for selected open requests")
+    def rematch(self, request, queryset):
+        for compute_request in queryset:
+            try:
+                compute_request_rematch(request=compute_request)
+            except DomainError as exc:
+                self.message_user(request, f"Request {compute_request.pk}: {exc.message}", messages.ERROR)
+            else:
+                audit_record(action="request_rematched", target=compute_request, actor=request.user)
+                self.message_user(request, f"Request {compute_request.pk}: matching queued.")
+
+
+class AllocationInline(ReadOnlyInline):
+    model = Allocation
+    fields = ["node", "starts_at", "ends_at"]
+    readonly_fields = fields
+    show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("node")
+
+
+@admin.register(Contract)
+class ContractAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "lab",
+        "provider",
+        "cluster",
+        "gpu_count",
+        "starts_at",
+        "ends_at",
+        "price_per_gpu_hour",
+        "billing_mode",
+        "total_amount",
+        "status",
+        "created_at",
+    ]
+    list_filter = ["status", "billing_mode", "cluster__gpu_model"]
+    list_select_related = ["lab", "provider", "cluster"]
+    search_fields = ["id", "lab__name", "provider__name", "cluster__name"]
+    date_hierarchy = "created_at"
+    inlines = [AllocationInline]
+    actions = ["cancel"]
+
+    @admin.action(description="Cancel selected contracts (with a reason; unpaid invoiced amounts are credited)")
+    def cancel(self, request, queryset):
+        def apply(contract, data):
+            contract = contract_cancel(contract=contract, reason=data["reason"], actor=request.user)
+            return f"cancelled; nodes free from {contract.released_at:%Y-%m-%d %H:%M} UTC."
+
+        return run_form_action(self, request, queryset, form_class=ReasonForm, title="Cancel contracts", apply=apply)
+
+
+@admin.register(Allocation)
+class AllocationAdmin(ReadOnlyAdmin):
+    list_display = ["id", "contract", "node", "starts_at", "ends_at"]
+    list_select_related = ["contract", "node"]
+    search_fields = ["node__hostname", "contract__id"]
+    show_full_result_count = False
