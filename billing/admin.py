@@ -17,7 +17,7 @@ from billing.models import (
 )
 from billing.services import invoice_record_payment, invoice_void, payout_mark_paid
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, ReasonForm, run_form_action
-from core.money import ZERO
+from core.money import CENT, ZERO
 
 
 @admin.register(UsageRecord)
@@ -142,7 +142,7 @@ class AccountAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Balance (debit +)", ordering="entries_total")
     def balance(self, account):
-        return account.entries_total or ZERO
+        return (account.entries_total or ZERO).quantize(CENT)  # display; SQLite sums through floats
 
 
 class LedgerEntryInline(ReadOnlyInline):

@@ -3,9 +3,10 @@
 from collections.abc import Iterable
 from decimal import Decimal
 
-from django.db.models import Q, Sum
+from django.db.models import Q
 
 from billing.models import Account, LedgerEntry, LedgerTransaction
+from core.db import decimal_sum
 from core.money import ZERO
 
 Leg = tuple[str, int | None]  # (account kind, organization id or None for platform accounts)
@@ -61,7 +62,5 @@ def ledger_post(postings: list[Posting]) -> list[LedgerTransaction]:
 
 def account_balance(*, kind: str, organization_id: int | None = None) -> Decimal:
     """A balance is the sum of its entries (debit-positive), never a stored counter."""
-    total = LedgerEntry.objects.filter(account__kind=kind, account__organization_id=organization_id).aggregate(
-        total=Sum("amount")
-    )["total"]
-    return total or ZERO
+    entries = LedgerEntry.objects.filter(account__kind=kind, account__organization_id=organization_id)
+    return decimal_sum(entries, "amount")

@@ -23,10 +23,11 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Q, Sum
+from django.db.models import Q
 
 from billing.models import Invoice, InvoiceLine, UsageRecord
 from broker.models import Contract
+from core.db import decimal_sums
 from core.errors import InvalidInput
 from core.money import ZERO, round_money
 from core.timeutils import HOUR
@@ -39,9 +40,11 @@ def parse_period(value: str) -> date:
     """'2026-11' -> date(2026, 11, 1)."""
     try:
         year, month = value.split("-")
-        if len(year) != 4 or len(month) != 2:
+        if len(year) != 4 or len(month) != 2 or not value.isascii():
             raise ValueError
-        return date(int(year), int(month), 1)
+        period = date(int(year), int(month), 1)
+        period_bounds(period)  # its end must exist too: 9999-12 has none
+        return period
     except (ValueError, AttributeError):
         raise InvalidInput("A period is a month, YYYY-MM.", fields={"period": ["Use YYYY-MM, e.g. 2026-11."]})
 
@@ -138,13 +141,9 @@ def _terms(rows) -> dict[int, ContractTerms]:
 
 
 def _already_billed(contract_ids) -> dict[tuple[int, date], Decimal]:
-    rows = (
-        InvoiceLine.objects.filter(contract_id__in=contract_ids)
-        .exclude(invoice__status=Invoice.Status.DRAFT)
-        .values_list("contract_id", "service_period")
-        .annotate(quantity=Sum("quantity"))
-    )
-    return {(cid, period): quantity for cid, period, quantity in rows}
+    lines = InvoiceLine.objects.filter(contract_id__in=contract_ids).exclude(invoice__status=Invoice.Status.DRAFT)
+    sums = decimal_sums(lines, by=("contract_id", "service_period"), fields=("quantity",))
+    return {key: quantity for key, (quantity,) in sums.items()}
 
 
 def _line(terms: ContractTerms, kind: str, period: date, quantity: Decimal, fee_rates, label: str) -> RatedLine:
@@ -165,29 +164,42 @@ def _line(terms: ContractTerms, kind: str, period: date, quantity: Decimal, fee_
     )
 
 
-def rate_period(*, period: date, usage_upto: int | None, late_after: int, lab_id: int | None = None) -> list[RatedLine]:
+def rate_period(
+    *,
+    period: date,
+    usage_upto: int | None,
+    late_after: int,
+    lab_id: int | None = None,
+    late_through: date | None = None,
+) -> list[RatedLine]:
     """The lines a close of ``period`` bills (or a preview shows), for one lab or all.
 
     ``usage_upto`` is the close's watermark (None: every record received so far);
-    ``late_after`` the previous close's watermark. Lines already on issued invoices are
-    subtracted, so rating twice never bills twice.
+    ``late_after`` the previous close's watermark; ``late_through`` the last month whose
+    usage may be billed late here (None: every earlier month). Lines already on issued
+    invoices are subtracted, so rating twice never bills twice.
     """
     start, end = period_bounds(period)
     overlapping = Contract.objects.filter(starts_at__lt=end, ends_at__gt=start).exclude(
         released_at__isnull=False, released_at__lte=start
     )
-    usage = UsageRecord.objects.filter(Q(period=period) | Q(period__lt=period, id__gt=late_after))
+    late = Q(period__lt=period, id__gt=late_after)
+    if late_through is not None:
+        late &= Q(period__lte=late_through)
+    usage = UsageRecord.objects.filter(Q(period=period) | late)
     if usage_upto is not None:
         usage = usage.filter(id__lte=usage_upto)
     if lab_id is not None:
         overlapping = overlapping.filter(lab_id=lab_id)
         usage = usage.filter(contract__lab_id=lab_id)
-    usage_sums = list(
-        usage.filter(contract__billing_mode=BillingMode.METERED)
-        .values_list("contract_id", "period")
-        .annotate(seconds=Sum("gpu_seconds"))
-        .order_by()
-    )
+    usage_sums = [
+        (cid, usage_period, seconds)
+        for (cid, usage_period), (seconds,) in decimal_sums(
+            usage.filter(contract__billing_mode=BillingMode.METERED),
+            by=("contract_id", "period"),
+            fields=("gpu_seconds",),
+        ).items()
+    ]
     terms = _terms(overlapping.values_list(*_TERMS_FIELDS))
     missing = {cid for cid, _, _ in usage_sums} - terms.keys()
     if missing:

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Max, Sum
+from django.db.models import Max
 from django.utils import timezone
 
 from billing.ledger import ledger_post
@@ -25,6 +25,7 @@ from billing.models import (
 )
 from billing.rating import RatedLine, month_of, next_month, period_bounds, rate_period
 from broker.models import Allocation, Contract
+from core.db import decimal_sum, decimal_sums
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
 from marketplace.models import Organization
@@ -346,12 +347,14 @@ def _issue_statements(period: date, lines: list[RatedLine]) -> int:
     for line in lines:
         gross[line.provider_id] += line.amount
         fee[line.provider_id] += line.fee_amount
-    credits = (
-        CreditNoteLine.objects.filter(statement__isnull=True)
-        .values_list("invoice_line__provider_id")
-        .annotate(amount=Sum("amount"), fee=Sum("fee_amount"))
-        .order_by()
-    )
+    credits = [
+        (provider_id, amount, fee_amount)
+        for (provider_id,), (amount, fee_amount) in decimal_sums(
+            CreditNoteLine.objects.filter(statement__isnull=True),
+            by=("invoice_line__provider_id",),
+            fields=("amount", "fee_amount"),
+        ).items()
+    ]
     for provider_id, amount, fee_amount in credits:
         gross[provider_id] -= amount
         fee[provider_id] -= fee_amount
@@ -381,11 +384,13 @@ def _issue_statements(period: date, lines: list[RatedLine]) -> int:
 def billing_period_preview(*, lab: Organization, period: date) -> list[RatedLine]:
     """What the month's invoice would hold if it were closed from the current data; saves nothing."""
     latest_before = BillingPeriod.objects.filter(period__lt=period).order_by("-period").first()
+    # Usage of a month that is still open will be billed by that month's own close.
     return rate_period(
         period=period,
         usage_upto=None,
         late_after=latest_before.usage_watermark if latest_before else 0,
         lab_id=lab.pk,
+        late_through=latest_before.period if latest_before else date.min,
     )
 
 
@@ -393,8 +398,8 @@ def billing_period_preview(*, lab: Organization, period: date) -> list[RatedLine
 
 
 def invoice_amount_due(invoice: Invoice) -> Decimal:
-    credited = invoice.credit_notes.aggregate(total=Sum("amount"))["total"] or ZERO
-    paid = invoice.payments.aggregate(total=Sum("amount"))["total"] or ZERO
+    credited = decimal_sum(invoice.credit_notes.all(), "amount")
+    paid = decimal_sum(invoice.payments.all(), "amount")
     return invoice.total - credited - paid
 
 
@@ -441,11 +446,12 @@ def invoice_record_payment(
 def _line_credit_room(lines: list[InvoiceLine]) -> dict[int, tuple[Decimal, Decimal]]:
     """For each line: amount and fee not yet credited."""
     credited = {
-        line_id: (amount, fee)
-        for line_id, amount, fee in CreditNoteLine.objects.filter(invoice_line__in=lines)
-        .values_list("invoice_line_id")
-        .annotate(amount=Sum("amount"), fee=Sum("fee_amount"))
-        .order_by()
+        line_id: sums
+        for (line_id,), sums in decimal_sums(
+            CreditNoteLine.objects.filter(invoice_line__in=lines),
+            by=("invoice_line_id",),
+            fields=("amount", "fee_amount"),
+        ).items()
     }
     room = {}
     for line in lines:
@@ -485,7 +491,11 @@ def credit_note_create(
             share = min(line_room, left)
             if share <= 0:
                 continue
-            fee_share = fee_room if share == line_room else min(round_money(share * line.fee_rate), fee_room)
+            # The fee reversed so far follows the amount credited so far, rounded like the line
+            # itself, so a line credited in full gives back exactly its fee.
+            credited_before, fee_before = line.amount - line_room, line.fee_amount - fee_room
+            fee_target = min(round_money((credited_before + share) * line.fee_rate), line.fee_amount)
+            fee_share = max(ZERO, min(fee_target - fee_before, share))
             parts.append(CreditNoteLine(credit_note=note, invoice_line=line, amount=share, fee_amount=fee_share))
             left -= share
             if left == 0:
@@ -499,10 +509,14 @@ def credit_note_create(
         ledger_post(
             [(LedgerTransaction.Kind.CREDIT_NOTE, f"credit_note:{note.pk}", f"Credit note {note.number}", legs)]
         )
-        if invoice_amount_due(invoice) == 0 and not invoice.payments.exists():
-            invoice.status = Invoice.Status.VOID
-            invoice.voided_at = timezone.now()
-            invoice.save(update_fields=["status", "voided_at"])
+        if invoice_amount_due(invoice) == 0:
+            # Nothing left to pay: settled if the lab paid part of it, void if it paid nothing.
+            if invoice.payments.exists():
+                invoice.status, invoice.paid_at = Invoice.Status.PAID, timezone.now()
+                invoice.save(update_fields=["status", "paid_at"])
+            else:
+                invoice.status, invoice.voided_at = Invoice.Status.VOID, timezone.now()
+                invoice.save(update_fields=["status", "voided_at"])
     return note
 
 

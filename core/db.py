@@ -21,3 +21,39 @@ def postgres_only_sql(forward: list[str], backward: list[str]) -> migrations.Run
         return apply
 
     return migrations.RunPython(run(forward), run(backward))
+
+
+def decimal_sums(queryset, *, by: tuple[str, ...], fields: tuple[str, ...]) -> dict[tuple, tuple]:
+    """Exact Decimal sums of ``fields`` grouped by ``by``.
+
+    PostgreSQL sums NUMERIC exactly. SQLite stores decimals with NUMERIC affinity and its
+    SUM goes through floating point, so there the rows are summed in Python instead.
+    """
+    from collections import defaultdict
+    from decimal import Decimal
+
+    from django.db import connections
+    from django.db.models import Sum
+
+    zero = Decimal(0)
+    if connections[queryset.db].vendor == "postgresql":
+        sums = {f"total_{index}": Sum(name) for index, name in enumerate(fields)}
+        if not by:
+            totals = queryset.order_by().aggregate(**sums)
+            return {(): tuple(totals[key] or zero for key in sums)}
+        rows = queryset.order_by().values_list(*by).annotate(**sums)
+        return {tuple(row[: len(by)]): tuple(value or zero for value in row[len(by) :]) for row in rows}
+    totals: dict[tuple, list] = defaultdict(lambda: [zero] * len(fields))
+    for row in queryset.order_by().values_list(*by, *fields):
+        bucket = totals[tuple(row[: len(by)])]
+        for index, value in enumerate(row[len(by) :]):
+            if value is not None:
+                bucket[index] += value
+    return {key: tuple(values) for key, values in totals.items()}
+
+
+def decimal_sum(queryset, field: str):
+    """The exact Decimal sum of one field (0 when there are no rows)."""
+    from decimal import Decimal
+
+    return decimal_sums(queryset, by=(), fields=(field,)).get((), (Decimal(0),))[0]
