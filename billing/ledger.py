@@ -6,7 +6,7 @@ from decimal import Decimal
 from django.db.models import Q
 
 from billing.models import Account, LedgerEntry, LedgerTransaction
-from core.db import decimal_sum
+from core.db import bulk_insert, decimal_sum
 from core.money import ZERO
 
 Leg = tuple[str, int | None]  # (account kind, organization id or None for platform accounts)
@@ -49,13 +49,14 @@ def ledger_post(postings: list[Posting]) -> list[LedgerTransaction]:
     transactions = LedgerTransaction.objects.bulk_create(
         LedgerTransaction(kind=kind, source_key=source_key, memo=memo) for kind, source_key, memo, _ in cleaned
     )
-    LedgerEntry.objects.bulk_create(
+    bulk_insert(
+        LedgerEntry,
+        ("transaction_id", "account_id", "amount"),
         (
-            LedgerEntry(transaction=txn, account_id=accounts[leg], amount=amount)
+            (txn.pk, accounts[leg], amount)
             for txn, (*_, legs) in zip(transactions, cleaned, strict=True)
             for leg, amount in legs.items()
         ),
-        batch_size=5000,
     )
     return transactions
 

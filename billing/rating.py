@@ -140,8 +140,11 @@ def _terms(rows) -> dict[int, ContractTerms]:
     return out
 
 
-def _already_billed(contract_ids) -> dict[tuple[int, date], Decimal]:
-    lines = InvoiceLine.objects.filter(contract_id__in=contract_ids).exclude(invoice__status=Invoice.Status.DRAFT)
+def _already_billed(contracts, extra=()) -> dict[tuple[int, date], Decimal]:
+    """GPU-hours already on issued invoices, per (contract, month): a subquery, not a long IN list."""
+    lines = InvoiceLine.objects.filter(Q(contract_id__in=contracts) | Q(contract_id__in=list(extra))).exclude(
+        invoice__status=Invoice.Status.DRAFT
+    )
     sums = decimal_sums(lines, by=("contract_id", "service_period"), fields=("quantity",))
     return {key: quantity for key, (quantity,) in sums.items()}
 
@@ -195,7 +198,7 @@ def rate_period(
     usage_sums = [
         (cid, usage_period, seconds)
         for (cid, usage_period), (seconds,) in decimal_sums(
-            usage.filter(contract__billing_mode=BillingMode.METERED),
+            usage,  # committed contracts' usage is dropped below, without a join here
             by=("contract_id", "period"),
             fields=("gpu_seconds",),
         ).items()
@@ -204,7 +207,8 @@ def rate_period(
     missing = {cid for cid, _, _ in usage_sums} - terms.keys()
     if missing:
         terms |= _terms(Contract.objects.filter(pk__in=missing).values_list(*_TERMS_FIELDS))
-    billed = _already_billed(list(terms))
+    usage_sums = [row for row in usage_sums if terms[row[0]].billing_mode == BillingMode.METERED]
+    billed = _already_billed(overlapping.values("id"), extra=missing)
     providers = {t.provider_id for t in terms.values()}
     fee_rates = {org.pk: fee_rate_for(org) for org in Organization.objects.filter(pk__in=providers)}
 

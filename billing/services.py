@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -25,7 +26,7 @@ from billing.models import (
 )
 from billing.rating import RatedLine, month_of, next_month, period_bounds, rate_period
 from broker.models import Allocation, Contract
-from core.db import decimal_sum, decimal_sums
+from core.db import bulk_insert, decimal_sum, decimal_sums
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
 from marketplace.models import Organization
@@ -89,15 +90,38 @@ def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
 
     A record's ``id`` is the provider's event id: sent again (even by two retries at the
     same moment) it is stored once, by the database's unique constraint.
+
+    On PostgreSQL the batch is first validated and inserted by one statement; only the
+    records it did not store are looked at again here, to tell duplicates from rejects
+    (and to store any valid record the statement was too strict for).
     """
     if not isinstance(records, list) or not 1 <= len(records) <= MAX_USAGE_BATCH:
         raise InvalidInput(
             f"Send 1 to {MAX_USAGE_BATCH} records.", fields={"records": [f"A list of 1 to {MAX_USAGE_BATCH}."]}
         )
     result = IngestResult()
+    pending = list(enumerate(records))
+    if connection.vendor == "postgresql":
+        inserted = _insert_usage_batch_sql(provider, records)
+        if inserted:
+            pending = []
+            for index, raw in enumerate(records):
+                event_id = raw.get("id") if isinstance(raw, dict) else None
+                if isinstance(event_id, str) and event_id in inserted:
+                    result.accepted.append(event_id)
+                    inserted.discard(event_id)  # a second copy in the batch is a duplicate
+                else:
+                    pending.append((index, raw))
+    if pending:
+        _ingest_one_by_one(provider, pending, result)
+    return result
+
+
+def _ingest_one_by_one(provider: Organization, records: list[tuple[int, object]], result: IngestResult) -> None:
+    """Validate each record with a reason for each refusal, then store the valid ones."""
     candidates: list[_Candidate] = []
     seen: set[str] = set()
-    for index, raw in enumerate(records):
+    for index, raw in records:
         if not isinstance(raw, dict):
             _reject(result, index, None, "invalid", "A record is an object.")
             continue
@@ -191,7 +215,83 @@ def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
         inserted = _insert_usage(provider, rows)
         for candidate, _ in rows:
             (result.accepted if candidate.event_id in inserted else result.duplicates).append(candidate.event_id)
-    return result
+
+
+# Validation of a whole batch in SQL, as strict as the record-by-record checks above: a
+# record is inserted only if it is well-formed, is for one of the provider's contracts,
+# lies in the contract's window and one month, and claims no more GPU-seconds than the
+# contract (or the named node) can deliver. Casts are guarded so that bad input yields no
+# row rather than an error.
+_INSERT_USAGE_BATCH = """
+WITH input AS (
+    SELECT e FROM jsonb_array_elements(%(batch)s::jsonb) AS t(e)
+    WHERE jsonb_typeof(e) = 'object'
+      AND NOT EXISTS (
+          SELECT 1 FROM jsonb_object_keys(e) AS k
+          WHERE k NOT IN ('id', 'contract', 'node', 'started_at', 'ended_at', 'gpu_seconds'))
+      AND jsonb_typeof(e->'id') = 'string' AND length(e->>'id') BETWEEN 1 AND 128
+      AND jsonb_typeof(e->'contract') = 'number' AND (e->>'contract') ~ '^[1-9][0-9]{0,17}$'
+      AND (e->'node' IS NULL OR jsonb_typeof(e->'node') = 'null'
+           OR (jsonb_typeof(e->'node') = 'string' AND length(e->>'node') BETWEEN 1 AND 253))
+      AND jsonb_typeof(e->'started_at') = 'string' AND (e->>'started_at') ~ %(time_pattern)s
+      AND jsonb_typeof(e->'ended_at') = 'string' AND (e->>'ended_at') ~ %(time_pattern)s
+      AND jsonb_typeof(e->'gpu_seconds') IN ('number', 'string')
+      AND (e->>'gpu_seconds') ~ '^[0-9]{1,15}([.][0-9]{1,3})?$'
+), typed AS (
+    SELECT e->>'id' AS event_id, (e->>'contract')::bigint AS contract_id, e->>'node' AS node,
+           (e->>'started_at')::timestamptz AS started_at, (e->>'ended_at')::timestamptz AS ended_at,
+           (e->>'gpu_seconds')::numeric AS gpu_seconds
+    FROM input
+), valid AS (
+    SELECT t.*, a.node_id
+    FROM typed t
+    JOIN broker_contract c ON c.id = t.contract_id AND c.provider_id = %(provider)s
+    JOIN marketplace_cluster cl ON cl.id = c.cluster_id
+    LEFT JOIN LATERAL (
+        SELECT al.node_id FROM broker_allocation al JOIN marketplace_node n ON n.id = al.node_id
+        WHERE al.contract_id = c.id AND n.hostname = t.node LIMIT 1
+    ) a ON t.node IS NOT NULL
+    WHERE t.ended_at > t.started_at
+      AND t.started_at >= c.starts_at AND t.ended_at <= LEAST(c.ends_at, COALESCE(c.released_at, c.ends_at))
+      AND date_trunc('month', t.started_at, 'UTC') = date_trunc('month', t.ended_at - interval '1 microsecond', 'UTC')
+      AND t.gpu_seconds <= %(max_gpu_seconds)s
+      AND (t.node IS NULL OR a.node_id IS NOT NULL)
+      AND t.gpu_seconds <= (CASE WHEN t.node IS NULL THEN c.gpu_count ELSE cl.gpus_per_node END)
+                           * EXTRACT(EPOCH FROM t.ended_at - t.started_at)
+)
+INSERT INTO billing_usagerecord
+    (provider_id, event_id, contract_id, node_id, started_at, ended_at, gpu_seconds, period, received_at)
+SELECT %(provider)s, event_id, contract_id, node_id, started_at, ended_at, gpu_seconds,
+       date_trunc('month', started_at, 'UTC')::date, now()
+FROM valid
+ON CONFLICT (provider_id, event_id) DO NOTHING
+RETURNING event_id
+"""
+_TIME_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]{1,6})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+)
+
+
+def _insert_usage_batch_sql(provider: Organization, records: list) -> set[str]:
+    """Insert the batch's valid, new records in one statement; the event ids it stored.
+
+    A value the guards let through but PostgreSQL cannot read (a 30th of February) makes
+    the statement fail as a whole: then nothing is stored here and every record goes
+    through the record-by-record path.
+    """
+    params = {
+        "batch": json.dumps(records),
+        "provider": provider.pk,
+        "time_pattern": _TIME_PATTERN,
+        "max_gpu_seconds": MAX_GPU_SECONDS,
+    }
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
+            cursor.execute(_INSERT_USAGE_BATCH, params)
+            return {row[0] for row in cursor.fetchall()}
+    except DataError:
+        return set()
 
 
 def _insert_usage(provider: Organization, rows: list[tuple[_Candidate, int | None]]) -> set[str]:
@@ -307,25 +407,16 @@ def _issue_invoices(period: date, lines: list[RatedLine]) -> int:
         for lab_id, number in zip(lab_ids, numbers, strict=True)
     )
     invoice_by_lab = {invoice.lab_id: invoice for invoice in invoices}
-    InvoiceLine.objects.bulk_create(
+    bulk_insert(
+        InvoiceLine,
+        ("invoice_id", "contract_id", "provider_id", "kind", "service_period", "description", "quantity",
+         "unit_price", "amount", "fee_rate", "fee_amount"),
         (
-            InvoiceLine(
-                invoice=invoice_by_lab[line.lab_id],
-                contract_id=line.contract_id,
-                provider_id=line.provider_id,
-                kind=line.kind,
-                service_period=line.service_period,
-                description=line.description,
-                quantity=line.quantity,
-                unit_price=line.unit_price,
-                amount=line.amount,
-                fee_rate=line.fee_rate,
-                fee_amount=line.fee_amount,
-            )
+            (invoice_by_lab[line.lab_id].pk, line.contract_id, line.provider_id, line.kind, line.service_period,
+             line.description, line.quantity, line.unit_price, line.amount, line.fee_rate, line.fee_amount)
             for line in lines
         ),
-        batch_size=2000,
-    )
+    )  # fmt: skip
     postings = []
     for lab_id in lab_ids:
         invoice = invoice_by_lab[lab_id]

@@ -57,3 +57,25 @@ def decimal_sum(queryset, field: str):
     from decimal import Decimal
 
     return decimal_sums(queryset, by=(), fields=(field,)).get((), (Decimal(0),))[0]
+
+
+def bulk_insert(model, columns: tuple[str, ...], rows) -> None:
+    """Insert many rows without building model instances: COPY on PostgreSQL.
+
+    For write-heavy batch jobs (a month's invoice lines, ledger entries); values go in as
+    they are, so they must already be what the columns hold (Decimal, date, ids).
+    """
+    from django.db import connections, router
+
+    connection = connections[router.db_for_write(model)]
+    if connection.vendor != "postgresql":
+        model.objects.bulk_create((model(**dict(zip(columns, row, strict=True))) for row in rows), batch_size=2000)
+        return
+    from psycopg import sql
+
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(model._meta.db_table), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    with connection.cursor() as cursor, cursor.cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
