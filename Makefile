@@ -45,10 +45,10 @@ check: install
 	$(BIN)/python manage.py check
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-## Benchmarks on PostgreSQL; each prints one JSON line
+## Benchmarks on PostgreSQL, each in its own bench database; each prints one JSON line
 bench: install
-	@for script in bench/*.py; do \
-		DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} $(BIN)/python $$script || exit 1; \
+	@for script in bench/[a-z]*.py; do \
+		env -u DATABASE_URL $(BIN)/python $$script || exit 1; \
 	done
 
 ## Production shape (needs DATABASE_URL and REDIS_URL)
