@@ -104,6 +104,7 @@ class Contract(models.Model):
             models.Index(fields=["provider", "-created_at"]),
             models.Index(fields=["status", "starts_at"]),
             models.Index(fields=["status", "ends_at"]),
+            models.Index(fields=["listing", "starts_at"]),  # a listing's sales in a window (search)
         ]
 
     def __str__(self) -> str:

@@ -79,6 +79,7 @@ class OrganizationAdmin(AuditedAdmin):
     def issue_api_key(self, request, queryset):
         for organization in queryset:
             issued = api_key_create(organization=organization, name="admin-issued")
+            audit_record(action="api_key_issued", target=issued.api_key, actor=request.user)
             self._show_secret(request, organization, issued.secret)
 
 
@@ -115,7 +116,9 @@ class ApiKeyAdmin(AuditedAdmin):
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
         for api_key in queryset:
-            api_key_revoke(api_key=api_key)
+            if api_key.revoked_at is None:
+                api_key_revoke(api_key=api_key)
+                audit_record(action="api_key_revoked", target=api_key, actor=request.user)
         self.message_user(request, f"{queryset.count()} key(s) revoked.")
 
 

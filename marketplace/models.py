@@ -148,7 +148,11 @@ class Node(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["cluster", "hostname"], name="node_hostname_unique_per_cluster"),
         ]
-        indexes = [models.Index(fields=["cluster", "status"])]
+        indexes = [
+            models.Index(fields=["cluster", "status"]),
+            # Search looks up the few nodes out of service, not the many in it.
+            models.Index(fields=["status"], condition=~Q(status="in_service"), name="node_out_of_service"),
+        ]
 
     def __str__(self) -> str:
         return self.hostname

@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
 
-from core.timeutils import current_hour, hours_between
+from core.timeutils import current_hour
 from marketplace.models import ApiKey, Cluster, GpuModel, Listing, ListingNode, Node, Organization
 
 KEY_PREFIX = "gpb"
@@ -71,19 +71,33 @@ class ListingQuery:
     deliverable_only: bool = True  # drop listings that cannot deliver min_gpus (or one node)
 
 
+def _hours_between_sql(start: str, end: str) -> str:
+    if connection.vendor == "postgresql":
+        return f"(EXTRACT(EPOCH FROM ({end} - {start})) / 3600)"
+    return f"((julianday({end}) - julianday({start})) * 24 + 0.001)"  # julianday is a float
+
+
 def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[list[Listing], int]:
     """Listings with ``available_nodes``: nodes free for the entire window after what is sold.
 
-    With ``deliverable_only`` only listings that can deliver ``min_gpus`` (at least one
-    node) in whole nodes of one cluster remain. Without ``provider_id`` suspended providers'
-    listings are left out. Sorted by price, then start. Two queries whatever the number of
-    listings or results: one computes the page and the total together, one loads its rows.
+    Each listing is judged on the window asked for, or else on the rest of its own window.
+    With ``deliverable_only`` (labs searching) only active listings of non-suspended
+    providers that cover that window, allow its length, and can deliver ``min_gpus`` (at
+    least one node) in whole nodes remain; sorted by price, then start. A provider's own
+    listings (``provider_id``) are all listed, with 0 available where the window is not theirs.
+
+    ``available_nodes`` = ``node_count`` minus the listing's reserved nodes that are out of
+    service or sold for an hour of the window. Sales are found through the contracts of the
+    candidate listings that overlap the window, so the work follows what is sold in the
+    window, not the size of the clusters. Two queries whatever the number of listings or
+    results: one computes the page and the total together, one loads its rows.
     """
-    from broker.models import Allocation
+    from broker.models import Allocation, Contract
 
     adapt = connection.ops.adapt_datetimefield_value
     now_hour = current_hour()
-    listing_table = Listing._meta.db_table
+    if query.deliverable_only and query.starts_at is not None and query.starts_at < now_hour:
+        return [], 0  # hours already begun or past cannot be delivered
     conditions: list[str] = []
     params: list[object] = []
 
@@ -113,8 +127,7 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
 
     # The window each listing is judged on: the one asked for, else the rest of its own.
     if query.starts_at is not None:
-        window_start = "%s"
-        start_params = [adapt(query.starts_at)]
+        window_start, start_params = "%s", [adapt(query.starts_at)]
     else:
         window_start = "CASE WHEN l.starts_at > %s THEN l.starts_at ELSE %s END"
         start_params = [adapt(now_hour), adapt(now_hour)]
@@ -122,64 +135,94 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
         window_end, end_params = "%s", [adapt(query.ends_at)]
     else:
         window_end, end_params = "l.ends_at", []
-    if query.starts_at is not None and query.ends_at is not None:
-        conditions.append("l.min_duration_hours <= %s")
-        params.append(hours_between(query.starts_at, query.ends_at))
-
-    deliverable = ""
     if query.deliverable_only:
-        deliverable = "WHERE COALESCE(f.available_nodes, 0) >= 1"
+        # Plain, index-friendly bounds; the exact ones are checked on the window below.
+        if query.starts_at is not None:
+            conditions.append("l.starts_at <= %s AND l.ends_at > %s")
+            params += [adapt(query.starts_at), adapt(query.starts_at)]
+        else:
+            conditions.append("l.ends_at > %s")
+            params.append(adapt(now_hour))
+        if query.ends_at is not None:
+            conditions.append("l.ends_at >= %s AND l.starts_at < %s")
+            params += [adapt(query.ends_at), adapt(query.ends_at)]
+
+    covers = "(w.starts_at <= w.ws AND w.we <= w.ends_at AND w.ws < w.we)"
+    deliverable = "1 = 1"
+    deliverable_params: list[object] = []
+    if query.deliverable_only:
+        deliverable = f"{covers} AND w.min_duration_hours <= {_hours_between_sql('w.ws', 'w.we')}"
+        deliverable += " AND w.available_nodes >= 1"
         if query.min_gpus:
-            deliverable += " AND COALESCE(f.available_nodes, 0) * ca.gpus_per_node >= %s"
-    where = " AND ".join(conditions) or "1 = 1"
+            deliverable += " AND w.available_nodes * w.gpus_per_node >= %s"
+            deliverable_params.append(query.min_gpus)
+    where = " AND ".join(conditions)
+    tables = {
+        "listing": Listing._meta.db_table,
+        "cluster": Cluster._meta.db_table,
+        "model": GpuModel._meta.db_table,
+        "org": Organization._meta.db_table,
+        "listing_node": ListingNode._meta.db_table,
+        "node": Node._meta.db_table,
+        "contract": Contract._meta.db_table,
+        "allocation": Allocation._meta.db_table,
+    }
     # Only table names and placeholders are interpolated; every value is a parameter.
     sql = f"""
-        WITH candidates AS (
-            SELECT l.id, l.price_per_gpu_hour, l.starts_at, l.ends_at, c.gpus_per_node,
-                   {window_start} AS ws, {window_end} AS we
-            FROM {listing_table} l
-            JOIN {Cluster._meta.db_table} c ON c.id = l.cluster_id
-            JOIN {GpuModel._meta.db_table} gm ON gm.id = c.gpu_model_id
-            JOIN {Organization._meta.db_table} o ON o.id = l.provider_id
+        WITH windows AS (
+            SELECT l.id, l.price_per_gpu_hour, l.starts_at, l.ends_at, l.node_count, l.status,
+                   l.min_duration_hours, c.gpus_per_node, {window_start} AS ws, {window_end} AS we
+            FROM {tables["listing"]} l
+            JOIN {tables["cluster"]} c ON c.id = l.cluster_id
+            JOIN {tables["model"]} gm ON gm.id = c.gpu_model_id
+            JOIN {tables["org"]} o ON o.id = l.provider_id
             WHERE {where}
-        ), windows AS (
-            SELECT * FROM candidates
-            WHERE starts_at <= ws AND we > ws AND we <= ends_at
-        ), free AS (
-            SELECT ln.listing_id, COUNT(*) AS available_nodes
+        ), blocked AS (
+            SELECT ct.listing_id, a.listing_node_id
             FROM windows w
-            JOIN {ListingNode._meta.db_table} ln ON ln.listing_id = w.id
-            JOIN {Node._meta.db_table} n ON n.id = ln.node_id
-            WHERE NOT ln.released AND n.status = %s
-              AND NOT EXISTS (
-                  SELECT 1 FROM {Allocation._meta.db_table} a
-                  WHERE a.node_id = ln.node_id AND a.starts_at < w.we AND a.ends_at > w.ws
-                    AND a.ends_at > a.starts_at
-              )
-            GROUP BY ln.listing_id
+            JOIN {tables["contract"]} ct ON ct.listing_id = w.id AND ct.starts_at < w.we AND ct.ends_at > w.ws
+            JOIN {tables["allocation"]} a ON a.contract_id = ct.id
+                 AND a.starts_at < w.we AND a.ends_at > w.ws AND a.ends_at > a.starts_at
+            UNION
+            SELECT ln.listing_id, ln.id
+            FROM {tables["node"]} n
+            JOIN {tables["listing_node"]} ln ON ln.node_id = n.id AND NOT ln.released
+            JOIN windows w ON w.id = ln.listing_id
+            WHERE n.status <> %s
+        ), counted AS (
+            SELECT w.*, CASE WHEN w.status = %s OR NOT {covers} THEN 0
+                             ELSE w.node_count - COALESCE(b.blocked_nodes, 0) END AS available_nodes
+            FROM windows w
+            LEFT JOIN (SELECT listing_id, COUNT(*) AS blocked_nodes FROM blocked GROUP BY listing_id) b
+                   ON b.listing_id = w.id
         )
-        SELECT ca.id, COALESCE(f.available_nodes, 0), COUNT(*) OVER ()
-        FROM windows ca LEFT JOIN free f ON f.listing_id = ca.id
-        {deliverable}
-        ORDER BY ca.price_per_gpu_hour, ca.starts_at, ca.id
+        SELECT w.id, w.available_nodes, COUNT(*) OVER ()
+        FROM counted w
+        WHERE {deliverable}
+        ORDER BY w.price_per_gpu_hour, w.starts_at, w.id
         LIMIT %s OFFSET %s
     """  # noqa: S608
-    all_params = [*start_params, *end_params, *params, Node.Status.IN_SERVICE]
-    if query.deliverable_only and query.min_gpus:
-        all_params.append(query.min_gpus)
-    all_params.extend([limit, offset])
+    all_params = [
+        *start_params,
+        *end_params,
+        *params,
+        Node.Status.IN_SERVICE,
+        Listing.Status.WITHDRAWN,
+        *deliverable_params,
+        limit,
+        offset,
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, all_params)
         rows = cursor.fetchall()
     if not rows:
         return [], 0 if offset == 0 else _listing_search_count_past_end(query)
     total = rows[0][2]
-    available = {row[0]: row[1] for row in rows}
-    listings = Listing.objects.select_related("cluster__gpu_model", "provider").in_bulk(list(available))
+    listings = Listing.objects.select_related("cluster__gpu_model", "provider").in_bulk([row[0] for row in rows])
     page = []
     for listing_id, available_nodes, _ in rows:
         listing = listings[listing_id]
-        listing.available_nodes = available_nodes
+        listing.available_nodes = max(available_nodes, 0)
         page.append(listing)
     return page, total
 

@@ -201,14 +201,18 @@ def cluster_create(
     with transaction.atomic():
         if Cluster.objects.filter(provider=provider, name=name).exists():
             raise InvalidInput("You already have a cluster with this name.", fields={"name": ["Already in use."]})
-        cluster = Cluster.objects.create(
-            provider=provider,
-            name=name,
-            gpu_model=gpu_model,
-            region=region,
-            interconnect=interconnect,
-            gpus_per_node=gpus_per_node,
-        )
+        try:
+            with transaction.atomic():
+                cluster = Cluster.objects.create(
+                    provider=provider,
+                    name=name,
+                    gpu_model=gpu_model,
+                    region=region,
+                    interconnect=interconnect,
+                    gpus_per_node=gpus_per_node,
+                )
+        except IntegrityError:  # the same name registered at the same moment
+            raise InvalidInput("You already have a cluster with this name.", fields={"name": ["Already in use."]})
         _nodes_bulk_create(cluster=cluster, count=node_count, hostnames=hostnames, start_index=1)
     return cluster
 
@@ -220,7 +224,11 @@ def cluster_update(*, cluster: Cluster, name: str | None = None) -> Cluster:
             if Cluster.objects.filter(provider_id=cluster.provider_id, name=name).exclude(pk=cluster.pk).exists():
                 raise InvalidInput("You already have a cluster with this name.", fields={"name": ["Already in use."]})
             cluster.name = name
-            cluster.save(update_fields=["name"])
+            try:
+                with transaction.atomic():
+                    cluster.save(update_fields=["name"])
+            except IntegrityError:
+                raise InvalidInput("You already have a cluster with this name.", fields={"name": ["Already in use."]})
     return cluster
 
 
@@ -281,21 +289,45 @@ def node_set_status(*, node: Node, status: str) -> Node:
                 )
             node.status = status
             node.save(update_fields=["status"])
-            movable = ListingNode.objects.filter(node=node, released=False, ends_at__gt=now).exclude(
-                Exists(Allocation.objects.filter(listing_node_id=OuterRef("pk")))
-            )
-            for binding in movable.select_related("listing"):
-                replacement = _free_nodes_qs(
-                    cluster_id=node.cluster_id, starts_at=binding.starts_at, ends_at=binding.ends_at
-                ).first()
-                if replacement is not None:
-                    binding.node = replacement
-                    binding.save(update_fields=["node"])
+            for binding in ListingNode.objects.filter(node=node, released=False, ends_at__gt=now).select_related(
+                "listing"
+            ):
+                _reservation_move_off(binding)
         else:
             node.status = status
             node.save(update_fields=["status"])
         listing_inventory_changed(listing_ids=affected_listings)
     return node
+
+
+def _reservation_move_off(binding: ListingNode) -> None:
+    """Give a listing a free in-service node for the unsold rest of a reservation.
+
+    A reservation never sold moves whole. One sold in the past keeps its history: it is
+    released, and a new reservation covers the rest of the window from the current hour.
+    When no node of the cluster is free, the listing simply delivers one node less.
+    """
+    from broker.models import Allocation
+
+    start = max(binding.starts_at, current_hour())
+    if start >= binding.ends_at:
+        return
+    replacement = (
+        _free_nodes_qs(cluster_id=binding.node.cluster_id, starts_at=start, ends_at=binding.ends_at)
+        .exclude(listing_nodes__listing_id=binding.listing_id)
+        .first()
+    )
+    if replacement is None:
+        return
+    if not Allocation.objects.filter(listing_node=binding).exists():
+        binding.node = replacement
+        binding.save(update_fields=["node"])
+        return
+    binding.released = True
+    binding.save(update_fields=["released"])
+    ListingNode.objects.create(
+        listing_id=binding.listing_id, node=replacement, starts_at=start, ends_at=binding.ends_at
+    )
 
 
 def listing_inventory_changed(*, listing_ids) -> None:

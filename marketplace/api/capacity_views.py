@@ -2,6 +2,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -127,6 +128,8 @@ class ListingViewSet(viewsets.GenericViewSet):
         organization = request.user.organization
         own = filters.pop("mine") or not organization.is_lab
         listing_status = filters.pop("status", None)
+        if listing_status not in (None, Listing.Status.ACTIVE) and not own:
+            return Response({"count": 0, "next": None, "previous": None, "results": []})  # only active ones are offered
         cluster = filters.pop("cluster", None)
         query = ListingQuery(
             **filters,
@@ -176,7 +179,6 @@ class ListingViewSet(viewsets.GenericViewSet):
 
 
 def _page_number(request: Request) -> int:
-    from rest_framework.exceptions import ValidationError
 
     raw = request.query_params.get("page", "1")
     if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:

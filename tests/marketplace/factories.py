@@ -5,7 +5,8 @@ they would in production. ``sell`` writes a contract with allocations directly, 
 for the broker's services until they exist.
 """
 
-from datetime import datetime, timedelta
+import importlib
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import factory
@@ -18,6 +19,19 @@ from marketplace.models import BillingMode, Cluster, GpuModel, Interconnect, Lis
 from marketplace.services import listing_create, listing_update, listing_withdraw
 
 DEFAULT_GPU_MODEL = "h100-sxm-80gb"
+_CATALOG_MIGRATION = importlib.import_module("marketplace.migrations.0002_gpu_catalog")
+
+
+def load_gpu_catalog() -> None:
+    """Reload the data migration's GPU catalog if it is missing: transactional tests flush it."""
+    from django.apps import apps
+
+    if GpuModel.objects.count() < len(_CATALOG_MIGRATION.CATALOG):
+        _CATALOG_MIGRATION.load_catalog(apps, None)
+
+
+def gpu_model(slug: str = DEFAULT_GPU_MODEL) -> GpuModel:
+    return GpuModel.objects.get(slug=slug)
 
 
 class OrganizationFactory(factory.django.DjangoModelFactory):
@@ -44,7 +58,7 @@ class ClusterFactory(factory.django.DjangoModelFactory):
 
     provider = factory.SubFactory(OrganizationFactory)
     name = factory.Sequence(lambda n: f"cluster-{n}")
-    gpu_model = factory.LazyFunction(lambda: GpuModel.objects.get(slug=DEFAULT_GPU_MODEL))
+    gpu_model = factory.LazyFunction(gpu_model)
     region = "us-south-1"
     interconnect = Interconnect.INFINIBAND
     gpus_per_node = 8
@@ -126,3 +140,17 @@ def sell(listing: Listing, node_count: int, starts_at: datetime, ends_at: dateti
             for binding in free
         )
     return contract
+
+
+# A fixed instant in the middle of an hour: the current hour is 09:00 UTC.
+NOW = datetime(2031, 3, 10, 9, 17, 23, tzinfo=UTC)
+CURRENT_HOUR = datetime(2031, 3, 10, 9, tzinfo=UTC)
+
+
+def hour(offset: int) -> datetime:
+    """The whole UTC hour ``offset`` hours after the current hour of ``NOW``."""
+    return CURRENT_HOUR + timedelta(hours=offset)
+
+
+def iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
