@@ -75,7 +75,9 @@ class InvoiceAdmin(ReadOnlyAdmin):
     inlines = [InvoiceLineInline, CreditNoteInline, PaymentInline]
     actions = ["record_payment", "void"]
 
-    @admin.action(description="Record a payment (marks the invoice paid when nothing is left due)")
+    @admin.action(
+        permissions=["operate"], description="Record a payment (marks the invoice paid when nothing is left due)"
+    )
     def record_payment(self, request, queryset):
         from billing.services import invoice_amount_due
 
@@ -87,7 +89,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
         return run_form_action(self, request, queryset, form_class=PaymentForm, title="Record payment", apply=apply)
 
-    @admin.action(description="Void selected invoices with a credit note")
+    @admin.action(permissions=["operate"], description="Void selected invoices with a credit note")
     def void(self, request, queryset):
         def apply(invoice, data):
             note = invoice_void(invoice=invoice, reason=data["reason"], actor=request.user)
@@ -120,7 +122,7 @@ class PayoutStatementAdmin(ReadOnlyAdmin):
     search_fields = ["number", "provider__name"]
     actions = ["mark_paid"]
 
-    @admin.action(description="Mark selected payouts as sent")
+    @admin.action(permissions=["operate"], description="Mark selected payouts as sent")
     def mark_paid(self, request, queryset):
         from core.services import audit_record
 

@@ -552,10 +552,19 @@ def _line_credit_room(lines: list[InvoiceLine]) -> dict[int, tuple[Decimal, Deci
 
 
 def credit_note_create(
-    *, invoice: Invoice, reason: str, amount: Decimal | None = None, contract: Contract | None = None
+    *,
+    invoice: Invoice,
+    reason: str,
+    amount: Decimal | None = None,
+    contract: Contract | None = None,
+    actor=None,
+    actor_label: str = "",
 ) -> CreditNote:
     """Correct an issued invoice: credit ``amount`` (default: all that is left), spread over
-    its lines (or only the lines of ``contract``), with each provider's share reversed."""
+    its lines (or only the lines of ``contract``), with each provider's share reversed.
+    An invoice left with nothing due is settled (if partly paid) or void."""
+    from core.services import audit_record
+
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("A credit note needs a reason.", fields={"reason": ["This field is required."]})
@@ -608,31 +617,36 @@ def credit_note_create(
             else:
                 invoice.status, invoice.voided_at = Invoice.Status.VOID, timezone.now()
                 invoice.save(update_fields=["status", "voided_at"])
+                audit_record(
+                    action="invoice_voided",
+                    target=invoice,
+                    actor=actor,
+                    actor_label=actor_label,
+                    message=f"{reason} (credit note {note.number}, {note.amount})",
+                )
+        audit_record(
+            action="credit_note_issued",
+            target=invoice,
+            actor=actor,
+            actor_label=actor_label,
+            message=f"{note.number}: {note.amount} ({reason})",
+        )
     return note
 
 
 def invoice_void(*, invoice: Invoice, reason: str, actor=None, actor_label: str = "") -> CreditNote:
     """Void an unpaid issued invoice with a credit note for everything still due."""
-    from core.services import audit_record
-
     if invoice.payments.exists():
         raise InvalidTransition("A partly paid invoice cannot be voided; credit the rest instead.")
     with transaction.atomic():
-        note = credit_note_create(invoice=invoice, reason=reason)
+        note = credit_note_create(invoice=invoice, reason=reason, actor=actor, actor_label=actor_label)
         invoice.refresh_from_db()
         if invoice.status != Invoice.Status.VOID:
             raise InvalidTransition("The invoice still has an amount due after crediting it.")
-        audit_record(
-            action="invoice_voided",
-            target=invoice,
-            actor=actor,
-            actor_label=actor_label,
-            message=f"{reason} (credit note {note.number}, {note.amount})",
-        )
     return note
 
 
-def contract_credit_invoiced(*, contract: Contract, reason: str) -> list[CreditNote]:
+def contract_credit_invoiced(*, contract: Contract, reason: str, actor=None, actor_label: str = "") -> list[CreditNote]:
     """Credit what is still due of a contract's lines on unpaid issued invoices."""
     notes = []
     invoices = Invoice.objects.filter(status=Invoice.Status.ISSUED, lines__contract=contract).distinct()
@@ -642,7 +656,16 @@ def contract_credit_invoiced(*, contract: Contract, reason: str) -> list[CreditN
         due = invoice_amount_due(invoice)
         amount = min(room, due)
         if amount > 0:
-            notes.append(credit_note_create(invoice=invoice, reason=reason, amount=amount, contract=contract))
+            notes.append(
+                credit_note_create(
+                    invoice=invoice,
+                    reason=reason,
+                    amount=amount,
+                    contract=contract,
+                    actor=actor,
+                    actor_label=actor_label,
+                )
+            )
     return notes
 
 

@@ -28,7 +28,7 @@ class ComputeRequestAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     actions = ["rematch"]
 
-    @admin.action(description="Re-run matching for selected open requests")
+    @admin.action(permissions=["operate"], description="Re-run matching for selected open requests")
     def rematch(self, request, queryset):
         for compute_request in queryset:
             try:
@@ -73,7 +73,10 @@ class ContractAdmin(ReadOnlyAdmin):
     inlines = [AllocationInline]
     actions = ["cancel"]
 
-    @admin.action(description="Cancel selected contracts (with a reason; unpaid invoiced amounts are credited)")
+    @admin.action(
+        permissions=["operate"],
+        description="Cancel selected contracts (with a reason; unpaid invoiced amounts are credited)",
+    )
     def cancel(self, request, queryset):
         def apply(contract, data):
             contract = contract_cancel(contract=contract, reason=data["reason"], actor=request.user)

@@ -284,7 +284,12 @@ def contract_cancel(*, contract: Contract, reason: str, actor=None, actor_label:
         contract.released_at = release_at
         contract.save(update_fields=["status", "cancel_reason", "released_at"])
         _release_allocations(contract, release_at)
-        credit_notes = contract_credit_invoiced(contract=contract, reason=f"Contract {contract.pk} cancelled: {reason}")
+        credit_notes = contract_credit_invoiced(
+            contract=contract,
+            reason=f"Contract {contract.pk} cancelled: {reason}",
+            actor=actor,
+            actor_label=actor_label,
+        )
         credited = ", ".join(note.number for note in credit_notes) or "nothing invoiced"
         audit_record(
             action="contract_cancelled",

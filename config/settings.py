@@ -132,6 +132,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Request bodies of the API: the largest legitimate one is a batch of 1,000 usage records.
 API_MAX_BODY_BYTES = int(os.environ.get("API_MAX_BODY_BYTES", str(2 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+# An admin action confirmed on "select all" posts one field per selected row.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 50_000
 IDEMPOTENCY_KEY_TTL_HOURS = 48
 
 REST_FRAMEWORK = {

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.models import LogEntry
+from django.contrib.auth import get_permission_codename
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import PermissionDenied
@@ -22,7 +23,15 @@ admin.site.index_template = "admin/broker_index.html"
 
 
 class AuditedAdmin(admin.ModelAdmin):
-    """Every add, change and delete made in the admin also lands in the audit trail."""
+    """Every add, change and delete made in the admin also lands in the audit trail.
+
+    Actions that change the market (cancel, void, pay, suspend...) need the model's
+    "change" permission, even where the change form itself is read-only.
+    """
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        codename = get_permission_codename("change", self.opts)
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
     def log_addition(self, request, obj, message):
         audit_record(action="admin_add", target=obj, actor=request.user, message=_plain(message))
@@ -88,7 +97,7 @@ def run_form_action(
 ) -> HttpResponse | None:
     """An admin action that first asks for input (a reason, an amount), then calls a service
     for each selected object. Domain errors become messages, never 500s."""
-    if not modeladmin.has_view_permission(request):
+    if not modeladmin.has_operate_permission(request):
         raise PermissionDenied
     form = form_class(request.POST if "apply" in request.POST else None)
     if "apply" in request.POST and form.is_valid():

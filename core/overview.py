@@ -12,7 +12,7 @@ from billing.models import Invoice, InvoiceLine
 from billing.rating import month_of, period_bounds
 from broker.models import ComputeRequest, Contract
 from core.money import CENT, ZERO
-from core.timeutils import HOUR, current_hour
+from core.timeutils import HOUR, floor_hour
 from marketplace.models import GpuModel, Listing
 
 HORIZON = timedelta(days=30)
@@ -42,7 +42,8 @@ def market_overview(*, now: datetime | None = None) -> list[SegmentOverview]:
     """Per GPU model: capacity listed and sold over the next 30 days, recent contract prices,
     open requests and this month's billed total. A fixed number of queries."""
     now = now or timezone.now()
-    lo, hi = current_hour(), current_hour() + HORIZON
+    lo = floor_hour(now)
+    hi = lo + HORIZON
     rows = {model.pk: SegmentOverview(gpu_model=model) for model in GpuModel.objects.order_by("vendor", "name")}
 
     listings = Listing.objects.filter(status=Listing.Status.ACTIVE, starts_at__lt=hi, ends_at__gt=lo).values_list(

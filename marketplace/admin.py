@@ -17,6 +17,13 @@ from marketplace.services import (
 )
 
 
+class NoDeleteMixin:
+    """Market records are withdrawn, revoked or suspended through their rules, never deleted."""
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
@@ -36,7 +43,7 @@ class ApiKeyInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(AuditedAdmin):
+class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
     list_display = ["name", "role", "status", "platform_fee_rate", "created_at"]
     list_filter = ["status", "is_provider", "is_lab"]
     search_fields = ["name"]
@@ -63,19 +70,19 @@ class OrganizationAdmin(AuditedAdmin):
             organization_set_status(organization=organization, status=status, actor=request.user)
         self.message_user(request, f"{queryset.count()} organization(s) now {status}.")
 
-    @admin.action(description="Verify selected organizations")
+    @admin.action(permissions=["operate"], description="Verify selected organizations")
     def verify(self, request, queryset):
         self._set_status(request, queryset, Organization.Status.VERIFIED)
 
-    @admin.action(description="Suspend selected organizations (keys stop working)")
+    @admin.action(permissions=["operate"], description="Suspend selected organizations (keys stop working)")
     def suspend(self, request, queryset):
         self._set_status(request, queryset, Organization.Status.SUSPENDED)
 
-    @admin.action(description="Reactivate selected organizations")
+    @admin.action(permissions=["operate"], description="Reactivate selected organizations")
     def reactivate(self, request, queryset):
         self._set_status(request, queryset, Organization.Status.ACTIVE)
 
-    @admin.action(description="Issue a new API key")
+    @admin.action(permissions=["operate"], description="Issue a new API key")
     def issue_api_key(self, request, queryset):
         for organization in queryset:
             issued = api_key_create(organization=organization, name="admin-issued")
@@ -84,7 +91,7 @@ class OrganizationAdmin(AuditedAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(AuditedAdmin):
+class ApiKeyAdmin(NoDeleteMixin, AuditedAdmin):
     list_display = ["prefix", "name", "organization", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["organization"]
@@ -113,7 +120,7 @@ class ApiKeyAdmin(AuditedAdmin):
         obj.created_at = issued.api_key.created_at
         messages.warning(request, f"API key for {obj.organization} (shown once, store it now): {issued.secret}")
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(permissions=["operate"], description="Revoke selected keys")
     def revoke(self, request, queryset):
         for api_key in queryset:
             if api_key.revoked_at is None:
@@ -140,7 +147,7 @@ class GpuModelAdmin(AuditedAdmin):
 
 
 @admin.register(Cluster)
-class ClusterAdmin(AuditedAdmin):
+class ClusterAdmin(NoDeleteMixin, AuditedAdmin):
     list_display = ["name", "provider", "gpu_model", "region", "interconnect", "gpus_per_node", "created_at"]
     list_filter = ["gpu_model", "interconnect", "region"]
     list_select_related = ["provider", "gpu_model"]
@@ -153,7 +160,7 @@ class ClusterAdmin(AuditedAdmin):
 
 
 @admin.register(Node)
-class NodeAdmin(AuditedAdmin):
+class NodeAdmin(NoDeleteMixin, AuditedAdmin):
     list_display = ["hostname", "cluster", "status"]
     list_filter = ["status"]
     list_select_related = ["cluster"]
@@ -174,17 +181,17 @@ class NodeAdmin(AuditedAdmin):
             else:
                 audit_record(action=f"node_{status}", target=node, actor=request.user)
 
-    @admin.action(description="Take selected nodes out of service (maintenance)")
+    @admin.action(permissions=["operate"], description="Take selected nodes out of service (maintenance)")
     def to_maintenance(self, request, queryset):
         self._set_status(request, queryset, Node.Status.MAINTENANCE)
 
-    @admin.action(description="Put selected nodes back in service")
+    @admin.action(permissions=["operate"], description="Put selected nodes back in service")
     def to_service(self, request, queryset):
         self._set_status(request, queryset, Node.Status.IN_SERVICE)
 
 
 @admin.register(Listing)
-class ListingAdmin(AuditedAdmin):
+class ListingAdmin(NoDeleteMixin, AuditedAdmin):
     list_display = [
         "id",
         "provider",
@@ -217,18 +224,18 @@ class ListingAdmin(AuditedAdmin):
             else:
                 audit_record(action=f"listing_{label}", target=listing, actor=request.user)
 
-    @admin.action(description="Pause selected listings")
+    @admin.action(permissions=["operate"], description="Pause selected listings")
     def pause(self, request, queryset):
         self._apply(
             request, queryset, lambda item: listing_update(listing=item, status=Listing.Status.PAUSED), "paused"
         )
 
-    @admin.action(description="Resume selected listings")
+    @admin.action(permissions=["operate"], description="Resume selected listings")
     def resume(self, request, queryset):
         self._apply(
             request, queryset, lambda item: listing_update(listing=item, status=Listing.Status.ACTIVE), "resumed"
         )
 
-    @admin.action(description="Withdraw selected listings (sold capacity stays sold)")
+    @admin.action(permissions=["operate"], description="Withdraw selected listings (sold capacity stays sold)")
     def withdraw(self, request, queryset):
         self._apply(request, queryset, lambda item: listing_withdraw(listing=item), "withdrawn")

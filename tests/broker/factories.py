@@ -1,0 +1,247 @@
+"""Builders for broker tests: organizations, clusters and listings made through the services.
+
+Clusters and listings go through ``cluster_create`` and ``listing_create`` so nodes and
+ListingNode reservations exist exactly as in production. ``oversell_violations`` reads the
+database and lists every way capacity was sold twice (it should always return ``[]``).
+"""
+
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import factory
+from django.db import connections
+from django.db.models import F
+
+from broker.models import Allocation, ComputeRequest, Contract
+from broker.services import compute_request_create, listing_book
+from core.timeutils import HOUR, next_hour
+from marketplace.models import BillingMode, Cluster, GpuModel, Interconnect, Listing, Organization
+from marketplace.services import cluster_create, listing_create, listing_update, listing_withdraw
+
+# A fixed instant in the middle of an hour: the current hour is 09:00 UTC.
+NOW = datetime(2031, 3, 10, 9, 17, 23, tzinfo=UTC)
+CURRENT_HOUR = datetime(2031, 3, 10, 9, tzinfo=UTC)
+DEFAULT_GPU_MODEL = "h100-sxm-80gb"
+_CATALOG = {
+    "h100-sxm-80gb": ("H100 SXM 80GB", "NVIDIA", 80, 989),
+    "a100-sxm-80gb": ("A100 SXM 80GB", "NVIDIA", 80, 312),
+}
+
+
+def hour(offset: int) -> datetime:
+    """The whole UTC hour ``offset`` hours after the current hour of ``NOW``."""
+    return CURRENT_HOUR + timedelta(hours=offset)
+
+
+def iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def gpu_model(slug: str = DEFAULT_GPU_MODEL) -> GpuModel:
+    """A catalog GPU model. Transactional tests flush the migrated catalog, so create it if missing."""
+    name, vendor, memory_gb, tflops = _CATALOG[slug]
+    model, _ = GpuModel.objects.get_or_create(
+        slug=slug, defaults={"name": name, "vendor": vendor, "memory_gb": memory_gb, "bf16_tflops": tflops}
+    )
+    return model
+
+
+class OrganizationFactory(factory.django.DjangoModelFactory):
+    """A provider by default; ``OrganizationFactory(lab=True)`` or ``(both=True)`` for the others."""
+
+    class Meta:
+        model = Organization
+
+    class Params:
+        lab = factory.Trait(is_provider=False, is_lab=True)
+        both = factory.Trait(is_provider=True, is_lab=True)
+
+    name = factory.Sequence(lambda n: f"Broker Org {n}")
+    is_provider = True
+    is_lab = False
+
+
+class ClusterFactory(factory.django.DjangoModelFactory):
+    """A cluster registered with ``cluster_create``: 4 nodes of 8 GPUs by default."""
+
+    class Meta:
+        model = Cluster
+
+    provider = factory.SubFactory(OrganizationFactory)
+    name = factory.Sequence(lambda n: f"bc-{n}")
+    gpu_model = factory.LazyFunction(gpu_model)
+    region = "us-south-1"
+    interconnect = Interconnect.INFINIBAND
+    gpus_per_node = 8
+    node_count = 4
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs) -> Cluster:
+        return cluster_create(**kwargs)
+
+
+class ListingFactory(factory.django.DjangoModelFactory):
+    """A listing made by ``listing_create`` (it reserves nodes), then paused or withdrawn if asked."""
+
+    class Meta:
+        model = Listing
+
+    cluster = factory.SubFactory(ClusterFactory)
+    provider = factory.SelfAttribute("cluster.provider")
+    node_count = 2
+    starts_at = factory.LazyFunction(next_hour)
+    ends_at = factory.LazyAttribute(lambda listing: listing.starts_at + timedelta(hours=24))
+    price_per_gpu_hour = Decimal("2.5000")
+    min_duration_hours = 1
+    billing_mode = BillingMode.COMMITTED
+
+    @classmethod
+    def _create(cls, model_class, *args, status: str = Listing.Status.ACTIVE, **kwargs) -> Listing:
+        listing = listing_create(**kwargs)
+        if status == Listing.Status.PAUSED:
+            listing = listing_update(listing=listing, status=status)
+        elif status == Listing.Status.WITHDRAWN:
+            listing = listing_withdraw(listing=listing)
+        return listing
+
+
+def make_lab(name: str | None = None) -> Organization:
+    return OrganizationFactory(lab=True, **({"name": name} if name else {}))
+
+
+def request_create(
+    *,
+    lab: Organization,
+    gpu_count: int,
+    starts_at: datetime,
+    duration_hours: int = 4,
+    max_price: str | Decimal = "10",
+    billing_mode: str = BillingMode.COMMITTED,
+    slug: str = DEFAULT_GPU_MODEL,
+    **extra,
+) -> ComputeRequest:
+    """A compute request through the service (which queues matching on commit)."""
+    return compute_request_create(
+        lab=lab,
+        gpu_model=gpu_model(slug),
+        gpu_count=gpu_count,
+        starts_at=starts_at,
+        duration_hours=duration_hours,
+        max_price_per_gpu_hour=Decimal(max_price),
+        billing_mode=billing_mode,
+        **extra,
+    )
+
+
+def book(*, lab: Organization, listing: Listing, nodes: int, starts_at: datetime, hours: int) -> Contract:
+    """Book ``nodes`` whole nodes of a listing through the service."""
+    return listing_book(
+        lab=lab,
+        listing=listing,
+        gpu_count=nodes * listing.cluster.gpus_per_node,
+        starts_at=starts_at,
+        duration_hours=hours,
+    )
+
+
+def sold_nodes(listing: Listing, starts_at: datetime, ends_at: datetime) -> int:
+    """How many of the listing's nodes are sold for some hour of [starts_at, ends_at)."""
+    return (
+        Allocation.objects.filter(contract__listing=listing, starts_at__lt=ends_at, ends_at__gt=starts_at)
+        .filter(ends_at__gt=F("starts_at"))
+        .values("node_id")
+        .distinct()
+        .count()
+    )
+
+
+def oversell_violations() -> list[str]:
+    """Every double sale the database holds; ``[]`` when capacity was sold at most once.
+
+    Checks that no node is in two allocations for overlapping hours, that for every listing
+    and every hour its allocations do not exceed its node_count, that an allocation's node is
+    the node its listing reserved, inside that listing's window, and that a contract's
+    allocations match its node_count.
+    """
+    problems: list[str] = []
+    rows = Allocation.objects.filter(ends_at__gt=F("starts_at")).values_list(
+        "id",
+        "node_id",
+        "starts_at",
+        "ends_at",
+        "contract__listing_id",
+        "listing_node__node_id",
+        "listing_node__listing_id",
+        "listing_node__listing__node_count",
+        "listing_node__listing__starts_at",
+        "listing_node__listing__ends_at",
+    )
+    by_node: dict[int, list[tuple[datetime, datetime, int]]] = defaultdict(list)
+    per_listing_hour: Counter = Counter()
+    capacity: dict[int, int] = {}
+    for (
+        allocation_id,
+        node_id,
+        starts_at,
+        ends_at,
+        contract_listing_id,
+        reserved_node_id,
+        reserved_listing_id,
+        node_count,
+        listing_starts,
+        listing_ends,
+    ) in rows:
+        if node_id != reserved_node_id:
+            problems.append(f"allocation {allocation_id}: node {node_id} is not its reservation's {reserved_node_id}")
+        if contract_listing_id != reserved_listing_id:
+            problems.append(f"allocation {allocation_id}: reservation of another listing")
+        if starts_at < listing_starts or ends_at > listing_ends:
+            problems.append(f"allocation {allocation_id}: outside its listing's window")
+        by_node[node_id].append((starts_at, ends_at, allocation_id))
+        capacity[reserved_listing_id] = node_count
+        moment = starts_at
+        while moment < ends_at:
+            per_listing_hour[(reserved_listing_id, moment)] += 1
+            moment += HOUR
+    for node_id, spans in by_node.items():
+        spans.sort()
+        for (_, first_end, first_id), (second_start, _, second_id) in zip(spans, spans[1:], strict=False):
+            if second_start < first_end:
+                problems.append(f"node {node_id}: allocations {first_id} and {second_id} overlap")
+    for (listing_id, moment), count in per_listing_hour.items():
+        if count > capacity[listing_id]:
+            problems.append(f"listing {listing_id} at {moment:%Y-%m-%d %H:00}: {count} > {capacity[listing_id]}")
+    allocation_counts = Counter(Allocation.objects.values_list("contract_id", flat=True))
+    for contract_id, node_count in Contract.objects.values_list("id", "node_count"):
+        if allocation_counts[contract_id] != node_count:
+            problems.append(f"contract {contract_id}: {allocation_counts[contract_id]} allocations for {node_count}")
+    return problems
+
+
+def run_at_once(*calls: Callable[[], object], timeout: float = 120) -> list[object]:
+    """Run each call in its own thread (its own database connection), all released together.
+
+    Returns each call's result, or the exception it raised, in the order given.
+    """
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[], object]) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[index] = call()
+        except BaseException as exc:  # handed to the test, which reports it
+            results[index] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(index, call), daemon=True) for index, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a racing thread did not finish"
+    return results

@@ -1,0 +1,181 @@
+"""POST/GET /api/v1/compute-requests and cancel: who may, what is refused, what it answers."""
+
+from decimal import Decimal
+
+import pytest
+
+from broker.matching import segment_match
+from broker.models import ComputeRequest
+from tests.broker.factories import ListingFactory, gpu_model, hour, iso
+from tests.conftest import assert_error
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
+
+URL = "/api/v1/compute-requests"
+
+
+def body(**overrides) -> dict:
+    data = {
+        "gpu_model": "h100-sxm-80gb",
+        "gpu_count": 16,
+        "starts_at": iso(hour(2)),
+        "duration_hours": 4,
+        "max_price_per_gpu_hour": "3.00",
+        "billing_mode": "committed",
+    }
+    data.update(overrides)
+    return data
+
+
+def create(client, **overrides):
+    return client.post(URL, body(**overrides), format="json")
+
+
+def fill(request_id: int) -> None:
+    """Give the request capacity and run the matching engine."""
+    ListingFactory(node_count=2, starts_at=hour(1), ends_at=hour(24), price_per_gpu_hour=Decimal("2.00"))
+    segment_match(gpu_model_id=gpu_model().pk, wait=True)
+    assert ComputeRequest.objects.get(pk=request_id).status == ComputeRequest.Status.FILLED
+
+
+class TestCreate:
+    def test_answers_201_open_with_defaults(self, lab_client):
+        response = create(lab_client)
+        assert response.status_code == 201, response.json()
+        data = response.json()
+        assert data["status"] == "open"
+        assert data["colocated"] is True
+        assert data["region"] == ""
+        assert data["interconnect"] == ""
+        assert data["contracts"] == []
+        assert data["gpu_model"] == "h100-sxm-80gb"
+        assert data["gpu_count"] == 16
+        assert data["starts_at"] == iso(hour(2))
+        assert data["ends_at"] == iso(hour(6))
+        assert data["max_price_per_gpu_hour"] == "3.0000"
+        assert data["filled_at"] is None and data["closed_at"] is None
+        stored = ComputeRequest.objects.get(pk=data["id"])
+        assert stored.lab == lab_client.organization
+        assert stored.ends_at == hour(6)
+
+    def test_region_interconnect_and_spread_are_kept(self, lab_client):
+        response = create(lab_client, colocated=False, region="eu-west-2", interconnect="roce", billing_mode="metered")
+        assert response.status_code == 201, response.json()
+        data = response.json()
+        assert (data["colocated"], data["region"], data["interconnect"], data["billing_mode"]) == (
+            False,
+            "eu-west-2",
+            "roce",
+            "metered",
+        )
+
+    def test_current_hour_is_accepted(self, lab_client):
+        assert create(lab_client, starts_at=iso(hour(0))).status_code == 201
+
+    def test_an_organization_with_both_roles_may_request(self, both_client):
+        assert create(both_client).status_code == 201
+
+    def test_provider_only_organization_is_403(self, provider_client):
+        assert_error(create(provider_client), 403, "permission_denied")
+        assert_error(provider_client.get(URL), 403)
+        assert not ComputeRequest.objects.exists()
+
+    def test_commit_queues_matching_which_fills_it(self, lab_client, django_capture_on_commit_callbacks):
+        ListingFactory(node_count=2, starts_at=hour(1), ends_at=hour(24), price_per_gpu_hour=Decimal("2.00"))
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            response = create(lab_client)
+        assert response.status_code == 201
+        assert len(callbacks) == 1
+        detail = lab_client.get(f"{URL}/{response.json()['id']}").json()
+        assert detail["status"] == "filled"
+        assert len(detail["contracts"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"starts_at": "2031-03-10T11:30:00Z"}, "starts_at"),
+        ({"starts_at": "2031-03-10T11:00:01Z"}, "starts_at"),
+        ({"starts_at": iso(hour(-1))}, "starts_at"),
+        ({"gpu_count": 0}, "gpu_count"),
+        ({"gpu_count": -8}, "gpu_count"),
+        ({"max_price_per_gpu_hour": "0"}, "max_price_per_gpu_hour"),
+        ({"max_price_per_gpu_hour": "-1.00"}, "max_price_per_gpu_hour"),
+        ({"max_price_per_gpu_hour": "2.12345"}, "max_price_per_gpu_hour"),
+        ({"gpu_model": "h900-imaginary"}, "gpu_model"),
+        ({"colour": "green"}, "colour"),
+        ({"duration_hours": 0}, "duration_hours"),
+        ({"billing_mode": "spot"}, "billing_mode"),
+        ({"region": "US South"}, "region"),
+        ({"interconnect": "nvlink"}, "interconnect"),
+    ],
+)
+def test_bad_input_is_400_naming_the_field(lab_client, overrides, field):
+    error = assert_error(create(lab_client, **overrides), 400, "invalid")
+    assert field in error["fields"], error
+    assert not ComputeRequest.objects.exists()
+
+
+@pytest.mark.parametrize("field", ["gpu_model", "gpu_count", "starts_at", "duration_hours", "billing_mode"])
+def test_missing_required_field_is_400_naming_it(lab_client, field):
+    data = body()
+    del data[field]
+    error = assert_error(lab_client.post(URL, data, format="json"), 400, "invalid")
+    assert field in error["fields"], error
+
+
+class TestReadAndCancel:
+    def test_list_and_detail_show_only_own_requests(self, lab_client, other_lab_client):
+        mine = create(lab_client).json()["id"]
+        theirs = create(other_lab_client, gpu_count=8).json()["id"]
+        listed = lab_client.get(URL).json()
+        assert listed["count"] == 1
+        assert [item["id"] for item in listed["results"]] == [mine]
+        assert lab_client.get(f"{URL}/{mine}").json()["status"] == "open"
+        assert_error(lab_client.get(f"{URL}/{theirs}"), 404, "not_found")
+
+    def test_list_filters_by_status(self, lab_client):
+        first = create(lab_client).json()["id"]
+        create(lab_client, gpu_count=8)
+        lab_client.post(f"{URL}/{first}/cancel")
+        assert [item["id"] for item in lab_client.get(URL, {"status": "cancelled"}).json()["results"]] == [first]
+        assert lab_client.get(URL, {"status": "open"}).json()["count"] == 1
+
+    def test_cancel_open_request(self, lab_client):
+        request_id = create(lab_client).json()["id"]
+        response = lab_client.post(f"{URL}/{request_id}/cancel")
+        assert response.status_code == 200
+        assert response.json()["status"] == "cancelled"
+        assert response.json()["closed_at"] is not None
+        # Cancelling twice is harmless.
+        assert lab_client.post(f"{URL}/{request_id}/cancel").json()["status"] == "cancelled"
+
+    def test_cancelled_request_is_never_matched(self, lab_client):
+        request_id = create(lab_client).json()["id"]
+        lab_client.post(f"{URL}/{request_id}/cancel")
+        ListingFactory(node_count=2, starts_at=hour(1), ends_at=hour(24), price_per_gpu_hour=Decimal("2.00"))
+        segment_match(gpu_model_id=gpu_model().pk, wait=True)
+        assert lab_client.get(f"{URL}/{request_id}").json()["contracts"] == []
+
+    def test_cancel_filled_request_is_409(self, lab_client):
+        request_id = create(lab_client).json()["id"]
+        fill(request_id)
+        assert_error(lab_client.post(f"{URL}/{request_id}/cancel"), 409, "invalid_transition")
+        assert ComputeRequest.objects.get(pk=request_id).status == "filled"
+
+    def test_other_lab_cannot_cancel(self, lab_client, other_lab_client):
+        request_id = create(lab_client).json()["id"]
+        assert_error(other_lab_client.post(f"{URL}/{request_id}/cancel"), 404)
+        assert ComputeRequest.objects.get(pk=request_id).status == "open"
+
+    def test_provider_cannot_cancel(self, lab_client, provider_client):
+        request_id = create(lab_client).json()["id"]
+        assert_error(provider_client.post(f"{URL}/{request_id}/cancel"), 403)
+
+    def test_filled_request_lists_its_contracts(self, lab_client):
+        request_id = create(lab_client).json()["id"]
+        fill(request_id)
+        detail = lab_client.get(f"{URL}/{request_id}").json()
+        assert detail["status"] == "filled"
+        assert detail["filled_at"] is not None
+        assert len(detail["contracts"]) == 1
