@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -102,7 +102,12 @@ def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
     result = IngestResult()
     pending = list(enumerate(records))
     if connection.vendor == "postgresql":
-        inserted = _insert_usage_batch_sql(provider, records)
+        # An id sent twice in one batch goes the slow way: which copy is stored must be the
+        # one reported as accepted.
+        counts = Counter(raw.get("id") for raw in records if isinstance(raw, dict) and isinstance(raw.get("id"), str))
+        inserted = _insert_usage_batch_sql(
+            provider, [raw for raw in records if isinstance(raw, dict) and counts.get(raw.get("id")) == 1]
+        )
         if inserted:
             pending = []
             for index, raw in enumerate(records):
@@ -157,10 +162,6 @@ def _ingest_one_by_one(provider: Organization, records: list[tuple[int, object]]
         if gpu_seconds is None:
             _reject(result, index, event_id, "invalid", "gpu_seconds: a number >= 0 with at most 3 decimals.")
             continue
-        if event_id in seen:
-            result.duplicates.append(event_id)
-            continue
-        seen.add(event_id)
         candidates.append(_Candidate(index, event_id, contract_id, node_name, started_at, ended_at, gpu_seconds))
 
     contracts = {
@@ -210,6 +211,10 @@ def _ingest_one_by_one(provider: Organization, records: list[tuple[int, object]]
                 f"{candidate.gpu_seconds} GPU-seconds is more than {gpus} GPUs deliver in {seconds} seconds.",
             )  # fmt: skip
             continue
+        if candidate.event_id in seen:  # a second valid copy in the same batch
+            result.duplicates.append(candidate.event_id)
+            continue
+        seen.add(candidate.event_id)
         rows.append((candidate, node_id))
     if rows:
         inserted = _insert_usage(provider, rows)
@@ -475,13 +480,14 @@ def _issue_statements(period: date, lines: list[RatedLine]) -> int:
 def billing_period_preview(*, lab: Organization, period: date) -> list[RatedLine]:
     """What the month's invoice would hold if it were closed from the current data; saves nothing."""
     latest_before = BillingPeriod.objects.filter(period__lt=period).order_by("-period").first()
-    # Usage of a month that is still open will be billed by that month's own close.
+    # Late usage is billed by the next close only: previewing a later month shows none of it.
+    next_to_close = latest_before is not None and next_month(latest_before.period) == period
     return rate_period(
         period=period,
         usage_upto=None,
         late_after=latest_before.usage_watermark if latest_before else 0,
         lab_id=lab.pk,
-        late_through=latest_before.period if latest_before else date.min,
+        late_through=latest_before.period if next_to_close else date.min,
     )
 
 

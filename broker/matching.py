@@ -274,7 +274,27 @@ class OrderBook:
         return best_parts
 
     def _plan_spread(self, gpu_count, candidates, starts, ends):
-        """Cheapest first across clusters and providers, whole nodes from each listing."""
+        """Cheapest first across clusters and providers, whole nodes from each listing.
+
+        Greedy over all candidates first; if mixed node sizes leave a remainder no listing can
+        make up, the cheapest complete fill using one node size only is taken instead.
+        """
+        parts = self._greedy_spread(gpu_count, candidates, starts, ends)
+        sizes = {listing.gpus_per_node for listing in candidates}
+        if parts is not None or len(sizes) < 2:
+            return parts
+        best, best_cost = None, None
+        for size in sorted(sizes):
+            option = self._greedy_spread(
+                gpu_count, [listing for listing in candidates if listing.gpus_per_node == size], starts, ends
+            )
+            if option is not None:
+                cost = sum(listing.price * len(nodes) * listing.gpus_per_node for listing, nodes in option)
+                if best_cost is None or cost < best_cost:
+                    best, best_cost = option, cost
+        return best
+
+    def _greedy_spread(self, gpu_count, candidates, starts, ends):
         remaining = gpu_count
         parts = []
         for listing in candidates:
@@ -384,69 +404,108 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
     result.nodes_allocated += sum(len(nodes) for fill in fills for _, nodes in fill.parts)
 
 
+_CONTRACT_COPY = (
+    "COPY broker_contract (id, request_id, listing_id, lab_id, provider_id, cluster_id, gpu_count, node_count, "
+    "starts_at, ends_at, price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at) FROM STDIN"
+)
+_ALLOCATION_COPY = "COPY broker_allocation (contract_id, listing_node_id, node_id, starts_at, ends_at) FROM STDIN"
+
+
 def _write_fills(fills: list[Fill]) -> None:
+    """Write the chunk's contracts and allocations, mark its requests filled, bump versions.
+
+    On PostgreSQL the rows go in with COPY from plain tuples: building tens of thousands of
+    model instances for bulk_create cost more than the database's own work. Contract ids
+    are drawn from the sequence first, so allocations can name them.
+    """
     from broker.services import contract_total
 
-    contracts = []
+    now = timezone.now()
+    contracts = []  # (request, listing, nodes, gpu_count, total)
     for fill in fills:
-        request = fill.request
         hours = fill.ends - fill.starts
         for listing, nodes in fill.parts:
             gpu_count = len(nodes) * listing.gpus_per_node
-            contracts.append(
-                Contract(
-                    request_id=request.pk,
-                    listing_id=listing.id,
-                    lab_id=request.lab_id,
-                    provider_id=listing.provider_id,
-                    cluster_id=listing.cluster_id,
-                    gpu_count=gpu_count,
-                    node_count=len(nodes),
-                    starts_at=request.starts_at,
-                    ends_at=request.ends_at,
-                    price_per_gpu_hour=listing.price,
-                    billing_mode=listing.billing_mode,
-                    total_amount=(
-                        contract_total(gpu_count=gpu_count, hours=hours, price_per_gpu_hour=listing.price)
-                        if listing.billing_mode == BillingMode.COMMITTED
-                        else None
-                    ),
-                )
+            total = (
+                contract_total(gpu_count=gpu_count, hours=hours, price_per_gpu_hour=listing.price)
+                if listing.billing_mode == BillingMode.COMMITTED
+                else None
             )
-    Contract.objects.bulk_create(contracts, batch_size=1000)
-    allocations = []
-    index = 0
-    touched: set[int] = set()
-    for fill in fills:
-        for listing, nodes in fill.parts:
-            contract = contracts[index]
-            index += 1
-            touched.add(listing.id)
-            allocations.extend(
-                Allocation(
-                    contract_id=contract.pk,
-                    listing_node_id=listing_node_id,
-                    node_id=node_id,
-                    starts_at=contract.starts_at,
-                    ends_at=contract.ends_at,
-                )
-                for listing_node_id, node_id in nodes
-            )
-    Allocation.objects.bulk_create(allocations, batch_size=2000)
+            contracts.append((fill.request, listing, nodes, gpu_count, total))
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-    now = timezone.now()
+        _copy_contracts(contracts, now)
+    else:
+        _bulk_create_contracts(contracts)
     ComputeRequest.objects.filter(pk__in=[fill.request.pk for fill in fills]).update(
         status=ComputeRequest.Status.FILLED, filled_at=now
     )
     # Our own writes change these listings' inventory; keep the snapshot's versions in step.
-    Listing.objects.filter(pk__in=touched).update(inventory_version=F("inventory_version") + 1)
-    for fill in fills:
-        for listing, _ in fill.parts:
-            if listing.id in touched:
-                listing.version += 1
-                touched.discard(listing.id)
+    touched = {listing.id: listing for _, listing, _, _, _ in contracts}
+    Listing.objects.filter(pk__in=list(touched)).update(inventory_version=F("inventory_version") + 1)
+    for listing in touched.values():
+        listing.version += 1
+
+
+def _copy_contracts(contracts, now) -> None:
+    # cursor.copy() is psycopg's own: wrap it so a refused row raises Django's IntegrityError.
+    with connection.cursor() as cursor, connection.wrap_database_errors:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('broker_contract', 'id')) FROM generate_series(1, %s)",
+            [len(contracts)],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        allocations = []
+        with cursor.copy(_CONTRACT_COPY) as copy:
+            for contract_id, (request, listing, nodes, gpu_count, total) in zip(ids, contracts, strict=True):
+                copy.write_row(
+                    (contract_id, request.pk, listing.id, request.lab_id, listing.provider_id, listing.cluster_id,
+                     gpu_count, len(nodes), request.starts_at, request.ends_at, listing.price, listing.billing_mode,
+                     total, Contract.Status.SCHEDULED, "", now)
+                )  # fmt: skip
+                allocations.extend(
+                    (contract_id, listing_node_id, node_id, request.starts_at, request.ends_at)
+                    for listing_node_id, node_id in nodes
+                )
+        with cursor.copy(_ALLOCATION_COPY) as copy:
+            for row in allocations:
+                copy.write_row(row)
+        # Deferred foreign keys are checked now, so a violation rolls back this chunk only.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
+def _bulk_create_contracts(contracts) -> None:
+    rows = [
+        Contract(
+            request_id=request.pk,
+            listing_id=listing.id,
+            lab_id=request.lab_id,
+            provider_id=listing.provider_id,
+            cluster_id=listing.cluster_id,
+            gpu_count=gpu_count,
+            node_count=len(nodes),
+            starts_at=request.starts_at,
+            ends_at=request.ends_at,
+            price_per_gpu_hour=listing.price,
+            billing_mode=listing.billing_mode,
+            total_amount=total,
+        )
+        for request, listing, nodes, gpu_count, total in contracts
+    ]
+    Contract.objects.bulk_create(rows, batch_size=1000)
+    Allocation.objects.bulk_create(
+        (
+            Allocation(
+                contract_id=row.pk,
+                listing_node_id=listing_node_id,
+                node_id=node_id,
+                starts_at=row.starts_at,
+                ends_at=row.ends_at,
+            )
+            for row, (_, _, nodes, _, _) in zip(rows, contracts, strict=True)
+            for listing_node_id, node_id in nodes
+        ),
+        batch_size=2000,
+    )
 
 
 def segments_with_open_requests() -> list[int]:

@@ -1,3 +1,4 @@
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -134,7 +135,11 @@ def free_listing_nodes(*, listing: Listing, starts_at: datetime, ends_at: dateti
 def listing_book(
     *, lab: Organization, listing: Listing, gpu_count: int, starts_at: datetime, duration_hours: int
 ) -> Contract:
-    """Book nodes of a listing at its price, now: a contract, or CapacityUnavailable."""
+    """Book nodes of a listing at its price, now: a contract, or CapacityUnavailable.
+
+    Bookers of one listing queue on its row lock (the matching engine takes the same lock);
+    the database's exclusion constraint has the last word on every node.
+    """
     if not lab.is_lab:
         raise InvalidInput("Only labs book capacity.")
     if listing.provider_id == lab.pk:
@@ -142,68 +147,180 @@ def listing_book(
     _validate_start(starts_at)
     if not 1 <= duration_hours <= MAX_DURATION_HOURS:
         raise InvalidInput("duration_hours is out of range.", fields={"duration_hours": ["Out of range."]})
-    ends_at = starts_at + duration_hours * HOUR
-    with transaction.atomic():
-        # Bookers of one listing queue here; the matching engine takes the same lock.
-        listing = (
-            Listing.objects.select_for_update(of=("self",)).select_related("cluster", "provider").get(pk=listing.pk)
+    booking = _Booking(lab=lab, listing_id=listing.pk, gpu_count=gpu_count, starts_at=starts_at, hours=duration_hours)
+    try:
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                return _book_with_sql(booking)
+            return _book_with_orm(booking)
+    except IntegrityError:
+        # The database refused a double sale that slipped past the availability check.
+        raise CapacityUnavailable("That capacity was just sold.")
+
+
+@dataclass(frozen=True)
+class _Booking:
+    lab: Organization
+    listing_id: int
+    gpu_count: int
+    starts_at: datetime
+    hours: int
+
+    @property
+    def ends_at(self) -> datetime:
+        return self.starts_at + self.hours * HOUR
+
+
+def _check_booking_terms(booking: _Booking, *, status, provider_status, gpus_per_node, window, min_hours) -> int:
+    """The listing's rules for this booking; returns the number of nodes it needs."""
+    if status != Listing.Status.ACTIVE or provider_status == Organization.Status.SUSPENDED:
+        raise CapacityUnavailable("This listing is not on offer.")
+    if booking.gpu_count % gpus_per_node:
+        raise InvalidInput(
+            f"gpu_count must be a multiple of {gpus_per_node} (whole nodes).",
+            fields={"gpu_count": [f"Must be a multiple of {gpus_per_node}."]},
         )
-        if listing.status != Listing.Status.ACTIVE or listing.provider.status == Organization.Status.SUSPENDED:
+    if booking.starts_at < window[0] or booking.ends_at > window[1]:
+        raise InvalidInput(
+            "The booking must fall inside the listing's window.",
+            fields={"starts_at": [f"The listing runs {window[0]:%Y-%m-%dT%H:%MZ} to {window[1]:%Y-%m-%dT%H:%MZ}."]},
+        )
+    if booking.hours < min_hours:
+        raise InvalidInput(
+            f"This listing sells at least {min_hours} hours.", fields={"duration_hours": [f"At least {min_hours}."]}
+        )
+    return booking.gpu_count // gpus_per_node
+
+
+def _short(found: int, needed: int, gpus_per_node: int) -> None:
+    if found < needed:
+        raise CapacityUnavailable(
+            f"Only {found * gpus_per_node} GPUs of this listing are free for that window.",
+            fields={"gpu_count": [f"At most {found * gpus_per_node} available."]},
+        )
+
+
+def _book_with_orm(booking: _Booking) -> Contract:
+    listing = (
+        Listing.objects.select_for_update(of=("self",)).select_related("cluster", "provider").get(pk=booking.listing_id)
+    )
+    gpus_per_node = listing.cluster.gpus_per_node
+    node_count = _check_booking_terms(
+        booking,
+        status=listing.status,
+        provider_status=listing.provider.status,
+        gpus_per_node=gpus_per_node,
+        window=(listing.starts_at, listing.ends_at),
+        min_hours=listing.min_duration_hours,
+    )
+    chosen = list(
+        free_listing_nodes(listing=listing, starts_at=booking.starts_at, ends_at=booking.ends_at).values_list(
+            "id", "node_id"
+        )[:node_count]
+    )
+    _short(len(chosen), node_count, gpus_per_node)
+    contract = Contract.objects.create(
+        listing=listing,
+        lab=booking.lab,
+        provider_id=listing.provider_id,
+        cluster_id=listing.cluster_id,
+        gpu_count=booking.gpu_count,
+        node_count=node_count,
+        starts_at=booking.starts_at,
+        ends_at=booking.ends_at,
+        price_per_gpu_hour=listing.price_per_gpu_hour,
+        billing_mode=listing.billing_mode,
+        total_amount=_committed_total(listing.billing_mode, booking.gpu_count, booking.hours, listing),
+    )
+    Allocation.objects.bulk_create(
+        Allocation(
+            contract=contract,
+            listing_node_id=ln_id,
+            node_id=node_id,
+            starts_at=booking.starts_at,
+            ends_at=booking.ends_at,
+        )
+        for ln_id, node_id in chosen
+    )
+    Listing.objects.filter(pk=listing.pk).update(inventory_version=F("inventory_version") + 1)
+    return contract
+
+
+# PostgreSQL: the same rules in six statements. Locking the listing and bumping its
+# inventory version is one UPDATE; it is rolled back with everything else on refusal.
+_LOCK_LISTING = """
+UPDATE marketplace_listing l SET inventory_version = l.inventory_version + 1, updated_at = now()
+FROM marketplace_cluster c, marketplace_organization p
+WHERE l.id = %s AND c.id = l.cluster_id AND p.id = l.provider_id
+RETURNING l.status, p.status, c.gpus_per_node, l.starts_at, l.ends_at, l.min_duration_hours,
+          l.provider_id, l.cluster_id, l.price_per_gpu_hour, l.billing_mode"""
+_FREE_NODES = """
+SELECT ln.id, ln.node_id FROM marketplace_listingnode ln JOIN marketplace_node n ON n.id = ln.node_id
+WHERE ln.listing_id = %s AND NOT ln.released AND n.status = 'in_service'
+  AND NOT EXISTS (SELECT 1 FROM broker_allocation a WHERE a.node_id = ln.node_id
+                  AND a.starts_at < %s AND a.ends_at > %s AND a.ends_at > a.starts_at)
+ORDER BY ln.node_id LIMIT %s"""
+_INSERT_CONTRACT = """
+INSERT INTO broker_contract (listing_id, lab_id, provider_id, cluster_id, gpu_count, node_count, starts_at, ends_at,
+    price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, '', %s) RETURNING id"""
+_INSERT_ALLOCATIONS = """
+INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, starts_at, ends_at)
+SELECT %s, t.listing_node_id, t.node_id, %s, %s
+FROM unnest(%s::bigint[], %s::bigint[]) AS t(listing_node_id, node_id)"""
+
+
+def _book_with_sql(booking: _Booking) -> Contract:
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_LISTING, [booking.listing_id])
+        row = cursor.fetchone()
+        if row is None:
             raise CapacityUnavailable("This listing is not on offer.")
-        gpus_per_node = listing.cluster.gpus_per_node
-        if gpu_count % gpus_per_node:
-            raise InvalidInput(
-                f"gpu_count must be a multiple of {gpus_per_node} (whole nodes).",
-                fields={"gpu_count": [f"Must be a multiple of {gpus_per_node}."]},
-            )
-        if starts_at < listing.starts_at or ends_at > listing.ends_at:
-            raise InvalidInput(
-                "The booking must fall inside the listing's window.",
-                fields={"starts_at": [f"The listing runs {listing.starts_at:%Y-%m-%dT%H:%MZ} to "
-                                      f"{listing.ends_at:%Y-%m-%dT%H:%MZ}."]},
-            )  # fmt: skip
-        if duration_hours < listing.min_duration_hours:
-            raise InvalidInput(
-                f"This listing sells at least {listing.min_duration_hours} hours.",
-                fields={"duration_hours": [f"At least {listing.min_duration_hours}."]},
-            )
-        node_count = gpu_count // gpus_per_node
-        chosen = list(
-            free_listing_nodes(listing=listing, starts_at=starts_at, ends_at=ends_at).values_list("id", "node_id")[
-                :node_count
-            ]
+        status, provider_status, gpus_per_node, starts, ends, min_hours, provider_id, cluster_id, price, mode = row
+        node_count = _check_booking_terms(
+            booking,
+            status=status,
+            provider_status=provider_status,
+            gpus_per_node=gpus_per_node,
+            window=(starts, ends),
+            min_hours=min_hours,
         )
-        if len(chosen) < node_count:
-            raise CapacityUnavailable(
-                f"Only {len(chosen) * gpus_per_node} GPUs of this listing are free for that window.",
-                fields={"gpu_count": [f"At most {len(chosen) * gpus_per_node} available."]},
-            )
-        try:
-            with transaction.atomic():
-                contract = Contract.objects.create(
-                    listing=listing,
-                    lab=lab,
-                    provider_id=listing.provider_id,
-                    cluster_id=listing.cluster_id,
-                    gpu_count=gpu_count,
-                    node_count=node_count,
-                    starts_at=starts_at,
-                    ends_at=ends_at,
-                    price_per_gpu_hour=listing.price_per_gpu_hour,
-                    billing_mode=listing.billing_mode,
-                    total_amount=_committed_total(listing.billing_mode, gpu_count, duration_hours, listing),
-                )
-                Allocation.objects.bulk_create(
-                    Allocation(
-                        contract=contract, listing_node_id=ln_id, node_id=node_id, starts_at=starts_at, ends_at=ends_at
-                    )
-                    for ln_id, node_id in chosen
-                )
-                _check_deferred_constraints()
-        except IntegrityError:
-            # The database refused a double sale that slipped past the check above.
-            raise CapacityUnavailable("That capacity was just sold.")
-        Listing.objects.filter(pk=listing.pk).update(inventory_version=F("inventory_version") + 1)
+        cursor.execute(_FREE_NODES, [booking.listing_id, booking.ends_at, booking.starts_at, node_count])
+        chosen = cursor.fetchall()
+        _short(len(chosen), node_count, gpus_per_node)
+        total = (
+            contract_total(gpu_count=booking.gpu_count, hours=booking.hours, price_per_gpu_hour=price)
+            if mode == BillingMode.COMMITTED
+            else None
+        )
+        now = timezone.now()
+        contract = Contract(
+            listing_id=booking.listing_id,
+            lab=booking.lab,
+            provider_id=provider_id,
+            cluster_id=cluster_id,
+            gpu_count=booking.gpu_count,
+            node_count=node_count,
+            starts_at=booking.starts_at,
+            ends_at=booking.ends_at,
+            price_per_gpu_hour=price,
+            billing_mode=mode,
+            total_amount=total,
+            status=Contract.Status.SCHEDULED,
+            created_at=now,
+        )
+        cursor.execute(
+            _INSERT_CONTRACT,
+            [booking.listing_id, booking.lab.pk, provider_id, cluster_id, booking.gpu_count, node_count,
+             booking.starts_at, booking.ends_at, price, mode, total, Contract.Status.SCHEDULED, now],
+        )  # fmt: skip
+        contract.pk = cursor.fetchone()[0]
+        contract._state.adding = False
+        contract._state.db = connection.alias
+        cursor.execute(
+            _INSERT_ALLOCATIONS,
+            [contract.pk, booking.starts_at, booking.ends_at, [c[0] for c in chosen], [c[1] for c in chosen]],
+        )
     return contract
 
 
@@ -211,14 +328,6 @@ def _committed_total(billing_mode: str, gpu_count: int, hours: int, listing: Lis
     if billing_mode != BillingMode.COMMITTED:
         return None
     return contract_total(gpu_count=gpu_count, hours=hours, price_per_gpu_hour=listing.price_per_gpu_hour)
-
-
-def _check_deferred_constraints() -> None:
-    """Run deferred constraint checks now, so a violation surfaces inside this savepoint."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
 
 
 # --- Contract lifecycle --------------------------------------------------------------------

@@ -187,7 +187,8 @@ CELERY_BEAT_SCHEDULE = {
     "advance-lifecycle": {"task": "broker.tasks.advance_lifecycle", "schedule": 60.0},
     "close-previous-month": {
         "task": "billing.tasks.close_previous_month",
-        "schedule": crontab(day_of_month="1", hour="0", minute="30"),
+        # Daily, so a missed 1st is caught up the next day; closing twice creates nothing.
+        "schedule": crontab(hour="0", minute="30"),
     },
 }
 

@@ -145,3 +145,26 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1):
             return result
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(autouse=True)
+def _gpu_catalog(request):
+    """Transactional tests flush every table, the catalog loaded by a data migration
+    included; put it back for any test that uses the database."""
+    marker = request.node.get_closest_marker("django_db")
+    uses_db = marker is not None or {"db", "transactional_db", "live_server"} & set(request.fixturenames)
+    if not uses_db:
+        yield
+        return
+    import importlib
+
+    from marketplace.models import GpuModel
+
+    request.getfixturevalue("transactional_db" if "transactional_db" in request.fixturenames else "db")
+    if not GpuModel.objects.exists():
+        catalog = importlib.import_module("marketplace.migrations.0002_gpu_catalog").CATALOG
+        for slug, name, vendor, memory_gb, tflops in catalog:
+            GpuModel.objects.get_or_create(
+                slug=slug, defaults={"name": name, "vendor": vendor, "memory_gb": memory_gb, "bf16_tflops": tflops}
+            )
+    yield

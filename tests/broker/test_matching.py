@@ -157,11 +157,6 @@ class TestEligibility:
         [contract] = contracts_of(request)
         assert (contract.listing, contract.gpu_count, contract.node_count) == (fours, 12, 3)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="OrderBook._plan_spread is greedy: it takes the cheap 8-GPU node, then cannot make the "
-        "remaining 24 GPUs from 16-GPU nodes, and gives up although the 16-GPU listing alone fills 32",
-    )
     def test_spread_request_over_mixed_node_sizes_is_filled_when_possible(self, lab):
         listing("1.00", nodes=1, cluster=ClusterFactory(gpus_per_node=8, node_count=1))
         sixteens = listing("2.00", nodes=2, cluster=ClusterFactory(gpus_per_node=16, node_count=2))
