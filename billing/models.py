@@ -1,9 +1,13 @@
+from decimal import Decimal
+
 from django.db import models
 from django.db.models import F, Q
 
 from broker.models import Contract
 from core.money import AmountField, PriceField, QuantityField, RateField
 from marketplace.models import Node, Organization
+
+HALF_CENT = Decimal("0.005")
 
 
 class UsageRecord(models.Model):
@@ -211,7 +215,12 @@ class PayoutStatement(models.Model):
         ordering = ["-period", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["provider", "period"], name="payout_one_per_provider_period"),
-            models.CheckConstraint(condition=Q(gross=F("fee") + F("net")), name="payout_gross_is_fee_plus_net"),
+            # Exactly gross = fee + net for cent amounts; written as a half-cent band because
+            # SQLite (embedded mode) compares decimals through floating point.
+            models.CheckConstraint(
+                condition=Q(gross__gt=F("fee") + F("net") - HALF_CENT, gross__lt=F("fee") + F("net") + HALF_CENT),
+                name="payout_gross_is_fee_plus_net",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -400,14 +400,17 @@ def _issue_invoices(period: date, lines: list[RatedLine]) -> int:
     lab_ids = sorted(by_lab)
     numbers = _next_numbers("invoice", len(lab_ids))
     now = timezone.now()
+    totals = {lab_id: sum((line.amount for line in by_lab[lab_id]), ZERO) for lab_id in lab_ids}
     invoices = Invoice.objects.bulk_create(
         Invoice(
             lab_id=lab_id,
             period=period,
             number=f"INV-{period:%Y%m}-{number:06d}",
-            status=Invoice.Status.ISSUED,
-            total=sum((line.amount for line in by_lab[lab_id]), ZERO),
+            # An invoice that rates to nothing has nothing to wait for.
+            status=Invoice.Status.ISSUED if totals[lab_id] else Invoice.Status.PAID,
+            total=totals[lab_id],
             issued_at=now,
+            paid_at=None if totals[lab_id] else now,
         )
         for lab_id, number in zip(lab_ids, numbers, strict=True)
     )
