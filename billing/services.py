@@ -446,17 +446,18 @@ def _issue_statements(period: date, lines: list[RatedLine]) -> int:
     for line in lines:
         gross[line.provider_id] += line.amount
         fee[line.provider_id] += line.fee_amount
-    credits = [
-        (provider_id, amount, fee_amount)
-        for (provider_id,), (amount, fee_amount) in decimal_sums(
-            CreditNoteLine.objects.filter(statement__isnull=True),
-            by=("invoice_line__provider_id",),
-            fields=("amount", "fee_amount"),
-        ).items()
-    ]
-    for provider_id, amount, fee_amount in credits:
+    # The open credit lines are read once, by id: one written while this close runs is left
+    # for the next statement rather than assigned here without being deducted.
+    open_credits = list(
+        CreditNoteLine.objects.filter(statement__isnull=True)
+        .order_by("id")
+        .values_list("id", "invoice_line__provider_id", "amount", "fee_amount")
+    )
+    credit_ids: dict[int, list[int]] = defaultdict(list)
+    for credit_id, provider_id, amount, fee_amount in open_credits:
         gross[provider_id] -= amount
         fee[provider_id] -= fee_amount
+        credit_ids[provider_id].append(credit_id)
     if not gross:
         return 0
     provider_ids = sorted(gross)
@@ -473,10 +474,8 @@ def _issue_statements(period: date, lines: list[RatedLine]) -> int:
         for provider_id, number in zip(provider_ids, numbers, strict=True)
     )
     by_provider = {statement.provider_id: statement for statement in statements}
-    for provider_id, *_ in credits:
-        CreditNoteLine.objects.filter(statement__isnull=True, invoice_line__provider_id=provider_id).update(
-            statement=by_provider[provider_id]
-        )
+    for provider_id, ids in credit_ids.items():
+        CreditNoteLine.objects.filter(pk__in=ids).update(statement=by_provider[provider_id])
     return len(statements)
 
 
