@@ -126,6 +126,7 @@ def _ingest_one_by_one(provider: Organization, records: list[tuple[int, object]]
     """Validate each record with a reason for each refusal, then store the valid ones."""
     candidates: list[_Candidate] = []
     seen: set[str] = set()
+    now = timezone.now()
     for index, raw in records:
         if not isinstance(raw, dict):
             _reject(result, index, None, "invalid", "A record is an object.")
@@ -154,6 +155,9 @@ def _ingest_one_by_one(provider: Organization, records: list[tuple[int, object]]
             continue
         if ended_at <= started_at:
             _reject(result, index, event_id, "invalid", "ended_at must be after started_at.")
+            continue
+        if ended_at > now:
+            _reject(result, index, event_id, "in_the_future", "Usage can only be reported for time that has passed.")
             continue
         if month_of(started_at) != month_of(ended_at - timedelta(microseconds=1)):
             _reject(result, index, event_id, "spans_months", "A record may not span two UTC months; split it.")
@@ -260,6 +264,7 @@ WITH input AS (
       AND t.started_at >= c.starts_at AND t.ended_at <= LEAST(c.ends_at, COALESCE(c.released_at, c.ends_at))
       AND date_trunc('month', t.started_at, 'UTC') = date_trunc('month', t.ended_at - interval '1 microsecond', 'UTC')
       AND t.gpu_seconds <= %(max_gpu_seconds)s
+      AND t.ended_at <= %(now)s
       AND (t.node IS NULL OR a.node_id IS NOT NULL)
       AND t.gpu_seconds <= (CASE WHEN t.node IS NULL THEN c.gpu_count ELSE cl.gpus_per_node END)
                            * EXTRACT(EPOCH FROM t.ended_at - t.started_at)
@@ -267,7 +272,7 @@ WITH input AS (
 INSERT INTO billing_usagerecord
     (provider_id, event_id, contract_id, node_id, started_at, ended_at, gpu_seconds, period, received_at)
 SELECT %(provider)s, event_id, contract_id, node_id, started_at, ended_at, gpu_seconds,
-       date_trunc('month', started_at, 'UTC')::date, now()
+       date_trunc('month', started_at, 'UTC')::date, %(now)s
 FROM valid
 ON CONFLICT (provider_id, event_id) DO NOTHING
 RETURNING event_id
@@ -289,6 +294,7 @@ def _insert_usage_batch_sql(provider: Organization, records: list) -> set[str]:
         "provider": provider.pk,
         "time_pattern": _TIME_PATTERN,
         "max_gpu_seconds": MAX_GPU_SECONDS,
+        "now": timezone.now(),
     }
     try:
         with transaction.atomic(), connection.cursor() as cursor:

@@ -55,12 +55,14 @@ class Contract(models.Model):
         TERMINATED = "terminated", "Terminated"  # a metered contract released early by the lab
         CANCELLED = "cancelled", "Cancelled"  # cancelled by an operator, with a reason
 
+    # Single-column indexes on these keys are left out: wider indexes below lead with them,
+    # and every index costs the matching engine's bulk writes.
     request = models.ForeignKey(
-        ComputeRequest, null=True, blank=True, on_delete=models.PROTECT, related_name="contracts"
+        ComputeRequest, null=True, blank=True, on_delete=models.PROTECT, related_name="contracts", db_index=False
     )
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="contracts")
-    lab = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="contracts_bought")
-    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="contracts_sold")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="contracts", db_index=False)
+    lab = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="contracts_bought", db_index=False)
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="contracts_sold", db_index=False)
     cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="contracts")
     gpu_count = models.PositiveIntegerField()
     node_count = models.PositiveIntegerField()
@@ -119,9 +121,16 @@ class Allocation(models.Model):
     (a composite foreign key), so capacity cannot be sold twice whatever the code does.
     """
 
-    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="allocations")
-    listing_node = models.ForeignKey(ListingNode, on_delete=models.PROTECT, related_name="allocations")
-    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations")
+    # (contract, node) is unique and (node, starts_at) indexed: no single-column indexes.
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="allocations", db_index=False)
+    # On PostgreSQL the composite key (listing_node, node) -> listing node (id, node) checks both
+    # columns at once (migration 0002), so the two single-column keys would check them again.
+    listing_node = models.ForeignKey(
+        ListingNode, on_delete=models.PROTECT, related_name="allocations", db_constraint=False
+    )
+    node = models.ForeignKey(
+        Node, on_delete=models.PROTECT, related_name="allocations", db_index=False, db_constraint=False
+    )
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
 

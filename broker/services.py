@@ -260,14 +260,17 @@ WHERE ln.listing_id = %s AND NOT ln.released AND n.status = 'in_service'
   AND NOT EXISTS (SELECT 1 FROM broker_allocation a WHERE a.node_id = ln.node_id
                   AND a.starts_at < %s AND a.ends_at > %s AND a.ends_at > a.starts_at)
 ORDER BY ln.node_id LIMIT %s"""
-_INSERT_CONTRACT = """
-INSERT INTO broker_contract (listing_id, lab_id, provider_id, cluster_id, gpu_count, node_count, starts_at, ends_at,
-    price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, '', %s) RETURNING id"""
-_INSERT_ALLOCATIONS = """
-INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, starts_at, ends_at)
-SELECT %s, t.listing_node_id, t.node_id, %s, %s
-FROM unnest(%s::bigint[], %s::bigint[]) AS t(listing_node_id, node_id)"""
+_INSERT_CONTRACT_AND_ALLOCATIONS = """
+WITH contract AS (
+    INSERT INTO broker_contract (listing_id, lab_id, provider_id, cluster_id, gpu_count, node_count, starts_at,
+        ends_at, price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, '', %s) RETURNING id
+), allocations AS (
+    INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, starts_at, ends_at)
+    SELECT contract.id, t.listing_node_id, t.node_id, %s, %s
+    FROM contract, unnest(%s::bigint[], %s::bigint[]) AS t(listing_node_id, node_id)
+)
+SELECT id FROM contract"""
 
 
 def _book_with_sql(booking: _Booking) -> Contract:
@@ -310,17 +313,14 @@ def _book_with_sql(booking: _Booking) -> Contract:
             created_at=now,
         )
         cursor.execute(
-            _INSERT_CONTRACT,
+            _INSERT_CONTRACT_AND_ALLOCATIONS,
             [booking.listing_id, booking.lab.pk, provider_id, cluster_id, booking.gpu_count, node_count,
-             booking.starts_at, booking.ends_at, price, mode, total, Contract.Status.SCHEDULED, now],
+             booking.starts_at, booking.ends_at, price, mode, total, Contract.Status.SCHEDULED, now,
+             booking.starts_at, booking.ends_at, [c[0] for c in chosen], [c[1] for c in chosen]],
         )  # fmt: skip
         contract.pk = cursor.fetchone()[0]
         contract._state.adding = False
         contract._state.db = connection.alias
-        cursor.execute(
-            _INSERT_ALLOCATIONS,
-            [contract.pk, booking.starts_at, booking.ends_at, [c[0] for c in chosen], [c[1] for c in chosen]],
-        )
     return contract
 
 
