@@ -19,12 +19,12 @@ class UnbalancedPosting(ValueError):
 
 def _accounts(legs: Iterable[Leg]) -> dict[Leg, int]:
     wanted = set(legs)
-    accounts: dict[Leg, int] = {}
-    condition = Q(pk__in=[])
-    for kind, organization_id in wanted:
-        condition |= Q(kind=kind, organization_id=organization_id)
-    for pk, kind, organization_id in Account.objects.filter(condition).values_list("pk", "kind", "organization_id"):
-        accounts[(kind, organization_id)] = pk
+    organizations = {organization_id for _, organization_id in wanted if organization_id is not None}
+    rows = Account.objects.filter(
+        Q(organization_id__in=organizations) | Q(organization__isnull=True),
+        kind__in={kind for kind, _ in wanted},
+    ).values_list("pk", "kind", "organization_id")
+    accounts: dict[Leg, int] = {(kind, org): pk for pk, kind, org in rows if (kind, org) in wanted}
     missing = wanted - accounts.keys()
     if missing:
         Account.objects.bulk_create(

@@ -146,6 +146,10 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
         if query.ends_at is not None:
             conditions.append("l.ends_at >= %s AND l.starts_at < %s")
             params += [adapt(query.ends_at), adapt(query.ends_at)]
+        if query.min_gpus:
+            # A listing too small even when nothing of it is sold needs no availability count.
+            conditions.append("l.node_count * c.gpus_per_node >= %s")
+            params.append(query.min_gpus)
 
     covers = "(w.starts_at <= w.ws AND w.we <= w.ends_at AND w.ws < w.we)"
     deliverable = "1 = 1"
