@@ -1,0 +1,378 @@
+"""Usage ingestion: POST/GET /api/v1/usage and billing.services.usage_ingest."""
+
+import json
+import threading
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.db import connection
+
+from billing.models import UsageRecord
+from billing.services import usage_ingest
+from tests.billing.conftest import METERED_START, NODE_NAMES
+from tests.billing.factories import METERED, contract_create, hours_later, make_lab, record, utc
+from tests.conftest import assert_error, make_client, requires_postgres
+
+URL = "/api/v1/usage"
+NOW = utc(2026, 10, 20, 12, 30)
+H1 = hours_later(METERED_START, 1)  # the metered contract's first hour ends
+H2 = hours_later(METERED_START, 2)
+
+
+@pytest.fixture
+def clock():
+    with time_machine.travel(NOW, tick=False) as traveller:
+        yield traveller
+
+
+pytestmark = pytest.mark.django_db
+
+
+def post(client, records):
+    return client.post(URL, {"records": records}, format="json")
+
+
+def stored() -> list[tuple]:
+    return list(UsageRecord.objects.order_by("event_id").values_list("event_id", "gpu_seconds"))
+
+
+class TestAcceptDuplicateReject:
+    def test_each_record_is_accepted_duplicate_or_rejected_and_valid_ones_are_kept(
+        self, provider_client, metered_contract, foreign_contract, clock
+    ):
+        contract = metered_contract
+        records = [
+            record("ok-1", contract, METERED_START, H1, 3600),
+            record("ok-1", contract, METERED_START, H1, 3600),  # again in the same call
+            record("foreign", foreign_contract, METERED_START, H1, 10),
+            record("before", contract, hours_later(METERED_START, -1), METERED_START, 10),
+            record("after", contract, hours_later(METERED_START, 47), hours_later(METERED_START, 49), 10),
+            record("too-much", contract, METERED_START, H1, "57600.001"),  # 16 GPUs x 3,600 s is 57,600
+            record("ok-full", contract, H1, H2, 57600),
+            record("node-too-much", contract, METERED_START, H1, 28801, node=NODE_NAMES[0]),
+            record("ok-node", contract, METERED_START, H1, 28800, node=NODE_NAMES[1]),
+            record("unknown-node", contract, METERED_START, H1, 1, node="gpu-x99"),
+            record("no-such-contract", contract, METERED_START, H1, 1) | {"contract": 2**40},
+            record("ok-decimals", contract, METERED_START, H1, 1234.567),
+        ]
+        response = post(provider_client, records)
+
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert set(body) == {"accepted", "duplicates", "rejected"}
+        assert sorted(body["accepted"]) == ["ok-1", "ok-decimals", "ok-full", "ok-node"]
+        assert body["duplicates"] == ["ok-1"]
+        assert sorted((r["index"], r["id"], r["code"]) for r in body["rejected"]) == [
+            (2, "foreign", "unknown_contract"),
+            (3, "before", "outside_contract"),
+            (4, "after", "outside_contract"),
+            (5, "too-much", "exceeds_capacity"),
+            (7, "node-too-much", "exceeds_capacity"),
+            (9, "unknown-node", "unknown_node"),
+            (10, "no-such-contract", "unknown_contract"),
+        ]
+        assert all(r["message"] for r in body["rejected"])
+        assert stored() == [
+            ("ok-1", Decimal("3600.000")),
+            ("ok-decimals", Decimal("1234.567")),
+            ("ok-full", Decimal("57600.000")),
+            ("ok-node", Decimal("28800.000")),
+        ]
+        node_record = UsageRecord.objects.get(event_id="ok-node")
+        assert node_record.node.hostname == NODE_NAMES[1]
+        assert node_record.period.isoformat() == "2026-10-01"
+
+    def test_a_record_sent_again_is_counted_once_and_reported_as_duplicate(
+        self, provider_client, metered_contract, clock
+    ):
+        batch = [record(f"r{i}", metered_contract, METERED_START, H1, 100 + i) for i in range(3)]
+        assert post(provider_client, batch).json()["accepted"] == ["r0", "r1", "r2"]
+
+        # A retry, even with changed figures, is the same event: the first version stands.
+        retry = batch[:2] + [record("r3", metered_contract, METERED_START, H1, 7)]
+        retry[0] = retry[0] | {"gpu_seconds": 999}
+        body = post(provider_client, retry).json()
+
+        assert (body["accepted"], sorted(body["duplicates"]), body["rejected"]) == (["r3"], ["r0", "r1"], [])
+        assert stored() == [
+            ("r0", Decimal("100.000")),
+            ("r1", Decimal("101.000")),
+            ("r2", Decimal("102.000")),
+            ("r3", Decimal("7.000")),
+        ]
+
+    def test_an_invalid_copy_of_an_id_is_rejected_and_a_valid_copy_accepted(
+        self, provider_client, metered_contract, clock
+    ):
+        records = [
+            record("twice", metered_contract, METERED_START, H1, 99999),  # more than 16 GPUs deliver
+            record("twice", metered_contract, METERED_START, H1, 5),
+            record("twice", metered_contract, METERED_START, H1, 6),
+        ]
+        body = post(provider_client, records).json()
+        assert body["accepted"] == ["twice"]
+        assert body["duplicates"] == ["twice"]
+        assert [(r["index"], r["code"]) for r in body["rejected"]] == [(0, "exceeds_capacity")]
+        assert stored() == [("twice", Decimal("5.000"))]
+
+    def test_event_ids_belong_to_each_provider(self, provider_client, other_provider_client, lab_client, clock):
+        other_contract = contract_create(
+            lab=lab_client.organization,
+            provider=other_provider_client.organization,
+            starts_at=METERED_START,
+            hours=4,
+            mode=METERED,
+        )
+        mine = contract_create(
+            lab=lab_client.organization,
+            provider=provider_client.organization,
+            starts_at=METERED_START,
+            hours=4,
+            mode=METERED,
+        )
+        assert post(provider_client, [record("e-1", mine, METERED_START, H1, 5)]).json()["accepted"] == ["e-1"]
+        body = post(other_provider_client, [record("e-1", other_contract, METERED_START, H1, 6)]).json()
+        assert body["accepted"] == ["e-1"]
+        assert UsageRecord.objects.filter(event_id="e-1").count() == 2
+
+    def test_another_providers_contract_is_rejected(self, other_provider_client, metered_contract, clock):
+        body = post(other_provider_client, [record("x", metered_contract, METERED_START, H1, 5)]).json()
+        assert body["accepted"] == [] and body["rejected"][0]["code"] == "unknown_contract"
+        assert not UsageRecord.objects.exists()
+
+    def test_capacity_is_the_contracts_gpus_over_the_interval(self, provider_client, metered_contract, clock):
+        half_hour = METERED_START.replace(minute=30)
+        records = [
+            record("half-ok", metered_contract, METERED_START, half_hour, 28800),  # 16 GPUs x 1,800 s
+            record("half-over", metered_contract, METERED_START, half_hour, "28800.001"),
+            record("node-ok", metered_contract, METERED_START, half_hour, 14400, node=NODE_NAMES[0]),
+            record("node-over", metered_contract, METERED_START, half_hour, "14400.001", node=NODE_NAMES[0]),
+            record("zero", metered_contract, METERED_START, half_hour, 0),
+        ]
+        body = post(provider_client, records).json()
+        assert sorted(body["accepted"]) == ["half-ok", "node-ok", "zero"]
+        assert sorted(r["id"] for r in body["rejected"]) == ["half-over", "node-over"]
+
+    def test_usage_after_an_early_release_is_outside_the_contract(self, provider_client, lab_client):
+        from broker.services import contract_terminate
+
+        contract = contract_create(
+            lab=lab_client.organization,
+            provider=provider_client.organization,
+            starts_at=METERED_START,
+            hours=10,
+            mode=METERED,
+        )
+        with time_machine.travel(hours_later(METERED_START, 2).replace(minute=20), tick=False):
+            contract_terminate(contract=contract, lab=lab_client.organization)  # released at 03:00
+        with time_machine.travel(NOW, tick=False):
+            body = post(
+                provider_client,
+                [
+                    record("in", contract, H2, hours_later(METERED_START, 3), 100),
+                    record("out", contract, hours_later(METERED_START, 3), hours_later(METERED_START, 4), 100),
+                ],
+            ).json()
+        assert body["accepted"] == ["in"]
+        assert body["rejected"][0]["code"] == "outside_contract"
+
+    def test_numeric_ids_and_string_figures_are_read_like_their_json_twins(
+        self, provider_client, metered_contract, clock
+    ):
+        records = [
+            record("a", metered_contract, METERED_START, H1, "1e2") | {"id": 17},
+            record("b", metered_contract, METERED_START, H1, "0.5"),
+            record("c", metered_contract, METERED_START, H1, 2.25),
+        ]
+        body = post(provider_client, records).json()
+        assert (sorted(body["accepted"]), body["rejected"]) == (["17", "b", "c"], [])
+        assert stored() == [("17", Decimal("100.000")), ("b", Decimal("0.500")), ("c", Decimal("2.250"))]
+
+    def test_provider_lists_its_own_records(self, provider_client, other_provider_client, metered_contract, clock):
+        post(provider_client, [record("mine", metered_contract, METERED_START, H1, 1.5, node=NODE_NAMES[0])])
+        response = provider_client.get(URL)
+        assert response.status_code == 200
+        rows = response.json()["results"]
+        assert [(r["id"], r["contract"], r["node"], r["gpu_seconds"]) for r in rows] == [
+            ("mine", metered_contract.pk, NODE_NAMES[0], "1.500")
+        ]
+        assert other_provider_client.get(URL).json()["results"] == []
+
+
+class TestBatchLimits:
+    def test_a_thousand_records_are_accepted_in_one_call(self, provider_client, metered_contract, clock):
+        batch = [record(f"b{i:04d}", metered_contract, METERED_START, H1, 1) for i in range(1000)]
+        body = post(provider_client, batch).json()
+        assert len(body["accepted"]) == 1000 and body["duplicates"] == body["rejected"] == []
+        assert UsageRecord.objects.count() == 1000
+
+    def test_a_thousand_and_one_records_are_refused_whole(self, provider_client, metered_contract, clock):
+        batch = [record(f"b{i:04d}", metered_contract, METERED_START, H1, 1) for i in range(1001)]
+        error = assert_error(post(provider_client, batch), 400, "invalid")
+        assert "records" in error["fields"]
+        assert not UsageRecord.objects.exists()
+
+    def test_an_empty_batch_is_refused(self, provider_client, clock):
+        assert_error(post(provider_client, []), 400, "invalid")
+
+
+class TestBadPayloads:
+    @pytest.mark.parametrize(
+        "body",
+        [
+            [],
+            ["records"],
+            "records",
+            {},
+            {"records": None},
+            {"records": "r1"},
+            {"records": {"id": "r1"}},
+            {"records": 5},
+            {"records": [], "extra": 1},
+            {"items": []},
+        ],
+        ids=["list", "list-of-str", "string", "empty", "null", "str", "object", "number", "extra-key", "wrong-key"],
+    )
+    def test_a_malformed_body_is_a_400_in_the_error_shape(self, provider_client, clock, body):
+        response = provider_client.post(URL, json.dumps(body), content_type="application/json")
+        assert_error(response, 400)
+
+    @pytest.mark.parametrize("raw", ['{"records": [NaN]}', '{"records": "', "\xff\xfe", '{"records": [Infinity]}'])
+    def test_unparseable_json_is_a_400(self, provider_client, clock, raw):
+        response = provider_client.post(URL, raw, content_type="application/json")
+        assert_error(response, 400)
+
+    def test_nan_gpu_seconds_is_a_400(self, provider_client, metered_contract, clock):
+        raw = json.dumps({"records": [record("nan", metered_contract, METERED_START, H1, 1)]})
+        response = provider_client.post(
+            URL, raw.replace('"gpu_seconds": 1', '"gpu_seconds": NaN'), content_type="application/json"
+        )
+        assert_error(response, 400)
+        assert not UsageRecord.objects.exists()
+
+    def test_bad_records_are_rejected_one_by_one(self, provider_client, metered_contract, clock):
+        good = record("good", metered_contract, METERED_START, H1, 10)
+        bad = [
+            "not an object",
+            None,
+            [1, 2],
+            good | {"id": None},
+            good | {"id": ""},
+            good | {"id": "x" * 129},
+            good | {"id": True},
+            good | {"id": "g-bool", "gpu_seconds": True},
+            good | {"id": "g-huge", "gpu_seconds": 1e30},
+            good | {"id": "g-bigint", "gpu_seconds": 10**40},
+            good | {"id": "g-inf", "gpu_seconds": "Infinity"},
+            good | {"id": "g-nan", "gpu_seconds": "NaN"},
+            good | {"id": "g-neg", "gpu_seconds": -1},
+            good | {"id": "g-places", "gpu_seconds": "1.0001"},
+            good | {"id": "g-text", "gpu_seconds": "ten"},
+            good | {"id": "g-list", "gpu_seconds": [1]},
+            good | {"id": "g-missing", "gpu_seconds": None},
+            good | {"id": "t-naive", "started_at": "2026-10-05T00:00:00"},
+            good | {"id": "t-date", "started_at": "2026-10-05"},
+            good | {"id": "t-garbage", "ended_at": "soon"},
+            good | {"id": "t-number", "ended_at": 1790000000},
+            good | {"id": "t-reversed", "started_at": good["ended_at"], "ended_at": good["started_at"]},
+            good | {"id": "t-empty", "ended_at": good["started_at"]},
+            good | {"id": "t-spans", "started_at": "2026-09-30T23:00:00Z", "ended_at": "2026-10-01T01:00:00Z"},
+            good | {"id": "c-str", "contract": str(metered_contract.pk)},
+            good | {"id": "c-bool", "contract": True},
+            good | {"id": "c-huge", "contract": 2**70},
+            good | {"id": "c-neg", "contract": -1},
+            good | {"id": "n-int", "node": 5},
+            good | {"id": "n-empty", "node": ""},
+            good | {"id": "unknown-field", "gpu_hours": 1},
+        ]
+        response = post(provider_client, [*bad, good])
+
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert body["accepted"] == ["good"]
+        assert sorted(r["index"] for r in body["rejected"]) == list(range(len(bad)))
+        assert {r["code"] for r in body["rejected"]} <= {"invalid", "spans_months"}
+        assert stored() == [("good", Decimal("10.000"))]
+
+    def test_an_offset_time_is_read_as_utc(self, provider_client, metered_contract, clock):
+        body = post(
+            provider_client,
+            [
+                record("offset", metered_contract, METERED_START, H1, 10)
+                | {"started_at": "2026-10-05T02:00:00+02:00", "ended_at": "2026-10-05T03:00:00+02:00"}
+            ],
+        ).json()
+        assert body["accepted"] == ["offset"]
+        assert UsageRecord.objects.get().started_at == METERED_START
+
+
+class TestPermissions:
+    def test_labs_may_not_report_usage(self, lab_client, metered_contract, clock):
+        assert_error(post(lab_client, [record("l", metered_contract, METERED_START, H1, 1)]), 403)
+        assert_error(lab_client.get(URL), 403)
+
+    def test_anonymous_callers_are_refused(self, anon_client, clock):
+        response = anon_client.post(URL, {"records": []}, format="json")
+        assert response.status_code in (401, 403)
+        assert_error(response, response.status_code)
+
+    def test_usage_ingest_refuses_a_lab_contract_it_does_not_sell(self, lab_client, metered_contract, clock):
+        other_lab = make_lab()
+        result = usage_ingest(
+            provider=other_lab, records=[record("l", metered_contract, METERED_START, H1, 1) | {"id": "l"}]
+        )
+        assert result.accepted == [] and result.rejected[0]["code"] == "unknown_contract"
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+class TestConcurrentRetries:
+    def test_two_retries_at_the_same_moment_store_the_batch_once(self, clock):
+        provider_client = make_client("Racing Provider", "provider")
+        lab = make_lab()
+        contract = contract_create(
+            lab=lab, provider=provider_client.organization, starts_at=METERED_START, hours=24, mode=METERED
+        )
+        batch = [record(f"race-{i}", contract, METERED_START, H1, 10 + i) for i in range(50)]
+        barrier = threading.Barrier(2)
+        bodies: list = [None, None]
+        errors: list = []
+
+        def send(slot: int) -> None:
+            try:
+                client = make_client_for(provider_client)
+                barrier.wait(timeout=10)
+                response = post(client, batch)
+                bodies[slot] = (response.status_code, response.json())
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=send, args=(slot,)) for slot in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+
+        assert errors == []
+        assert [status for status, _ in bodies] == [200, 200]
+        ids = sorted(r["id"] for r in batch)
+        accepted = sorted(bodies[0][1]["accepted"] + bodies[1][1]["accepted"])
+        duplicates = sorted(bodies[0][1]["duplicates"] + bodies[1][1]["duplicates"])
+        assert accepted == ids
+        assert duplicates == ids
+        # One call stored the whole batch; the other saw only duplicates.
+        assert sorted(len(body["accepted"]) for _, body in bodies) == [0, 50]
+        assert UsageRecord.objects.count() == 50
+
+
+def make_client_for(client):
+    """Another API client with the same key, for another thread."""
+    from tests.conftest import OrgClient
+
+    twin = OrgClient()
+    twin.credentials(HTTP_AUTHORIZATION=f"Bearer {client.secret}")
+    twin.organization = client.organization
+    return twin
