@@ -254,23 +254,29 @@ FROM marketplace_cluster c, marketplace_organization p
 WHERE l.id = %s AND c.id = l.cluster_id AND p.id = l.provider_id
 RETURNING l.status, p.status, c.gpus_per_node, l.starts_at, l.ends_at, l.min_duration_hours,
           l.provider_id, l.cluster_id, l.price_per_gpu_hour, l.billing_mode"""
-_FREE_NODES = """
-SELECT ln.id, ln.node_id FROM marketplace_listingnode ln JOIN marketplace_node n ON n.id = ln.node_id
-WHERE ln.listing_id = %s AND NOT ln.released AND n.status = 'in_service'
-  AND NOT EXISTS (SELECT 1 FROM broker_allocation a WHERE a.node_id = ln.node_id
-                  AND a.starts_at < %s AND a.ends_at > %s AND a.ends_at > a.starts_at)
-ORDER BY ln.node_id LIMIT %s"""
-_INSERT_CONTRACT_AND_ALLOCATIONS = """
-WITH contract AS (
+# The free nodes are picked and sold in one statement, after the lock: a contract row is
+# written only if enough nodes were found; the count tells the caller which case it was.
+_SELL_FREE_NODES = """
+WITH free AS (
+    SELECT ln.id, ln.node_id FROM marketplace_listingnode ln JOIN marketplace_node n ON n.id = ln.node_id
+    WHERE ln.listing_id = %(listing)s AND NOT ln.released AND n.status = 'in_service'
+      AND NOT EXISTS (SELECT 1 FROM broker_allocation a WHERE a.node_id = ln.node_id
+                      AND a.starts_at < %(ends_at)s AND a.ends_at > %(starts_at)s AND a.ends_at > a.starts_at)
+    ORDER BY ln.node_id LIMIT %(nodes)s
+), contract AS (
     INSERT INTO broker_contract (listing_id, lab_id, provider_id, cluster_id, gpu_count, node_count, starts_at,
         ends_at, price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, '', %s) RETURNING id
+    SELECT %(listing)s, %(lab)s, %(provider)s, %(cluster)s, %(gpus)s, %(nodes)s, %(starts_at)s::timestamptz,
+           %(ends_at)s::timestamptz, %(price)s::numeric, %(mode)s::text, %(total)s::numeric, %(status)s::text, '',
+           %(now)s::timestamptz
+    WHERE (SELECT COUNT(*) FROM free) = %(nodes)s
+    RETURNING id
 ), allocations AS (
     INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, starts_at, ends_at)
-    SELECT contract.id, t.listing_node_id, t.node_id, %s, %s
-    FROM contract, unnest(%s::bigint[], %s::bigint[]) AS t(listing_node_id, node_id)
+    SELECT contract.id, free.id, free.node_id, %(starts_at)s::timestamptz, %(ends_at)s::timestamptz
+    FROM contract, free
 )
-SELECT id FROM contract"""
+SELECT (SELECT COUNT(*) FROM free), (SELECT id FROM contract)"""
 
 
 def _book_with_sql(booking: _Booking) -> Contract:
@@ -288,39 +294,50 @@ def _book_with_sql(booking: _Booking) -> Contract:
             window=(starts, ends),
             min_hours=min_hours,
         )
-        cursor.execute(_FREE_NODES, [booking.listing_id, booking.ends_at, booking.starts_at, node_count])
-        chosen = cursor.fetchall()
-        _short(len(chosen), node_count, gpus_per_node)
         total = (
             contract_total(gpu_count=booking.gpu_count, hours=booking.hours, price_per_gpu_hour=price)
             if mode == BillingMode.COMMITTED
             else None
         )
         now = timezone.now()
-        contract = Contract(
-            listing_id=booking.listing_id,
-            lab=booking.lab,
-            provider_id=provider_id,
-            cluster_id=cluster_id,
-            gpu_count=booking.gpu_count,
-            node_count=node_count,
-            starts_at=booking.starts_at,
-            ends_at=booking.ends_at,
-            price_per_gpu_hour=price,
-            billing_mode=mode,
-            total_amount=total,
-            status=Contract.Status.SCHEDULED,
-            created_at=now,
-        )
         cursor.execute(
-            _INSERT_CONTRACT_AND_ALLOCATIONS,
-            [booking.listing_id, booking.lab.pk, provider_id, cluster_id, booking.gpu_count, node_count,
-             booking.starts_at, booking.ends_at, price, mode, total, Contract.Status.SCHEDULED, now,
-             booking.starts_at, booking.ends_at, [c[0] for c in chosen], [c[1] for c in chosen]],
-        )  # fmt: skip
-        contract.pk = cursor.fetchone()[0]
-        contract._state.adding = False
-        contract._state.db = connection.alias
+            _SELL_FREE_NODES,
+            {
+                "listing": booking.listing_id,
+                "lab": booking.lab.pk,
+                "provider": provider_id,
+                "cluster": cluster_id,
+                "gpus": booking.gpu_count,
+                "nodes": node_count,
+                "starts_at": booking.starts_at,
+                "ends_at": booking.ends_at,
+                "price": price,
+                "mode": mode,
+                "total": total,
+                "status": Contract.Status.SCHEDULED,
+                "now": now,
+            },
+        )
+        found, contract_id = cursor.fetchone()
+        _short(found, node_count, gpus_per_node)
+    contract = Contract(
+        pk=contract_id,
+        listing_id=booking.listing_id,
+        lab=booking.lab,
+        provider_id=provider_id,
+        cluster_id=cluster_id,
+        gpu_count=booking.gpu_count,
+        node_count=node_count,
+        starts_at=booking.starts_at,
+        ends_at=booking.ends_at,
+        price_per_gpu_hour=price,
+        billing_mode=mode,
+        total_amount=total,
+        status=Contract.Status.SCHEDULED,
+        created_at=now,
+    )
+    contract._state.adding = False
+    contract._state.db = connection.alias
     return contract
 
 

@@ -312,22 +312,29 @@ def _reservation_move_off(binding: ListingNode) -> None:
     start = max(binding.starts_at, current_hour())
     if start >= binding.ends_at:
         return
+    sold_before = Allocation.objects.filter(listing_node=binding).exists()
+    # A whole move needs the replacement free over the reservation's whole window.
+    needed_from = start if sold_before else binding.starts_at
     replacement = (
-        _free_nodes_qs(cluster_id=binding.node.cluster_id, starts_at=start, ends_at=binding.ends_at)
+        _free_nodes_qs(cluster_id=binding.node.cluster_id, starts_at=needed_from, ends_at=binding.ends_at)
         .exclude(listing_nodes__listing_id=binding.listing_id)
         .first()
     )
     if replacement is None:
         return
-    if not Allocation.objects.filter(listing_node=binding).exists():
-        binding.node = replacement
-        binding.save(update_fields=["node"])
-        return
-    binding.released = True
-    binding.save(update_fields=["released"])
-    ListingNode.objects.create(
-        listing_id=binding.listing_id, node=replacement, starts_at=start, ends_at=binding.ends_at
-    )
+    try:
+        with transaction.atomic():
+            if not sold_before:
+                binding.node = replacement
+                binding.save(update_fields=["node"])
+                return
+            binding.released = True
+            binding.save(update_fields=["released"])
+            ListingNode.objects.create(
+                listing_id=binding.listing_id, node=replacement, starts_at=start, ends_at=binding.ends_at
+            )
+    except IntegrityError:
+        return  # taken at the same moment: the listing delivers one node less
 
 
 def listing_inventory_changed(*, listing_ids) -> None:
