@@ -1,3 +1,4 @@
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -148,10 +149,10 @@ def listing_book(
     if not 1 <= duration_hours <= MAX_DURATION_HOURS:
         raise InvalidInput("duration_hours is out of range.", fields={"duration_hours": ["Out of range."]})
     booking = _Booking(lab=lab, listing_id=listing.pk, gpu_count=gpu_count, starts_at=starts_at, hours=duration_hours)
+    if connection.vendor == "postgresql":
+        return _book_with_sql(booking)
     try:
         with transaction.atomic():
-            if connection.vendor == "postgresql":
-                return _book_with_sql(booking)
             return _book_with_orm(booking)
     except IntegrityError:
         # The database refused a double sale that slipped past the availability check.
@@ -246,80 +247,100 @@ def _book_with_orm(booking: _Booking) -> Contract:
     return contract
 
 
-# PostgreSQL: the same rules in six statements. Locking the listing and bumping its
-# inventory version is one UPDATE; it is rolled back with everything else on refusal.
-_LOCK_LISTING = """
-UPDATE marketplace_listing l SET inventory_version = l.inventory_version + 1, updated_at = now()
-FROM marketplace_cluster c, marketplace_organization p
-WHERE l.id = %s AND c.id = l.cluster_id AND p.id = l.provider_id
-RETURNING l.status, p.status, c.gpus_per_node, l.starts_at, l.ends_at, l.min_duration_hours,
-          l.provider_id, l.cluster_id, l.price_per_gpu_hour, l.billing_mode"""
-# The free nodes are picked and sold in one statement, after the lock: a contract row is
-# written only if enough nodes were found; the count tells the caller which case it was.
-_SELL_FREE_NODES = """
-WITH free AS (
-    SELECT ln.id, ln.node_id FROM marketplace_listingnode ln JOIN marketplace_node n ON n.id = ln.node_id
-    WHERE ln.listing_id = %(listing)s AND NOT ln.released AND n.status = 'in_service'
-      AND NOT EXISTS (SELECT 1 FROM broker_allocation a WHERE a.node_id = ln.node_id
-                      AND a.starts_at < %(ends_at)s AND a.ends_at > %(starts_at)s AND a.ends_at > a.starts_at)
-    ORDER BY ln.node_id LIMIT %(nodes)s
+# PostgreSQL: the whole booking is one statement, so on its own it is one round trip. It
+# locks the listing row (bookers of a listing, and the matching engine, queue there), reads
+# its terms, picks free reserved nodes, and writes the contract, its allocations and the
+# listing's inventory-version bump only if the terms allow it and enough nodes are free;
+# the row it returns says which case it was. A booker that waited for the lock decided on
+# data older than the sale it waited for: the exclusion constraint refuses any node sold in
+# between, and the statement runs again on fresh data.
+_BOOK = """
+WITH terms AS (
+    SELECT l.id, l.status, p.status AS provider_status, c.gpus_per_node, l.starts_at, l.ends_at,
+           l.min_duration_hours, l.provider_id, l.cluster_id, l.price_per_gpu_hour, l.billing_mode
+    FROM marketplace_listing l
+    JOIN marketplace_cluster c ON c.id = l.cluster_id
+    JOIN marketplace_organization p ON p.id = l.provider_id
+    WHERE l.id = %(listing)s
+    FOR UPDATE OF l
+), allowed AS (
+    SELECT * FROM terms
+    WHERE status = 'active' AND provider_status <> 'suspended' AND mod(%(gpus)s, gpus_per_node) = 0
+      AND starts_at <= %(starts_at)s::timestamptz AND ends_at >= %(ends_at)s::timestamptz
+      AND min_duration_hours <= %(hours)s
+), free AS (
+    SELECT ln.id, ln.node_id FROM allowed
+    JOIN marketplace_listingnode ln ON ln.listing_id = allowed.id AND NOT ln.released
+    JOIN marketplace_node n ON n.id = ln.node_id AND n.status = 'in_service'
+    WHERE NOT EXISTS (SELECT 1 FROM broker_allocation a WHERE a.node_id = ln.node_id
+                      AND a.starts_at < %(ends_at)s::timestamptz AND a.ends_at > %(starts_at)s::timestamptz
+                      AND a.ends_at > a.starts_at)
+    ORDER BY ln.node_id
+    LIMIT %(gpus)s / (SELECT gpus_per_node FROM allowed)
 ), contract AS (
     INSERT INTO broker_contract (listing_id, lab_id, provider_id, cluster_id, gpu_count, node_count, starts_at,
         ends_at, price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at)
-    SELECT %(listing)s, %(lab)s, %(provider)s, %(cluster)s, %(gpus)s, %(nodes)s, %(starts_at)s::timestamptz,
-           %(ends_at)s::timestamptz, %(price)s::numeric, %(mode)s::text, %(total)s::numeric, %(status)s::text, '',
-           %(now)s::timestamptz
-    WHERE (SELECT COUNT(*) FROM free) = %(nodes)s
+    SELECT id, %(lab)s, provider_id, cluster_id, %(gpus)s, %(gpus)s / gpus_per_node, %(starts_at)s::timestamptz,
+           %(ends_at)s::timestamptz, price_per_gpu_hour, billing_mode,
+           -- round() is half away from zero: for these positive amounts, contract_total's half-up.
+           CASE WHEN billing_mode = 'committed' THEN round(%(gpus)s * %(hours)s * price_per_gpu_hour, 2) END,
+           'scheduled', '', %(now)s::timestamptz
+    FROM allowed WHERE (SELECT COUNT(*) FROM free) = %(gpus)s / gpus_per_node
     RETURNING id
 ), allocations AS (
     INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, starts_at, ends_at)
     SELECT contract.id, free.id, free.node_id, %(starts_at)s::timestamptz, %(ends_at)s::timestamptz
     FROM contract, free
+), bump AS (
+    UPDATE marketplace_listing SET inventory_version = inventory_version + 1
+    WHERE id = %(listing)s AND EXISTS (SELECT 1 FROM contract)
 )
-SELECT (SELECT COUNT(*) FROM free), (SELECT id FROM contract)"""
+SELECT terms.status, terms.provider_status, terms.gpus_per_node, terms.starts_at, terms.ends_at,
+       terms.min_duration_hours, terms.provider_id, terms.cluster_id, terms.price_per_gpu_hour, terms.billing_mode,
+       (SELECT COUNT(*) FROM free), (SELECT id FROM contract)
+FROM terms"""
+_BOOK_ATTEMPTS = 20
 
 
 def _book_with_sql(booking: _Booking) -> Contract:
-    with connection.cursor() as cursor:
-        cursor.execute(_LOCK_LISTING, [booking.listing_id])
-        row = cursor.fetchone()
-        if row is None:
-            raise CapacityUnavailable("This listing is not on offer.")
-        status, provider_status, gpus_per_node, starts, ends, min_hours, provider_id, cluster_id, price, mode = row
-        node_count = _check_booking_terms(
-            booking,
-            status=status,
-            provider_status=provider_status,
-            gpus_per_node=gpus_per_node,
-            window=(starts, ends),
-            min_hours=min_hours,
-        )
-        total = (
-            contract_total(gpu_count=booking.gpu_count, hours=booking.hours, price_per_gpu_hour=price)
-            if mode == BillingMode.COMMITTED
-            else None
-        )
-        now = timezone.now()
-        cursor.execute(
-            _SELL_FREE_NODES,
-            {
-                "listing": booking.listing_id,
-                "lab": booking.lab.pk,
-                "provider": provider_id,
-                "cluster": cluster_id,
-                "gpus": booking.gpu_count,
-                "nodes": node_count,
-                "starts_at": booking.starts_at,
-                "ends_at": booking.ends_at,
-                "price": price,
-                "mode": mode,
-                "total": total,
-                "status": Contract.Status.SCHEDULED,
-                "now": now,
-            },
-        )
-        found, contract_id = cursor.fetchone()
-        _short(found, node_count, gpus_per_node)
+    params = {
+        "listing": booking.listing_id,
+        "lab": booking.lab.pk,
+        "gpus": booking.gpu_count,
+        "hours": booking.hours,
+        "starts_at": booking.starts_at,
+        "ends_at": booking.ends_at,
+        "now": timezone.now(),
+    }
+    for attempt in range(_BOOK_ATTEMPTS):
+        try:
+            # One statement commits by itself; inside a caller's transaction a savepoint keeps
+            # a refused attempt from spoiling that transaction.
+            with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+                cursor.execute(_BOOK, params)
+                row = cursor.fetchone()
+                if row is None:
+                    raise CapacityUnavailable("This listing is not on offer.")
+                status, provider_status, gpus_per_node, starts, ends, min_hours = row[:6]
+                provider_id, cluster_id, price, mode, found, contract_id = row[6:]
+            break
+        except IntegrityError:
+            if attempt == _BOOK_ATTEMPTS - 1:
+                raise CapacityUnavailable("That capacity was just sold.")
+    node_count = _check_booking_terms(
+        booking,
+        status=status,
+        provider_status=provider_status,
+        gpus_per_node=gpus_per_node,
+        window=(starts, ends),
+        min_hours=min_hours,
+    )
+    _short(found, node_count, gpus_per_node)
+    total = (
+        contract_total(gpu_count=booking.gpu_count, hours=booking.hours, price_per_gpu_hour=price)
+        if mode == BillingMode.COMMITTED
+        else None
+    )
     contract = Contract(
         pk=contract_id,
         listing_id=booking.listing_id,
@@ -334,7 +355,7 @@ def _book_with_sql(booking: _Booking) -> Contract:
         billing_mode=mode,
         total_amount=total,
         status=Contract.Status.SCHEDULED,
-        created_at=now,
+        created_at=params["now"],
     )
     contract._state.adding = False
     contract._state.db = connection.alias
