@@ -79,13 +79,12 @@ class InvoiceAdmin(ReadOnlyAdmin):
         permissions=["operate"], description="Record a payment (marks the invoice paid when nothing is left due)"
     )
     def record_payment(self, request, queryset):
-        from billing.services import invoice_amount_due
-
         def apply(invoice, data):
-            amount = data["amount"] or invoice_amount_due(invoice)
-            invoice_record_payment(invoice=invoice, amount=amount, reference=data["reference"], actor=request.user)
+            payment = invoice_record_payment(
+                invoice=invoice, amount=data["amount"], reference=data["reference"], actor=request.user
+            )
             invoice.refresh_from_db()
-            return f"payment of {amount} recorded; invoice is {invoice.status}."
+            return f"payment of {payment.amount} recorded; invoice is {invoice.status}."
 
         return run_form_action(self, request, queryset, form_class=PaymentForm, title="Record payment", apply=apply)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -24,12 +25,14 @@ from billing.models import (
     PayoutStatement,
     UsageRecord,
 )
-from billing.rating import RatedLine, month_of, next_month, period_bounds, rate_period
+from billing.rating import RatedLine, month_of, next_month, period_bounds, previous_month, rate_period
 from broker.models import Allocation, Contract
 from core.db import bulk_insert, decimal_sum, decimal_sums
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
 from marketplace.models import Organization
+
+logger = logging.getLogger(__name__)
 
 MAX_USAGE_BATCH = 1000
 MAX_GPU_SECONDS = Decimal("1e14")
@@ -485,6 +488,24 @@ def _issue_statements(period: date, lines: list[RatedLine]) -> int:
     return len(statements)
 
 
+def billing_periods_close_due(*, now: datetime | None = None) -> dict:
+    """Close every ended month not closed yet, oldest first, so a missed run is caught up.
+
+    Returns what happened to the last month looked at; closing twice creates nothing.
+    """
+    now = now or timezone.now()
+    last_ended = previous_month(month_of(now))
+    latest = BillingPeriod.objects.order_by("-period").first()
+    period = next_month(latest.period) if latest else last_ended
+    outcome = {"period": f"{last_ended:%Y-%m}", "created": False, "invoices": 0}
+    while period <= last_ended:
+        result = billing_period_close(period=period, now=now)
+        logger.info("closed %s: %s invoice(s)", f"{period:%Y-%m}", result.invoices)
+        outcome = {"period": f"{period:%Y-%m}", "created": result.created, "invoices": result.invoices}
+        period = next_month(period)
+    return outcome
+
+
 def billing_period_preview(*, lab: Organization, period: date) -> list[RatedLine]:
     """What the month's invoice would hold if it were closed from the current data; saves nothing."""
     latest_before = BillingPeriod.objects.filter(period__lt=period).order_by("-period").first()
@@ -511,22 +532,24 @@ def invoice_amount_due(invoice: Invoice) -> Decimal:
 def invoice_record_payment(
     *,
     invoice: Invoice,
-    amount: Decimal,
+    amount: Decimal | None = None,
     reference: str = "",
     received_at: datetime | None = None,
     actor=None,
     actor_label: str = "",
 ) -> Payment:
-    """Record money received from the lab; the invoice is paid once nothing is due."""
+    """Record money received from the lab (default: all that is due); the invoice is paid
+    once nothing is due."""
     from core.services import audit_record
 
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if invoice.status != Invoice.Status.ISSUED:
             raise InvalidTransition(f"A {invoice.status} invoice takes no payment.")
+        due = invoice_amount_due(invoice)
+        amount = due if amount is None else amount
         if not amount.is_finite() or amount <= 0 or round_money(amount) != amount:
             raise InvalidInput("A payment is a positive amount in cents.", fields={"amount": ["Invalid amount."]})
-        due = invoice_amount_due(invoice)
         if amount > due:
             raise InvalidInput(f"Only {due} is due.", fields={"amount": [f"At most {due}."]})
         payment = Payment.objects.create(

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from broker.models import Allocation, ComputeRequest, Contract
 from core.errors import CapacityUnavailable, InvalidInput, InvalidTransition
-from core.money import round_money
+from core.money import round_money, validate_price
 from core.timeutils import HOUR, current_hour, is_whole_hour, next_hour
 from marketplace.models import BillingMode, GpuModel, Listing, ListingNode, Node, Organization
 from marketplace.services import listing_inventory_changed
@@ -30,13 +30,6 @@ def _validate_start(starts_at: datetime) -> None:
             "starts_at must not be before the current hour.",
             fields={"starts_at": ["Must not be before the current hour."]},
         )
-
-
-def _validate_price(price: Decimal, field: str) -> None:
-    if not price.is_finite() or price <= 0:
-        raise InvalidInput("The price must be greater than zero.", fields={field: ["Must be greater than zero."]})
-    if price.as_tuple().exponent < -4:
-        raise InvalidInput("At most 4 decimal places.", fields={field: ["At most 4 decimal places."]})
 
 
 def _enqueue_matching(gpu_model_id: int) -> None:
@@ -65,7 +58,7 @@ def compute_request_create(
     if not lab.is_lab:
         raise InvalidInput("Only labs request compute.")
     _validate_start(starts_at)
-    _validate_price(max_price_per_gpu_hour, "max_price_per_gpu_hour")
+    validate_price(max_price_per_gpu_hour, field="max_price_per_gpu_hour")
     if not 1 <= duration_hours <= MAX_DURATION_HOURS:
         raise InvalidInput(
             f"duration_hours must be 1 to {MAX_DURATION_HOURS}.", fields={"duration_hours": ["Out of range."]}
@@ -378,10 +371,18 @@ def _release_from(contract: Contract) -> datetime:
     return min(max(next_hour(), contract.starts_at), contract.ends_at)
 
 
-def _release_allocations(contract: Contract, release_at: datetime) -> None:
+def _end_early(contract: Contract, status: str, **fields) -> datetime:
+    """Close a locked live contract before its end: its nodes are free from the release hour."""
+    release_at = _release_from(contract)
+    contract.status = status
+    contract.released_at = release_at
+    for name, value in fields.items():
+        setattr(contract, name, value)
+    contract.save(update_fields=["status", "released_at", *fields])
     Allocation.objects.filter(contract=contract, ends_at__gt=release_at).update(ends_at=release_at)
     Allocation.objects.filter(contract=contract, starts_at__gt=F("ends_at")).update(ends_at=F("starts_at"))
     listing_inventory_changed(listing_ids=[contract.listing_id])
+    return release_at
 
 
 def contract_terminate(*, contract: Contract, lab: Organization) -> Contract:
@@ -399,11 +400,7 @@ def contract_terminate(*, contract: Contract, lab: Organization) -> Contract:
             return contract
         if contract.status not in LIVE_STATUSES:
             raise InvalidTransition(f"A {contract.status} contract cannot be terminated.")
-        release_at = _release_from(contract)
-        contract.status = Contract.Status.TERMINATED
-        contract.released_at = release_at
-        contract.save(update_fields=["status", "released_at"])
-        _release_allocations(contract, release_at)
+        _end_early(contract, Contract.Status.TERMINATED)
     return contract
 
 
@@ -425,12 +422,7 @@ def contract_cancel(*, contract: Contract, reason: str, actor=None, actor_label:
             return contract
         if contract.status not in LIVE_STATUSES:
             raise InvalidTransition(f"A {contract.status} contract cannot be cancelled.")
-        release_at = _release_from(contract)
-        contract.status = Contract.Status.CANCELLED
-        contract.cancel_reason = reason
-        contract.released_at = release_at
-        contract.save(update_fields=["status", "cancel_reason", "released_at"])
-        _release_allocations(contract, release_at)
+        release_at = _end_early(contract, Contract.Status.CANCELLED, cancel_reason=reason)
         credit_notes = contract_credit_invoiced(
             contract=contract,
             reason=f"Contract {contract.pk} cancelled: {reason}",

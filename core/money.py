@@ -4,6 +4,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import models
 
+from core.errors import InvalidInput
+
 ZERO = Decimal("0")
 CENT = Decimal("0.01")
 
@@ -40,3 +42,11 @@ def QuantityField(**kwargs) -> models.DecimalField:  # noqa: N802
 
 def RateField(**kwargs) -> models.DecimalField:  # noqa: N802
     return models.DecimalField(max_digits=RATE_MAX_DIGITS, decimal_places=RATE_PLACES, **kwargs)
+
+
+def validate_price(price: Decimal, *, field: str) -> None:
+    """A price per GPU-hour: positive and at most 4 decimal places, or InvalidInput on ``field``."""
+    if not price.is_finite() or price <= 0:
+        raise InvalidInput("The price must be greater than zero.", fields={field: ["Must be greater than zero."]})
+    if price.as_tuple().exponent < -PRICE_PLACES:
+        raise InvalidInput("At most 4 decimal places.", fields={field: ["At most 4 decimal places."]})

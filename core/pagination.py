@@ -1,7 +1,29 @@
+from collections.abc import Callable
+
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.utils.urls import replace_query_param
+
+MAX_PAGE = 1_000_000
 
 
 class StandardPagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def fetched_page(self, request: Request, fetch: Callable[..., tuple[list, int]]) -> tuple[list, dict]:
+        """A page from a selector that returns ``(rows, total)`` for ``limit``/``offset`` in one go,
+        with the same ``count``/``next``/``previous`` as every other list."""
+        raw = request.query_params.get(self.page_query_param, "1")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+            raise ValidationError({self.page_query_param: ["A page number from 1."]})
+        number, size = int(raw), self.get_page_size(request)
+        rows, total = fetch(limit=size, offset=(number - 1) * size)
+        url = request.build_absolute_uri()
+        return rows, {
+            "count": total,
+            "next": replace_query_param(url, self.page_query_param, number + 1) if number * size < total else None,
+            "previous": replace_query_param(url, self.page_query_param, number - 1) if number > 1 else None,
+        }

@@ -71,6 +71,24 @@ class ListingQuery:
     deliverable_only: bool = True  # drop listings that cannot deliver min_gpus (or one node)
 
 
+def listing_query_for(
+    *, organization: Organization, mine: bool = False, status: str | None = None, cluster: int | None = None, **filters
+) -> ListingQuery | None:
+    """What a caller's listing search means: a lab (or ``mine=false``) searches other providers'
+    active, deliverable capacity; a provider (or ``mine=true``) lists its own listings in every
+    status. None when nothing can match (a lab asking for paused or withdrawn listings)."""
+    own = mine or not organization.is_lab
+    if not own and status not in (None, Listing.Status.ACTIVE):
+        return None
+    return ListingQuery(
+        **filters,
+        cluster_id=cluster,
+        provider_id=organization.pk if own else None,
+        statuses=(status,) if status else (() if own else (Listing.Status.ACTIVE,)),
+        deliverable_only=not own,
+    )
+
+
 def _hours_between_sql(start: str, end: str) -> str:
     if connection.vendor == "postgresql":
         return f"(EXTRACT(EPOCH FROM ({end} - {start})) / 3600)"
@@ -229,6 +247,16 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
         listing.available_nodes = max(available_nodes, 0)
         page.append(listing)
     return page, total
+
+
+def listing_available_nodes(*, listing: Listing) -> int:
+    """Nodes of the listing free for the rest of its own window (0 once withdrawn or over)."""
+    rows, _ = listing_search(
+        query=ListingQuery(listing_id=listing.pk, provider_id=listing.provider_id, deliverable_only=False),
+        limit=1,
+        offset=0,
+    )
+    return rows[0].available_nodes if rows else 0
 
 
 def _listing_search_count_past_end(query: ListingQuery) -> int:

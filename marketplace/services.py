@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from core.errors import InvalidInput, InvalidTransition
+from core.money import validate_price
 from core.timeutils import current_hour, hours_between, is_whole_hour
 from marketplace.models import (
     ApiKey,
@@ -359,13 +360,6 @@ def _validate_window(*, starts_at: datetime, ends_at: datetime) -> None:
         raise InvalidInput(next(iter(fields.values()))[0], fields=fields)
 
 
-def _validate_price(price: Decimal, field: str = "price_per_gpu_hour") -> None:
-    if not price.is_finite() or price <= 0:
-        raise InvalidInput("The price must be greater than zero.", fields={field: ["Must be greater than zero."]})
-    if price.as_tuple().exponent < -4:
-        raise InvalidInput("At most 4 decimal places.", fields={field: ["At most 4 decimal places."]})
-
-
 def listing_create(
     *,
     provider: Organization,
@@ -381,7 +375,7 @@ def listing_create(
     if cluster.provider_id != provider.pk:
         raise InvalidInput("Unknown cluster.", fields={"cluster": ["No such cluster of yours."]})
     _validate_window(starts_at=starts_at, ends_at=ends_at)
-    _validate_price(price_per_gpu_hour)
+    validate_price(price_per_gpu_hour, field="price_per_gpu_hour")
     if billing_mode not in BillingMode.values:
         raise InvalidInput("Unknown billing mode.", fields={"billing_mode": ["Use committed or metered."]})
     if node_count < 1:
@@ -442,7 +436,7 @@ def listing_update(
             raise InvalidTransition("A withdrawn listing cannot change.")
         update_fields = ["updated_at"]
         if price_per_gpu_hour is not None:
-            _validate_price(price_per_gpu_hour)
+            validate_price(price_per_gpu_hour, field="price_per_gpu_hour")
             listing.price_per_gpu_hour = price_per_gpu_hour
             update_fields.append("price_per_gpu_hour")
         if status is not None and status != listing.status:

@@ -2,7 +2,6 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -20,7 +19,13 @@ from marketplace.api.capacity import (
 )
 from marketplace.models import Listing, Node
 from marketplace.permissions import IsOrganizationMember, IsProvider
-from marketplace.selectors import ListingQuery, cluster_list, listing_search, listing_visible_to
+from marketplace.selectors import (
+    cluster_list,
+    listing_available_nodes,
+    listing_query_for,
+    listing_search,
+    listing_visible_to,
+)
 from marketplace.services import (
     cluster_add_nodes,
     cluster_create,
@@ -103,12 +108,7 @@ class ListingViewSet(viewsets.GenericViewSet):
         return get_object_or_404(Listing, pk=pk, provider=self.request.user.organization)
 
     def _with_availability(self, listing: Listing) -> Listing:
-        rows, _ = listing_search(
-            query=ListingQuery(listing_id=listing.pk, provider_id=listing.provider_id, deliverable_only=False),
-            limit=1,
-            offset=0,
-        )
-        listing.available_nodes = rows[0].available_nodes if rows else 0
+        listing.available_nodes = listing_available_nodes(listing=listing)
         return listing
 
     @extend_schema(
@@ -124,32 +124,13 @@ class ListingViewSet(viewsets.GenericViewSet):
     def list(self, request: Request) -> Response:
         params = ListingSearchSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        filters = params.validated_data
-        organization = request.user.organization
-        own = filters.pop("mine") or not organization.is_lab
-        listing_status = filters.pop("status", None)
-        if listing_status not in (None, Listing.Status.ACTIVE) and not own:
-            return Response({"count": 0, "next": None, "previous": None, "results": []})  # only active ones are offered
-        cluster = filters.pop("cluster", None)
-        query = ListingQuery(
-            **filters,
-            cluster_id=cluster,
-            provider_id=organization.pk if own else None,
-            statuses=(listing_status,) if listing_status else (() if own else (Listing.Status.ACTIVE,)),
-            deliverable_only=not own,
-        )
-        paginator = self.paginator
-        page_size = paginator.get_page_size(request)
-        page_number = _page_number(request)
-        rows, total = listing_search(query=query, limit=page_size, offset=(page_number - 1) * page_size)
-        return Response(
-            {
-                "count": total,
-                "next": _page_link(request, page_number + 1) if page_number * page_size < total else None,
-                "previous": _page_link(request, page_number - 1) if page_number > 1 else None,
-                "results": ListingSerializer(rows, many=True).data,
-            }
-        )
+        query = listing_query_for(organization=request.user.organization, **params.validated_data)
+
+        def fetch(*, limit: int, offset: int):
+            return ([], 0) if query is None else listing_search(query=query, limit=limit, offset=offset)
+
+        rows, links = self.paginator.fetched_page(request, fetch)
+        return Response({**links, "results": ListingSerializer(rows, many=True).data})
 
     def retrieve(self, request: Request, pk: str) -> Response:
         listing = get_object_or_404(self.get_queryset(), pk=pk)
@@ -176,17 +157,3 @@ class ListingViewSet(viewsets.GenericViewSet):
     def withdraw(self, request: Request, pk: str) -> Response:
         listing = listing_withdraw(listing=self._own_listing(pk))
         return Response(ListingSerializer(self._with_availability(self.get_queryset().get(pk=listing.pk))).data)
-
-
-def _page_number(request: Request) -> int:
-
-    raw = request.query_params.get("page", "1")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
-        raise ValidationError({"page": ["A page number from 1."]})
-    return int(raw)
-
-
-def _page_link(request: Request, page: int) -> str:
-    from rest_framework.utils.urls import replace_query_param
-
-    return replace_query_param(request.build_absolute_uri(), "page", page)
