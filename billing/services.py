@@ -11,6 +11,7 @@ from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from billing.close_sql import close_in_sql
 from billing.ledger import ledger_post
 from billing.models import (
     Account,
@@ -394,9 +395,15 @@ def _close(period: date) -> CloseResult:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", USAGE_LOCK)
     watermark = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
     closed = BillingPeriod.objects.create(period=period, usage_watermark=watermark)
-    lines = rate_period(period=period, usage_upto=watermark, late_after=latest.usage_watermark if latest else 0)
-    invoices = _issue_invoices(period, lines)
-    statements = _issue_statements(period, lines)
+    late_after = latest.usage_watermark if latest else 0
+    if connection.vendor == "postgresql":
+        invoices, statements = close_in_sql(
+            period=period, usage_upto=watermark, late_after=late_after, now=timezone.now()
+        )
+    else:
+        lines = rate_period(period=period, usage_upto=watermark, late_after=late_after)
+        invoices = _issue_invoices(period, lines)
+        statements = _issue_statements(period, lines)
     return CloseResult(period=closed, created=True, invoices=invoices, statements=statements)
 
 

@@ -76,6 +76,7 @@ def bulk_insert(model, columns: tuple[str, ...], rows) -> None:
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(model._meta.db_table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
-    with connection.cursor() as cursor, cursor.cursor.copy(statement) as copy:
+    # Errors come out as Django's (IntegrityError, ...), as from any other query.
+    with connection.wrap_database_errors, connection.cursor() as cursor, cursor.cursor.copy(statement) as copy:
         for row in rows:
             copy.write_row(row)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 import time_machine
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 
 from billing.ledger import UnbalancedPosting, account_balance, ledger_post
 from billing.models import Account, CreditNoteLine, Invoice, LedgerEntry, LedgerTransaction, PayoutStatement
@@ -18,6 +18,7 @@ from billing.services import (
     payout_mark_paid,
     usage_ingest,
 )
+from core.db import bulk_insert, decimal_sum
 from core.errors import InvalidInput, InvalidTransition
 from tests.billing.factories import METERED, close, contract_create, invoice_of, make_provider, record, utc
 from tests.conftest import requires_postgres
@@ -228,33 +229,51 @@ class TestDatabaseGuards:
     def revenue(self) -> Account:
         return Account.objects.get_or_create(kind=REVENUE, organization=None)[0]
 
-    def test_an_unbalanced_transaction_is_refused_when_constraints_are_checked(self, db):
+    def test_an_unbalanced_transaction_is_refused(self, db):
         cash, revenue = self.cash(), self.revenue()
-        try:
-            with pytest.raises(IntegrityError, match="unbalanced"), transaction.atomic():
-                txn = LedgerTransaction.objects.create(kind="payment", source_key="raw:1", memo="raw")
-                LedgerEntry.objects.create(transaction=txn, account=cash, amount=D("10.00"))
-                LedgerEntry.objects.create(transaction=txn, account=revenue, amount=D("-9.99"))
-                with connection.cursor() as cursor:
-                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+        with pytest.raises(IntegrityError, match="unbalanced"), transaction.atomic():
+            txn = LedgerTransaction.objects.create(kind="payment", source_key="raw:1", memo="raw")
+            LedgerEntry.objects.bulk_create(
+                [
+                    LedgerEntry(transaction=txn, account=cash, amount=D("10.00")),
+                    LedgerEntry(transaction=txn, account=revenue, amount=D("-9.99")),
+                ]
+            )
         assert not LedgerTransaction.objects.filter(source_key="raw:1").exists()
 
     def test_a_balanced_transaction_passes_the_same_check(self, db):
         cash, revenue = self.cash(), self.revenue()
-        try:
-            with transaction.atomic():
-                txn = LedgerTransaction.objects.create(kind="payment", source_key="raw:2", memo="raw")
-                LedgerEntry.objects.create(transaction=txn, account=cash, amount=D("10.00"))
-                LedgerEntry.objects.create(transaction=txn, account=revenue, amount=D("-10.00"))
-                with connection.cursor() as cursor:
-                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+        txn = LedgerTransaction.objects.create(kind="payment", source_key="raw:2", memo="raw")
+        LedgerEntry.objects.bulk_create(
+            [
+                LedgerEntry(transaction=txn, account=cash, amount=D("10.00")),
+                LedgerEntry(transaction=txn, account=revenue, amount=D("-10.00")),
+            ]
+        )
         assert LedgerEntry.objects.filter(transaction__source_key="raw:2").count() == 2
+
+    def test_the_legs_of_a_transaction_are_written_in_one_statement(self, db):
+        """Each INSERT must leave every transaction it touches balanced: a leg on its own is
+        refused, even when the next statement would have balanced it."""
+        cash, revenue = self.cash(), self.revenue()
+        with pytest.raises(IntegrityError, match="unbalanced"), transaction.atomic():
+            txn = LedgerTransaction.objects.create(kind="payment", source_key="raw:3", memo="raw")
+            LedgerEntry.objects.create(transaction=txn, account=cash, amount=D("10.00"))
+            LedgerEntry.objects.create(transaction=txn, account=revenue, amount=D("-10.00"))
+        assert not LedgerTransaction.objects.filter(source_key="raw:3").exists()
+
+    def test_a_leg_added_to_a_balanced_transaction_later_is_refused(self, db):
+        cash, revenue = self.cash(), self.revenue()
+        txn = LedgerTransaction.objects.create(kind="payment", source_key="raw:4", memo="raw")
+        LedgerEntry.objects.bulk_create(
+            [
+                LedgerEntry(transaction=txn, account=cash, amount=D("5.00")),
+                LedgerEntry(transaction=txn, account=revenue, amount=D("-5.00")),
+            ]
+        )
+        with pytest.raises(IntegrityError, match="unbalanced"), transaction.atomic():
+            LedgerEntry.objects.create(transaction=txn, account=cash, amount=D("0.01"))
+        assert decimal_sum(LedgerEntry.objects.filter(transaction=txn), "amount") == 0
 
     def test_entries_are_append_only(self, september):
         entry = LedgerEntry.objects.filter(transaction__kind="invoice").first()
@@ -271,10 +290,11 @@ class TestDatabaseGuards:
 
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
-def test_an_unbalanced_transaction_is_refused_at_commit():
+def test_copy_of_an_unbalanced_transaction_is_refused():
+    """The ledger writes its legs with COPY; the check covers COPY too."""
     cash = Account.objects.create(kind=CASH, organization=None)
     with pytest.raises(IntegrityError, match="unbalanced"), transaction.atomic():
-        txn = LedgerTransaction.objects.create(kind="payment", source_key="raw:commit", memo="raw")
-        LedgerEntry.objects.create(transaction=txn, account=cash, amount=D("10.00"))
+        txn = LedgerTransaction.objects.create(kind="payment", source_key="raw:copy", memo="raw")
+        bulk_insert(LedgerEntry, ("transaction_id", "account_id", "amount"), [(txn.pk, cash.pk, D("10.00"))])
     assert not LedgerTransaction.objects.exists()
     assert not LedgerEntry.objects.exists()

@@ -14,13 +14,13 @@ on PostgreSQL and SQLite alike.
 
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import wraps
 
 import pytest
 import time_machine
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Max
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -42,8 +42,9 @@ from billing.models import (
     LedgerEntry,
     Payment,
     PayoutStatement,
+    UsageRecord,
 )
-from billing.rating import month_of, next_month, period_bounds
+from billing.rating import month_of, next_month, period_bounds, rate_period
 from billing.services import (
     billing_period_close,
     credit_note_create,
@@ -231,8 +232,11 @@ class BillingBooks(RuleBasedStateMachine):
         month_end = period_bounds(self.next_close)[1]
         if self.now < month_end:
             self.move_to(month_end + after_hours * HOUR + timedelta(seconds=1))
+        expected = reference_lines(self.next_close)
         result = billing_period_close(period=self.next_close)
         assert result.created
+        # On PostgreSQL the close rates in SQL; it must issue exactly the reference's lines.
+        assert issued_lines(self.next_close) == expected
         self.issued_documents += result.invoices + result.statements
         if again:
             before = self.snapshot()
@@ -452,6 +456,47 @@ class BillingBooks(RuleBasedStateMachine):
 
 
 EXERCISED: Counter = Counter()
+
+
+def reference_lines(period: date) -> list[tuple]:
+    """The lines ``billing.rating.rate_period`` (the Python reference) rates for the next close."""
+    latest = BillingPeriod.objects.order_by("-period").first()
+    upto = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
+    lines = rate_period(period=period, usage_upto=upto, late_after=latest.usage_watermark if latest else 0)
+    return sorted(
+        (
+            line.lab_id,
+            line.contract_id,
+            line.provider_id,
+            line.kind,
+            line.service_period,
+            line.description,
+            line.quantity.quantize(QUANTUM, rounding=ROUND_HALF_UP),
+            line.unit_price,
+            line.amount,
+            line.fee_rate,
+            line.fee_amount,
+        )
+        for line in lines
+    )
+
+
+def issued_lines(period: date) -> list[tuple]:
+    return sorted(
+        InvoiceLine.objects.filter(invoice__period=period).values_list(
+            "invoice__lab_id",
+            "contract_id",
+            "provider_id",
+            "kind",
+            "service_period",
+            "description",
+            "quantity",
+            "unit_price",
+            "amount",
+            "fee_rate",
+            "fee_amount",
+        )
+    )
 
 
 def previous_closable(now: datetime) -> date:

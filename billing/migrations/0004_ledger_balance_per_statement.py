@@ -1,0 +1,59 @@
+"""The ledger's balance check runs once per statement instead of once per entry.
+
+The deferred per-row trigger summed a transaction's legs once for each of its legs: a
+month's close posting thousands of legs paid for that at commit. The check now runs after
+each INSERT statement over the transactions it touched (a transition table), so the legs of
+a transaction are written together, in one statement, as ``billing.ledger.ledger_post``
+does; any statement that leaves a transaction unbalanced is refused.
+"""
+
+from django.db import migrations
+
+from core.db import postgres_only_sql
+
+FORWARD = [
+    "DROP TRIGGER IF EXISTS ledger_entry_balanced ON billing_ledgerentry",
+    "DROP FUNCTION IF EXISTS billing_ledger_balanced()",
+    """CREATE OR REPLACE FUNCTION billing_ledger_balanced() RETURNS trigger AS $$
+    DECLARE
+        txn bigint;
+        total numeric;
+    BEGIN
+        SELECT e.transaction_id, SUM(e.amount) INTO txn, total
+        FROM billing_ledgerentry e
+        WHERE e.transaction_id IN (SELECT DISTINCT transaction_id FROM new_entries)
+        GROUP BY e.transaction_id
+        HAVING SUM(e.amount) <> 0
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'ledger transaction % is unbalanced by %', txn, total USING ERRCODE = '23514';
+        END IF;
+        RETURN NULL;
+    END $$ LANGUAGE plpgsql""",
+    """CREATE TRIGGER ledger_entry_balanced
+       AFTER INSERT ON billing_ledgerentry REFERENCING NEW TABLE AS new_entries
+       FOR EACH STATEMENT EXECUTE FUNCTION billing_ledger_balanced()""",
+]
+BACKWARD = [
+    "DROP TRIGGER IF EXISTS ledger_entry_balanced ON billing_ledgerentry",
+    "DROP FUNCTION IF EXISTS billing_ledger_balanced()",
+    """CREATE OR REPLACE FUNCTION billing_ledger_balanced() RETURNS trigger AS $$
+    DECLARE
+        txn bigint := COALESCE(NEW.transaction_id, OLD.transaction_id);
+        total numeric;
+    BEGIN
+        SELECT COALESCE(SUM(amount), 0) INTO total FROM billing_ledgerentry WHERE transaction_id = txn;
+        IF total <> 0 THEN
+            RAISE EXCEPTION 'ledger transaction % is unbalanced by %', txn, total USING ERRCODE = '23514';
+        END IF;
+        RETURN NULL;
+    END $$ LANGUAGE plpgsql""",
+    """CREATE CONSTRAINT TRIGGER ledger_entry_balanced
+       AFTER INSERT ON billing_ledgerentry DEFERRABLE INITIALLY DEFERRED
+       FOR EACH ROW EXECUTE FUNCTION billing_ledger_balanced()""",
+]
+
+
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0003_payout_check_cent_band")]
+    operations = [postgres_only_sql(FORWARD, BACKWARD)]
