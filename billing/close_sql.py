@@ -121,13 +121,16 @@ WITH seq AS (
 ), totals AS (
     SELECT lab_id, SUM(amount) AS total, row_number() OVER (ORDER BY lab_id) AS n
     FROM billing_close_line GROUP BY lab_id
+), issued AS (
+    INSERT INTO billing_invoice (lab_id, period, number, status, total, created_at, issued_at, paid_at)
+    SELECT t.lab_id, %(period)s, 'INV-' || %(stamp)s || '-' || lpad((seq.base + t.n)::text, 6, '0'),
+           CASE WHEN t.total <> 0 THEN %(issued)s ELSE %(paid)s END, t.total, %(now)s, %(now)s,
+           CASE WHEN t.total <> 0 THEN NULL ELSE %(now)s::timestamptz END
+    FROM totals t CROSS JOIN seq
+    ORDER BY t.lab_id
+    RETURNING id, lab_id, number, total
 )
-INSERT INTO billing_invoice (lab_id, period, number, status, total, created_at, issued_at, paid_at)
-SELECT t.lab_id, %(period)s, 'INV-' || %(stamp)s || '-' || lpad((seq.base + t.n)::text, 6, '0'),
-       CASE WHEN t.total <> 0 THEN %(issued)s ELSE %(paid)s END, t.total, %(now)s, %(now)s,
-       CASE WHEN t.total <> 0 THEN NULL ELSE %(now)s::timestamptz END
-FROM totals t CROSS JOIN seq
-ORDER BY t.lab_id
+INSERT INTO billing_close_invoice SELECT id, lab_id, number, total FROM issued
 """
 
 _LINES = """
@@ -136,7 +139,7 @@ INSERT INTO billing_invoiceline (invoice_id, contract_id, provider_id, kind, ser
 SELECT i.id, l.contract_id, l.provider_id, l.kind, l.service_period, l.description,
        l.quantity, l.unit_price, l.amount, l.fee_rate, l.fee_amount
 FROM billing_close_line l
-JOIN billing_invoice i ON i.lab_id = l.lab_id AND i.period = %(period)s
+JOIN billing_close_invoice i ON i.lab_id = l.lab_id
 ORDER BY l.position
 """
 
@@ -144,11 +147,11 @@ ORDER BY l.position
 # the platform earns the fees. Zero legs are left out; an invoice of 0.00 posts nothing.
 _POST = """
 WITH invoices AS (
-    SELECT id, lab_id, number, total FROM billing_invoice WHERE period = %(period)s AND total <> 0
+    SELECT id, lab_id, number, total FROM billing_close_invoice WHERE total <> 0
 ), txns AS (
     INSERT INTO billing_ledgertransaction (kind, source_key, memo, created_at)
     SELECT %(kind)s, 'invoice:' || id, 'Invoice ' || number, %(now)s FROM invoices ORDER BY id
-    RETURNING id, source_key
+    RETURNING id, split_part(source_key, ':', 2)::bigint AS invoice_id
 ), legs AS (
     SELECT i.id AS invoice_id, %(receivable)s AS kind, i.lab_id AS organization_id, i.total AS amount
     FROM invoices i
@@ -164,7 +167,7 @@ WITH invoices AS (
 INSERT INTO billing_ledgerentry (transaction_id, account_id, amount)
 SELECT t.id, a.id, legs.amount
 FROM legs
-JOIN txns t ON t.source_key = 'invoice:' || legs.invoice_id
+JOIN txns t ON t.invoice_id = legs.invoice_id
 JOIN billing_account a ON a.kind = legs.kind AND COALESCE(a.organization_id, 0) = COALESCE(legs.organization_id, 0)
 WHERE legs.amount <> 0
 ORDER BY t.id, legs.kind, legs.organization_id
@@ -239,12 +242,17 @@ def close_in_sql(*, period: date, usage_upto: int, late_after: int, now: datetim
             "payable": Account.Kind.PROVIDER_PAYABLE,
             "revenue": Account.Kind.PLATFORM_REVENUE,
         }
+        cursor.execute("ANALYZE billing_close_line")  # a temporary table has no statistics until analyzed
         cursor.execute(_ENSURE_ACCOUNTS, legs)
         for name in ("invoice", "payout"):
             cursor.execute(
                 "INSERT INTO billing_documentsequence (name, last_value) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
                 [name],
             )
+        cursor.execute(
+            "CREATE TEMPORARY TABLE billing_close_invoice (id bigint, lab_id bigint, number text, total numeric)"
+            " ON COMMIT DROP"
+        )
         cursor.execute(
             _ISSUE,
             {
@@ -256,11 +264,12 @@ def close_in_sql(*, period: date, usage_upto: int, late_after: int, now: datetim
             },
         )
         invoices = cursor.rowcount
-        cursor.execute(_LINES, {"period": period})
-        cursor.execute(_POST, {"period": period, "kind": LedgerTransaction.Kind.INVOICE, "now": now, **legs})
+        cursor.execute("ANALYZE billing_close_invoice")
+        cursor.execute(_LINES)
+        cursor.execute(_POST, {"kind": LedgerTransaction.Kind.INVOICE, "now": now, **legs})
         cursor.execute(
             _STATEMENTS, {"period": period, "stamp": stamp, "now": now, "issued": PayoutStatement.Status.ISSUED}
         )
         statements = cursor.fetchone()[0]
-        cursor.execute("DROP TABLE billing_close_line")
+        cursor.execute("DROP TABLE billing_close_line, billing_close_invoice")
     return invoices, statements

@@ -19,11 +19,13 @@ FORWARD = [
         txn bigint;
         total numeric;
     BEGIN
-        SELECT e.transaction_id, SUM(e.amount) INTO txn, total
-        FROM billing_ledgerentry e
-        WHERE e.transaction_id IN (SELECT DISTINCT transaction_id FROM new_entries)
-        GROUP BY e.transaction_id
-        HAVING SUM(e.amount) <> 0
+        -- One index lookup per transaction touched, whatever the size of the ledger.
+        SELECT touched.transaction_id, legs.total INTO txn, total
+        FROM (SELECT DISTINCT transaction_id FROM new_entries) touched
+        CROSS JOIN LATERAL (
+            SELECT SUM(e.amount) AS total FROM billing_ledgerentry e WHERE e.transaction_id = touched.transaction_id
+        ) legs
+        WHERE legs.total <> 0
         LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'ledger transaction % is unbalanced by %', txn, total USING ERRCODE = '23514';
