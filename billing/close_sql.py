@@ -89,8 +89,7 @@ WITH usage_sums AS (
     JOIN marketplace_organization o ON o.id = e.provider_id
     WHERE e.numerator > 0
 )
-SELECT row_number() OVER (ORDER BY part, service_period, id) AS position,
-       lab_id, id AS contract_id, provider_id, kind, service_period,
+SELECT part, lab_id, id AS contract_id, provider_id, kind, service_period,
        format('Contract %%s: %%s x %%s, %%s %%s', id, gpu_count, gpu_model,
               CASE kind WHEN %(committed)s THEN 'committed' WHEN %(metered)s THEN 'metered usage'
                         ELSE 'late usage for' END,
@@ -140,7 +139,7 @@ SELECT i.id, l.contract_id, l.provider_id, l.kind, l.service_period, l.descripti
        l.quantity, l.unit_price, l.amount, l.fee_rate, l.fee_amount
 FROM billing_close_line l
 JOIN billing_close_invoice i ON i.lab_id = l.lab_id
-ORDER BY l.position
+ORDER BY l.part, l.service_period, l.contract_id
 """
 
 # Each issued invoice posts: the lab owes the total; each provider is owed its lines' net;

@@ -16,12 +16,23 @@ class UsageRecord(models.Model):
     ``event_id`` is the provider's own id: a record sent twice is stored once. Records are
     immutable; which invoice bills one follows from its ``period`` and its ``id`` against
     the watermarks of the period closes (see billing.rating).
+
+    On PostgreSQL one composite foreign key (contract, provider) -> contract (id, provider)
+    holds both that the contract exists and that it is this provider's (migration 0005):
+    one check per row instead of two. SQLite (embedded mode) has no composite keys; there
+    ``usage_ingest`` stores only records of the provider's own contracts.
     """
 
-    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="usage_records")
+    # (provider, event_id) is unique and (contract, period) indexed: no single-column indexes.
+    provider = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="usage_records", db_index=False, db_constraint=False
+    )
     event_id = models.CharField(max_length=128)
-    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="usage_records")
-    node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    contract = models.ForeignKey(
+        Contract, on_delete=models.PROTECT, related_name="usage_records", db_index=False, db_constraint=False
+    )
+    # Nothing reads usage by node, and nodes are never deleted: the key is checked, not indexed.
+    node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False)
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField()
     gpu_seconds = models.DecimalField(max_digits=18, decimal_places=3)

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter
 
-from django.db import DataError, IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -57,13 +59,29 @@ def _reject(result: IngestResult, index: int, record_id, code: str, message: str
 def _parse_time(value) -> datetime | None:
     if not isinstance(value, str) or len(value) > 40:
         return None
+    return _parse_time_text(value)
+
+
+@functools.lru_cache(maxsize=4096)  # a batch repeats a few interval bounds many times
+def _parse_time_text(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+    except (ValueError, OverflowError):  # OverflowError: in UTC before year 1 or after 9999
         return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed.astimezone(UTC)
+
+
+def _storable(text: str) -> bool:
+    """Text the database can store: UTF-8 without NUL (JSON can carry "\\u0000" or a lone surrogate)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_gpu_seconds(value) -> Decimal | None:
@@ -87,63 +105,54 @@ class _Candidate:
     started_at: datetime
     ended_at: datetime
     gpu_seconds: Decimal
+    period: date
+    node_id: int | None = None
+
+
+_RECORD_FIELDS = frozenset({"id", "contract", "node", "started_at", "ended_at", "gpu_seconds"})
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
     """Store a provider's usage records; each is accepted, a duplicate, or rejected alone.
 
     A record's ``id`` is the provider's event id: sent again (even by two retries at the
-    same moment) it is stored once, by the database's unique constraint.
-
-    On PostgreSQL the batch is first validated and inserted by one statement; only the
-    records it did not store are looked at again here, to tell duplicates from rejects
-    (and to store any valid record the statement was too strict for).
+    same moment) it is stored once, by the database's unique constraint, and reported as a
+    duplicate. Each record is checked here, against its contract with two queries per
+    batch (the contracts, their allocated nodes); the valid ones are inserted by one
+    statement. The database holds the keys: the node exists and, on PostgreSQL, the
+    contract is the provider's (one composite key, see UsageRecord).
     """
     if not isinstance(records, list) or not 1 <= len(records) <= MAX_USAGE_BATCH:
         raise InvalidInput(
             f"Send 1 to {MAX_USAGE_BATCH} records.", fields={"records": [f"A list of 1 to {MAX_USAGE_BATCH}."]}
         )
     result = IngestResult()
-    pending = list(enumerate(records))
-    if connection.vendor == "postgresql":
-        # An id sent twice in one batch goes the slow way: which copy is stored must be the
-        # one reported as accepted.
-        counts = Counter(raw.get("id") for raw in records if isinstance(raw, dict) and isinstance(raw.get("id"), str))
-        inserted = _insert_usage_batch_sql(
-            provider, [raw for raw in records if isinstance(raw, dict) and counts.get(raw.get("id")) == 1]
-        )
-        if inserted:
-            pending = []
-            for index, raw in enumerate(records):
-                event_id = raw.get("id") if isinstance(raw, dict) else None
-                if isinstance(event_id, str) and event_id in inserted:
-                    result.accepted.append(event_id)
-                    inserted.discard(event_id)  # a second copy in the batch is a duplicate
-                else:
-                    pending.append((index, raw))
-    if pending:
-        _ingest_one_by_one(provider, pending, result)
+    rows = _within_contracts(provider, _well_formed(records, result), result)
+    if rows:
+        inserted = _insert_usage(provider, rows)
+        for row in rows:
+            (result.accepted if row.event_id in inserted else result.duplicates).append(row.event_id)
     return result
 
 
-def _ingest_one_by_one(provider: Organization, records: list[tuple[int, object]], result: IngestResult) -> None:
-    """Validate each record with a reason for each refusal, then store the valid ones."""
+def _well_formed(records: list, result: IngestResult) -> list[_Candidate]:
+    """The records that are well-formed, in the past and within one UTC month; the others rejected."""
     candidates: list[_Candidate] = []
-    seen: set[str] = set()
     now = timezone.now()
-    for index, raw in records:
+    for index, raw in enumerate(records):
         if not isinstance(raw, dict):
             _reject(result, index, None, "invalid", "A record is an object.")
             continue
         event_id = raw.get("id")
         if isinstance(event_id, int) and not isinstance(event_id, bool):
             event_id = str(event_id)
-        if not isinstance(event_id, str) or not 1 <= len(event_id) <= 128:
+        if not isinstance(event_id, str) or not 1 <= len(event_id) <= 128 or not _storable(event_id):
             _reject(result, index, None, "invalid", "id: a string of 1 to 128 characters is required.")
             continue
-        unknown = set(raw) - {"id", "contract", "node", "started_at", "ended_at", "gpu_seconds"}
-        if unknown:
-            _reject(result, index, event_id, "invalid", f"Unknown field(s): {', '.join(sorted(map(str, unknown)))}.")
+        if not raw.keys() <= _RECORD_FIELDS:
+            unknown = ", ".join(sorted(map(str, raw.keys() - _RECORD_FIELDS)))
+            _reject(result, index, event_id, "invalid", f"Unknown field(s): {unknown}.")
             continue
         contract_id = raw.get("contract")
         if isinstance(contract_id, bool) or not isinstance(contract_id, int) or not 1 <= contract_id < 2**62:
@@ -163,37 +172,38 @@ def _ingest_one_by_one(provider: Organization, records: list[tuple[int, object]]
         if ended_at > now:
             _reject(result, index, event_id, "in_the_future", "Usage can only be reported for time that has passed.")
             continue
-        if month_of(started_at) != month_of(ended_at - timedelta(microseconds=1)):
+        period = month_of(started_at)
+        if period != month_of(ended_at - _MICROSECOND):
             _reject(result, index, event_id, "spans_months", "A record may not span two UTC months; split it.")
             continue
         gpu_seconds = _parse_gpu_seconds(raw.get("gpu_seconds"))
         if gpu_seconds is None:
             _reject(result, index, event_id, "invalid", "gpu_seconds: a number >= 0 with at most 3 decimals.")
             continue
-        candidates.append(_Candidate(index, event_id, contract_id, node_name, started_at, ended_at, gpu_seconds))
-
-    contracts = {
-        row[0]: row
-        for row in Contract.objects.filter(pk__in={c.contract_id for c in candidates}, provider=provider).values_list(
-            "id", "starts_at", "ends_at", "released_at", "gpu_count", "cluster__gpus_per_node"
+        candidates.append(
+            _Candidate(index, event_id, contract_id, node_name, started_at, ended_at, gpu_seconds, period)
         )
-    }
-    named = {(c.contract_id, c.node_name) for c in candidates if c.node_name is not None and c.contract_id in contracts}
-    nodes = {}
-    if named:
-        nodes = {
-            (contract_id, hostname): node_id
-            for contract_id, hostname, node_id in Allocation.objects.filter(
-                contract_id__in={cid for cid, _ in named}, node__hostname__in={name for _, name in named}
-            ).values_list("contract_id", "node__hostname", "node_id")
-        }
-    rows = []
+    return candidates
+
+
+def _within_contracts(provider: Organization, candidates: list[_Candidate], result: IngestResult) -> list[_Candidate]:
+    """The candidates that fit their contract, each event id once (its first valid copy).
+
+    A fit is a contract of the provider's, inside its window (up to an early release), a
+    named node allocated to it, and no more GPU-seconds than the contract's GPUs (or the
+    node's) deliver in the interval. The others are rejected or reported as duplicates.
+    """
+    contracts = _contract_terms(provider, {c.contract_id for c in candidates}) if candidates else {}
+    named = {c.contract_id for c in candidates if c.node_name is not None and c.contract_id in contracts}
+    nodes = _contract_nodes(named) if named else {}
+    rows: list[_Candidate] = []
+    seen: set[str] = set()
     for candidate in candidates:
         contract = contracts.get(candidate.contract_id)
         if contract is None:
             _reject(result, candidate.index, candidate.event_id, "unknown_contract", "No such contract of yours.")
             continue
-        _, starts_at, ends_at, released_at, gpu_count, gpus_per_node = contract
+        starts_at, ends_at, released_at, gpu_count, gpus_per_node = contract
         service_end = min(ends_at, released_at) if released_at else ends_at
         if candidate.started_at < starts_at or candidate.ended_at > service_end:
             _reject(
@@ -203,129 +213,132 @@ def _ingest_one_by_one(provider: Organization, records: list[tuple[int, object]]
             )  # fmt: skip
             continue
         gpus = gpu_count
-        node_id = None
         if candidate.node_name is not None:
-            node_id = nodes.get((candidate.contract_id, candidate.node_name))
-            if node_id is None:
+            candidate.node_id = nodes.get((candidate.contract_id, candidate.node_name))
+            if candidate.node_id is None:
                 _reject(
                     result, candidate.index, candidate.event_id, "unknown_node", "That node is not in the contract."
                 )
                 continue
             gpus = gpus_per_node
-        seconds = Decimal((candidate.ended_at - candidate.started_at).total_seconds())
-        if candidate.gpu_seconds > gpus * seconds:
+        # Exact: GPU-seconds have at most 3 decimals, the interval is a whole number of microseconds.
+        micros = (candidate.ended_at - candidate.started_at) // _MICROSECOND
+        if candidate.gpu_seconds * 1_000_000 > gpus * micros:
             _reject(
                 result, candidate.index, candidate.event_id, "exceeds_capacity",
-                f"{candidate.gpu_seconds} GPU-seconds is more than {gpus} GPUs deliver in {seconds} seconds.",
+                f"{candidate.gpu_seconds} GPU-seconds is more than {gpus} GPUs deliver in "
+                f"{Decimal(micros) / 1_000_000} seconds.",
             )  # fmt: skip
             continue
         if candidate.event_id in seen:  # a second valid copy in the same batch
             result.duplicates.append(candidate.event_id)
             continue
         seen.add(candidate.event_id)
-        rows.append((candidate, node_id))
-    if rows:
-        inserted = _insert_usage(provider, rows)
-        for candidate, _ in rows:
-            (result.accepted if candidate.event_id in inserted else result.duplicates).append(candidate.event_id)
+        rows.append(candidate)
+    return rows
 
 
-# Validation of a whole batch in SQL, as strict as the record-by-record checks above: a
-# record is inserted only if it is well-formed, is for one of the provider's contracts,
-# lies in the contract's window and one month, and claims no more GPU-seconds than the
-# contract (or the named node) can deliver. Casts are guarded so that bad input yields no
-# row rather than an error.
-_INSERT_USAGE_BATCH = """
-WITH input AS (
-    SELECT e FROM jsonb_array_elements(%(batch)s::jsonb) AS t(e)
-    WHERE jsonb_typeof(e) = 'object'
-      AND NOT EXISTS (
-          SELECT 1 FROM jsonb_object_keys(e) AS k
-          WHERE k NOT IN ('id', 'contract', 'node', 'started_at', 'ended_at', 'gpu_seconds'))
-      AND jsonb_typeof(e->'id') = 'string' AND length(e->>'id') BETWEEN 1 AND 128
-      AND jsonb_typeof(e->'contract') = 'number' AND (e->>'contract') ~ '^[1-9][0-9]{0,17}$'
-      AND (e->'node' IS NULL OR jsonb_typeof(e->'node') = 'null'
-           OR (jsonb_typeof(e->'node') = 'string' AND length(e->>'node') BETWEEN 1 AND 253))
-      AND jsonb_typeof(e->'started_at') = 'string' AND (e->>'started_at') ~ %(time_pattern)s
-      AND jsonb_typeof(e->'ended_at') = 'string' AND (e->>'ended_at') ~ %(time_pattern)s
-      AND jsonb_typeof(e->'gpu_seconds') IN ('number', 'string')
-      AND (e->>'gpu_seconds') ~ '^[0-9]{1,15}([.][0-9]{1,3})?$'
-), typed AS (
-    SELECT e->>'id' AS event_id, (e->>'contract')::bigint AS contract_id, e->>'node' AS node,
-           (e->>'started_at')::timestamptz AS started_at, (e->>'ended_at')::timestamptz AS ended_at,
-           (e->>'gpu_seconds')::numeric AS gpu_seconds
-    FROM input
-), valid AS (
-    SELECT t.*, a.node_id
-    FROM typed t
-    JOIN broker_contract c ON c.id = t.contract_id AND c.provider_id = %(provider)s
-    JOIN marketplace_cluster cl ON cl.id = c.cluster_id
-    LEFT JOIN LATERAL (
-        SELECT al.node_id FROM broker_allocation al JOIN marketplace_node n ON n.id = al.node_id
-        WHERE al.contract_id = c.id AND n.hostname = t.node LIMIT 1
-    ) a ON t.node IS NOT NULL
-    WHERE t.ended_at > t.started_at
-      AND t.started_at >= c.starts_at AND t.ended_at <= LEAST(c.ends_at, COALESCE(c.released_at, c.ends_at))
-      AND date_trunc('month', t.started_at, 'UTC') = date_trunc('month', t.ended_at - interval '1 microsecond', 'UTC')
-      AND t.gpu_seconds <= %(max_gpu_seconds)s
-      AND t.ended_at <= %(now)s
-      AND (t.node IS NULL OR a.node_id IS NOT NULL)
-      AND t.gpu_seconds <= (CASE WHEN t.node IS NULL THEN c.gpu_count ELSE cl.gpus_per_node END)
-                           * EXTRACT(EPOCH FROM t.ended_at - t.started_at)
-)
+# On PostgreSQL the ids travel as one array parameter: building and quoting the ORM's IN
+# list of a batch's contracts costs more than running the query.
+_CONTRACT_TERMS = """
+SELECT c.id, c.starts_at, c.ends_at, c.released_at, c.gpu_count, cl.gpus_per_node
+FROM broker_contract c JOIN marketplace_cluster cl ON cl.id = c.cluster_id
+WHERE c.id = ANY(%s) AND c.provider_id = %s
+"""
+_CONTRACT_NODES = """
+SELECT a.contract_id, n.hostname, a.node_id
+FROM broker_allocation a JOIN marketplace_node n ON n.id = a.node_id
+WHERE a.contract_id = ANY(%s)
+"""
+
+
+def _contract_terms(provider: Organization, contract_ids: set[int]) -> dict[int, tuple]:
+    """The provider's contracts among these: id -> (starts_at, ends_at, released_at, GPUs, GPUs per node)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_CONTRACT_TERMS, [list(contract_ids), provider.pk])
+            rows = cursor.fetchall()
+    else:
+        rows = Contract.objects.filter(pk__in=contract_ids, provider=provider).values_list(
+            "id", "starts_at", "ends_at", "released_at", "gpu_count", "cluster__gpus_per_node"
+        )
+    return {contract_id: tuple(terms) for contract_id, *terms in rows}
+
+
+def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], int]:
+    """(contract id, hostname) -> node id of the nodes allocated to these contracts."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_CONTRACT_NODES, [list(contract_ids)])
+            rows = cursor.fetchall()
+    else:
+        rows = Allocation.objects.filter(contract_id__in=contract_ids).values_list(
+            "contract_id", "node__hostname", "node_id"
+        )
+    return {(contract_id, hostname): node_id for contract_id, hostname, node_id in rows}
+
+
+# One statement for the whole batch: the rows travel as one JSON text (psycopg adapts
+# Python lists to arrays several times slower), typed by json_to_recordset.
+_INSERT_USAGE_ROWS = """
 INSERT INTO billing_usagerecord
     (provider_id, event_id, contract_id, node_id, started_at, ended_at, gpu_seconds, period, received_at)
-SELECT %(provider)s, event_id, contract_id, node_id, started_at, ended_at, gpu_seconds,
-       date_trunc('month', started_at, 'UTC')::date, %(now)s
-FROM valid
+SELECT %(provider)s, r.e, r.c, r.n, r.s, r.f, r.g, r.p, %(now)s
+FROM json_to_recordset(%(rows)s::json)
+     AS r(e text, c bigint, n bigint, s timestamptz, f timestamptz, g numeric, p date)
 ON CONFLICT (provider_id, event_id) DO NOTHING
 RETURNING event_id
 """
-_TIME_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]{1,6})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
-)
 
 
-def _insert_usage_batch_sql(provider: Organization, records: list) -> set[str]:
-    """Insert the batch's valid, new records in one statement; the event ids it stored.
+def _insert_usage(provider: Organization, rows: list[_Candidate]) -> set[str]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING: the event ids that were new.
 
-    A value the guards let through but PostgreSQL cannot read (a 30th of February) makes
-    the statement fail as a whole: then nothing is stored here and every record goes
-    through the record-by-record path.
+    On PostgreSQL the insert holds the usage lock shared; a month close takes it alone, so
+    it reads its watermark only once the batches in flight have committed.
     """
-    params = {
-        "batch": json.dumps(records),
-        "provider": provider.pk,
-        "time_pattern": _TIME_PATTERN,
-        "max_gpu_seconds": MAX_GPU_SECONDS,
-        "now": timezone.now(),
-    }
-    try:
+    if connection.vendor == "postgresql":
+        # A batch has few distinct times and months: each is formatted once.
+        times: dict[datetime, str] = {}
+        months: dict[date, str] = {}
+        payload = json.dumps(
+            [
+                {
+                    "e": row.event_id,
+                    "c": row.contract_id,
+                    "n": row.node_id,
+                    "s": times.get(row.started_at) or times.setdefault(row.started_at, row.started_at.isoformat()),
+                    "f": times.get(row.ended_at) or times.setdefault(row.ended_at, row.ended_at.isoformat()),
+                    "g": format(row.gpu_seconds, "f"),
+                    "p": months.get(row.period) or months.setdefault(row.period, row.period.isoformat()),
+                }
+                # In event id order: two calls storing overlapping ids wait on each other in
+                # one order, never in a cycle.
+                for row in sorted(rows, key=attrgetter("event_id"))
+            ],
+            separators=(",", ":"),
+        )
+        params = {"provider": provider.pk, "now": timezone.now(), "rows": payload}
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
-            cursor.execute(_INSERT_USAGE_BATCH, params)
-            return {row[0] for row in cursor.fetchall()}
-    except DataError:
-        return set()
+            cursor.execute(_INSERT_USAGE_ROWS, params)
+            return {event_id for (event_id,) in cursor.fetchall()}
 
-
-def _insert_usage(provider: Organization, rows: list[tuple[_Candidate, int | None]]) -> set[str]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING: the ids that were new."""
     ops = connection.ops
     now = ops.adapt_datetimefield_value(timezone.now())
     values = []
     params: list = []
-    for candidate, node_id in rows:
+    for row in rows:
         values.append("(%s, %s, %s, %s, %s, %s, %s, %s, %s)")
         params += [
             provider.pk,
-            candidate.event_id,
-            candidate.contract_id,
-            node_id,
-            ops.adapt_datetimefield_value(candidate.started_at),
-            ops.adapt_datetimefield_value(candidate.ended_at),
-            ops.adapt_decimalfield_value(candidate.gpu_seconds, 18, 3),
-            ops.adapt_datefield_value(month_of(candidate.started_at)),
+            row.event_id,
+            row.contract_id,
+            row.node_id,
+            ops.adapt_datetimefield_value(row.started_at),
+            ops.adapt_datetimefield_value(row.ended_at),
+            ops.adapt_decimalfield_value(row.gpu_seconds, 18, 3),
+            ops.adapt_datefield_value(row.period),
             now,
         ]
     table = UsageRecord._meta.db_table
@@ -333,10 +346,8 @@ def _insert_usage(provider: Organization, rows: list[tuple[_Candidate, int | Non
     # Only the table name and placeholders are interpolated.
     sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join(values)} ON CONFLICT (provider_id, event_id) DO NOTHING RETURNING event_id"  # noqa: E501, S608
     with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
         cursor.execute(sql, params)
-        return {row[0] for row in cursor.fetchall()}
+        return {event_id for (event_id,) in cursor.fetchall()}
 
 
 # --- Numbering -----------------------------------------------------------------------------

@@ -6,11 +6,11 @@ from decimal import Decimal
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 
 from billing.models import UsageRecord
 from billing.services import usage_ingest
-from tests.billing.conftest import METERED_START, NODE_NAMES
+from tests.billing.conftest import METERED_START, NODE_NAMES, SPANNING_START
 from tests.billing.factories import METERED, contract_create, hours_later, make_lab, record, utc
 from tests.conftest import assert_error, make_client, requires_postgres
 
@@ -200,6 +200,196 @@ class TestAcceptDuplicateReject:
         assert other_provider_client.get(URL).json()["results"] == []
 
 
+class TestEachRecordAlone:
+    def test_every_rejection_reason_is_reported_for_its_record_and_the_valid_ones_are_kept(
+        self, provider_client, lab_client, metered_contract, foreign_contract, spanning_contract, clock
+    ):
+        sibling = contract_create(
+            lab=lab_client.organization,
+            provider=provider_client.organization,
+            starts_at=METERED_START,
+            hours=4,
+            hostnames=["gpu-s01"],
+            mode=METERED,
+        )
+        contract = metered_contract
+        records = [
+            record("ok", contract, METERED_START, H1, 100),
+            record("invalid", contract, METERED_START, H1, "lots"),
+            record("future", contract, hours_later(NOW, -1), hours_later(NOW, 1), 1),
+            record("spans", spanning_contract, utc(2026, 9, 30, 23), utc(2026, 10, 1, 1), 1),
+            record("foreign", foreign_contract, METERED_START, H1, 1),
+            record("outside", contract, hours_later(METERED_START, 48), hours_later(METERED_START, 49), 1),
+            record("sibling-node", contract, METERED_START, H1, 1, node="gpu-s01"),
+            record("over", contract, METERED_START, H1, 57601),
+            record("node-over", contract, METERED_START, H1, 28801, node=NODE_NAMES[0]),
+            record("ok-node", contract, H1, H2, 28800, node=NODE_NAMES[0]),
+            record("ok-sibling", sibling, METERED_START, H1, 28800, node="gpu-s01"),
+        ]
+        body = post(provider_client, records).json()
+
+        assert body["accepted"] == ["ok", "ok-node", "ok-sibling"]
+        assert body["duplicates"] == []
+        assert sorted((r["index"], r["id"], r["code"]) for r in body["rejected"]) == [
+            (1, "invalid", "invalid"),
+            (2, "future", "in_the_future"),
+            (3, "spans", "spans_months"),
+            (4, "foreign", "unknown_contract"),
+            (5, "outside", "outside_contract"),
+            (6, "sibling-node", "unknown_node"),
+            (7, "over", "exceeds_capacity"),
+            (8, "node-over", "exceeds_capacity"),
+        ]
+        assert stored() == [
+            ("ok", Decimal("100.000")),
+            ("ok-node", Decimal("28800.000")),
+            ("ok-sibling", Decimal("28800.000")),
+        ]
+
+    def test_a_hostname_is_resolved_within_the_contracts_own_nodes(self, provider_client, lab_client, clock):
+        """Hostnames are unique per cluster only: two contracts may each have a gpu-m01."""
+        first, second = (
+            contract_create(
+                lab=lab_client.organization,
+                provider=provider_client.organization,
+                starts_at=METERED_START,
+                hours=4,
+                hostnames=["gpu-m01"],
+                mode=METERED,
+            )
+            for _ in range(2)
+        )
+        body = post(
+            provider_client,
+            [
+                record("on-first", first, METERED_START, H1, 1, node="gpu-m01"),
+                record("on-second", second, METERED_START, H1, 2, node="gpu-m01"),
+            ],
+        ).json()
+        assert body["accepted"] == ["on-first", "on-second"]
+        nodes = dict(UsageRecord.objects.values_list("event_id", "node_id"))
+        assert nodes == {
+            "on-first": first.allocations.get().node_id,
+            "on-second": second.allocations.get().node_id,
+        }
+        assert nodes["on-first"] != nodes["on-second"]
+
+    def test_capacity_is_checked_to_the_microsecond(self, provider_client, metered_contract, clock):
+        """16 GPUs deliver 8 GPU-seconds in half a second, and 0.000016 in a microsecond."""
+        start = "2026-10-05T00:00:00Z"
+        records = [
+            record("half-ok", metered_contract, METERED_START, H1, "8")
+            | {"started_at": start, "ended_at": "2026-10-05T00:00:00.500000Z"},
+            record("half-over", metered_contract, METERED_START, H1, "8.001")
+            | {"started_at": start, "ended_at": "2026-10-05T00:00:00.5Z"},
+            record("micro-zero", metered_contract, METERED_START, H1, 0)
+            | {"started_at": start, "ended_at": "2026-10-05T00:00:00.000001Z"},
+            record("micro-over", metered_contract, METERED_START, H1, "0.001")
+            | {"started_at": start, "ended_at": "2026-10-05T00:00:00.000001Z"},
+        ]
+        body = post(provider_client, records).json()
+        assert body["accepted"] == ["half-ok", "micro-zero"]
+        assert [(r["id"], r["code"]) for r in body["rejected"]] == [
+            ("half-over", "exceeds_capacity"),
+            ("micro-over", "exceeds_capacity"),
+        ]
+        half = UsageRecord.objects.get(event_id="half-ok")
+        assert (half.ended_at - half.started_at).total_seconds() == 0.5
+
+    def test_times_with_an_offset_fall_in_their_utc_month(self, provider_client, spanning_contract, clock):
+        """00:30 on October 1st at +02:00 is 22:30 on September 30th in UTC."""
+        body = post(
+            provider_client,
+            [
+                record("september", spanning_contract, SPANNING_START, SPANNING_START, 3600)
+                | {"started_at": "2026-10-01T00:30:00+02:00", "ended_at": "2026-10-01T01:30:00+02:00"},
+                record("across", spanning_contract, SPANNING_START, SPANNING_START, 3600)
+                | {"started_at": "2026-10-01T01:30:00+02:00", "ended_at": "2026-10-01T02:30:00+02:00"},
+                record("october", spanning_contract, SPANNING_START, SPANNING_START, 3600)
+                | {"started_at": "2026-10-01T02:00:00+02:00", "ended_at": "2026-10-01T03:00:00+02:00"},
+            ],
+        ).json()
+        assert body["accepted"] == ["september", "october"]
+        assert [(r["id"], r["code"]) for r in body["rejected"]] == [("across", "spans_months")]
+        periods = dict(UsageRecord.objects.values_list("event_id", "period"))
+        assert {key: f"{value:%Y-%m}" for key, value in periods.items()} == {
+            "september": "2026-09",
+            "october": "2026-10",
+        }
+
+
+class TestDuplicates:
+    def test_duplicates_within_a_batch_and_across_batches(self, provider_client, metered_contract, clock):
+        first = [record(name, metered_contract, METERED_START, H1, 10) for name in ("a", "b")]
+        assert post(provider_client, first).json()["accepted"] == ["a", "b"]
+
+        second = [
+            record("a", metered_contract, METERED_START, H1, 11),  # sent before
+            record("c", metered_contract, METERED_START, H1, 12),
+            record("c", metered_contract, METERED_START, H1, 13),  # again in this call
+            record("n", metered_contract, METERED_START, H1, 14) | {"id": 17},
+            record("17", metered_contract, METERED_START, H1, 15),  # the same id, as text
+            record("b", metered_contract, METERED_START, H1, 99999),  # sent before, but invalid now
+        ]
+        body = post(provider_client, second).json()
+
+        assert body["accepted"] == ["c", "17"]
+        assert sorted(body["duplicates"]) == ["17", "a", "c"]
+        assert [(r["id"], r["code"]) for r in body["rejected"]] == [("b", "exceeds_capacity")]
+        assert stored() == [
+            ("17", Decimal("14.000")),
+            ("a", Decimal("10.000")),
+            ("b", Decimal("10.000")),
+            ("c", Decimal("12.000")),
+        ]
+
+    def test_a_batch_of_only_duplicates_stores_nothing(self, provider_client, metered_contract, clock):
+        batch = [record(f"d{i}", metered_contract, METERED_START, H1, i) for i in range(5)]
+        post(provider_client, batch)
+        body = post(provider_client, batch).json()
+        assert (body["accepted"], body["duplicates"], body["rejected"]) == ([], [r["id"] for r in batch], [])
+        assert UsageRecord.objects.count() == 5
+
+
+@requires_postgres
+class TestDatabaseKeys:
+    """What the database itself refuses, whatever the service checks."""
+
+    def row(self, contract, provider, **changes) -> UsageRecord:
+        fields = {
+            "provider": provider,
+            "contract": contract,
+            "event_id": "direct",
+            "started_at": METERED_START,
+            "ended_at": H1,
+            "gpu_seconds": Decimal("1"),
+            "period": METERED_START.date().replace(day=1),
+        }
+        return UsageRecord(**(fields | changes))
+
+    def test_usage_of_another_providers_contract_is_refused(self, provider_client, metered_contract, foreign_contract):
+        with pytest.raises(IntegrityError, match="usage_contract_of_provider"), transaction.atomic():
+            self.row(foreign_contract, provider_client.organization).save()
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        self.row(metered_contract, provider_client.organization).save()
+        assert UsageRecord.objects.count() == 1
+
+    def test_usage_of_a_missing_contract_or_node_is_refused(self, provider_client, metered_contract):
+        from broker.models import Contract
+
+        missing = Contract(pk=2**40, provider=provider_client.organization)
+        for row in (
+            self.row(missing, provider_client.organization),
+            self.row(metered_contract, provider_client.organization, node_id=2**40),
+        ):
+            with pytest.raises(IntegrityError), transaction.atomic():
+                row.save()
+                with connection.cursor() as cursor:
+                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        assert not UsageRecord.objects.exists()
+
+
 class TestBatchLimits:
     def test_a_thousand_records_are_accepted_in_one_call(self, provider_client, metered_contract, clock):
         batch = [record(f"b{i:04d}", metered_contract, METERED_START, H1, 1) for i in range(1000)]
@@ -275,6 +465,8 @@ class TestBadPayloads:
             good | {"id": "t-date", "started_at": "2026-10-05"},
             good | {"id": "t-garbage", "ended_at": "soon"},
             good | {"id": "t-number", "ended_at": 1790000000},
+            good | {"id": "t-before-year-1", "started_at": "0001-01-01T00:30:00+01:00"},
+            good | {"id": "t-after-year-9999", "ended_at": "9999-12-31T23:30:00-01:00"},
             good | {"id": "t-reversed", "started_at": good["ended_at"], "ended_at": good["started_at"]},
             good | {"id": "t-empty", "ended_at": good["started_at"]},
             good | {"id": "t-spans", "started_at": "2026-09-30T23:00:00Z", "ended_at": "2026-10-01T01:00:00Z"},
@@ -293,6 +485,24 @@ class TestBadPayloads:
         assert body["accepted"] == ["good"]
         assert sorted(r["index"] for r in body["rejected"]) == list(range(len(bad)))
         assert {r["code"] for r in body["rejected"]} <= {"invalid", "spans_months"}
+        assert stored() == [("good", Decimal("10.000"))]
+
+    def test_ids_are_stored_exactly_as_sent(self, provider_client, metered_contract, clock):
+        ids = ["événement-😀", 'quote"back\\slash', "tab\tnew\nline", "x" * 128]
+        batch = [record(event_id, metered_contract, METERED_START, H1, 1) for event_id in ids]
+        assert post(provider_client, batch).json()["accepted"] == ids
+        assert sorted(UsageRecord.objects.values_list("event_id", flat=True)) == sorted(ids)
+        assert post(provider_client, batch).json()["duplicates"] == ids
+
+    def test_ids_the_database_cannot_store_as_text_are_rejected(self, provider_client, metered_contract, clock):
+        good = record("good", metered_contract, METERED_START, H1, 10)
+        raw = json.dumps({"records": [good | {"id": "nul\u0000"}, good | {"id": "x"}, good]})
+        raw = raw.replace('"x"', '"\\ud800"')  # a lone surrogate: valid JSON, not UTF-8
+        response = provider_client.post(URL, raw, content_type="application/json")
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert body["accepted"] == ["good"]
+        assert [(r["index"], r["code"]) for r in body["rejected"]] == [(0, "invalid"), (1, "invalid")]
         assert stored() == [("good", Decimal("10.000"))]
 
     def test_an_offset_time_is_read_as_utc(self, provider_client, metered_contract, clock):
@@ -366,6 +576,43 @@ class TestConcurrentRetries:
         # One call stored the whole batch; the other saw only duplicates.
         assert sorted(len(body["accepted"]) for _, body in bodies) == [0, 50]
         assert UsageRecord.objects.count() == 50
+
+    def test_overlapping_batches_in_opposite_orders_at_the_same_moment(self, clock):
+        """Each id is stored once and accepted by exactly one of the calls; neither call fails."""
+        provider_client = make_client("Racing Provider", "provider")
+        contract = contract_create(
+            lab=make_lab(), provider=provider_client.organization, starts_at=METERED_START, hours=24, mode=METERED
+        )
+        records = [record(f"overlap-{i:03d}", contract, METERED_START, H1, i) for i in range(600)]
+        batches = [records[:400], records[200:][::-1]]
+        barrier = threading.Barrier(2)
+        bodies: list = [None, None]
+        errors: list = []
+
+        def send(slot: int) -> None:
+            try:
+                client = make_client_for(provider_client)
+                barrier.wait(timeout=10)
+                response = post(client, batches[slot])
+                bodies[slot] = (response.status_code, response.json())
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=send, args=(slot,)) for slot in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+
+        assert errors == []
+        assert [status for status, _ in bodies] == [200, 200], bodies
+        accepted = bodies[0][1]["accepted"] + bodies[1][1]["accepted"]
+        duplicates = bodies[0][1]["duplicates"] + bodies[1][1]["duplicates"]
+        assert sorted(accepted) == [r["id"] for r in records]
+        assert sorted(duplicates) == [r["id"] for r in records[200:400]]
+        assert UsageRecord.objects.count() == 600
 
 
 def make_client_for(client):
