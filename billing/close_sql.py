@@ -4,8 +4,8 @@ The rules are those of ``billing.rating`` (the reference, used by previews and b
 embedded SQLite mode); here they run as a handful of statements over whole sets, so a close
 of 10,000 contracts moves no row through Python:
 
-1. the usage to bill is summed per (contract, month) in one aggregate (parallel where
-   PostgreSQL can), and comes back as three arrays;
+1. the usage to bill is read from ``UsageTotal`` (usage summed per contract and month as
+   it arrived, and the month whose close bills it) and comes back as three arrays;
 2. the lines are rated into a temporary table (quantity, amount and fee, each amount
    rounded half-up to cents once: ``round()`` on a non-negative numeric);
 3. accounts and document numbers are reserved, then invoices, lines, ledger transactions
@@ -27,11 +27,10 @@ from billing.models import Account, Invoice, InvoiceLine, LedgerTransaction
 from billing.rating import period_bounds
 from marketplace.models import BillingMode
 
+# The usage this close bills, per (contract, month): kept by a trigger as usage arrives
+# (see UsageTotal), so the close reads one row per contract-month, not every record.
 _USAGE_SUMS = """
-SELECT contract_id, period, SUM(gpu_seconds)
-FROM billing_usagerecord
-WHERE id <= %(upto)s AND (period = %(period)s OR (period < %(period)s AND id > %(late_after)s))
-GROUP BY contract_id, period
+SELECT contract_id, period, gpu_seconds FROM billing_usagetotal WHERE billed_in = %(period)s
 """
 
 # The lines of the close, in the order the reference rates them: committed blocks by
@@ -209,14 +208,18 @@ SELECT COUNT(*) FROM statements
 """
 
 
-def close_in_sql(*, period: date, usage_upto: int, late_after: int, now: datetime) -> tuple[int, int]:
-    """Rate and issue ``period`` in the current transaction; (invoices, statements) written."""
+def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
+    """Rate and issue ``period`` in the current transaction; (invoices, statements) written.
+
+    The caller holds the usage lock alone, so every committed usage batch is in the totals
+    and none is half-written.
+    """
     from billing.models import PayoutStatement
 
     start, end = period_bounds(period)
     stamp = f"{period:%Y%m}"
     with connection.cursor() as cursor:
-        cursor.execute(_USAGE_SUMS, {"upto": usage_upto, "period": period, "late_after": late_after})
+        cursor.execute(_USAGE_SUMS, {"period": period})
         rows = cursor.fetchall()
         cursor.execute(
             _RATE,

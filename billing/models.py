@@ -54,6 +54,34 @@ class UsageRecord(models.Model):
         return f"{self.event_id}: {self.gpu_seconds} GPU-s on contract {self.contract_id}"
 
 
+class UsageTotal(models.Model):
+    """Usage summed per contract, usage month and the month whose close bills it.
+
+    Kept by PostgreSQL (migration 0006): a trigger adds each INSERT's new usage records (COPY
+    included) to their rows, so a close reads one row per contract-month instead of every
+    record. ``billed_in`` is the usage month while that month is open, else the first month
+    not closed yet (late usage, billed as an adjustment). The trigger takes the usage lock
+    shared, as ingestion does, so a close never sees half a batch. Usage records are
+    append-only there, so the totals cannot drift from them. Embedded mode (SQLite) rates
+    from the records themselves and leaves this table empty.
+    """
+
+    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="+", db_index=False)
+    period = models.DateField(help_text="First day of the UTC month the usage falls in.")
+    billed_in = models.DateField(help_text="First day of the month whose close bills it.")
+    gpu_seconds = models.DecimalField(max_digits=24, decimal_places=3)
+    records = models.PositiveBigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["contract", "period", "billed_in"], name="usage_total_unique"),
+        ]
+        indexes = [models.Index(fields=["billed_in"], name="usage_total_billed_in")]
+
+    def __str__(self) -> str:
+        return f"{self.gpu_seconds} GPU-s on contract {self.contract_id} for {self.period:%Y-%m}"
+
+
 class BillingPeriod(models.Model):
     """A closed calendar month. Closing is done once; its watermark splits late usage off."""
 
@@ -115,8 +143,13 @@ class InvoiceLine(models.Model):
         ADJUSTMENT = "adjustment", "Late usage adjustment"  # usage of a closed period
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
-    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="invoice_lines")
-    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    # On PostgreSQL one composite key (contract, provider) -> contract (id, provider) checks
+    # both, and that the line's provider is the contract's (migration 0006); (contract,
+    # service_period) is indexed below.
+    contract = models.ForeignKey(
+        Contract, on_delete=models.PROTECT, related_name="invoice_lines", db_index=False, db_constraint=False
+    )
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     service_period = models.DateField(help_text="The month whose service this line bills.")
     description = models.CharField(max_length=255)

@@ -406,13 +406,10 @@ def _close(period: date) -> CloseResult:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", USAGE_LOCK)
     watermark = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
     closed = BillingPeriod.objects.create(period=period, usage_watermark=watermark)
-    late_after = latest.usage_watermark if latest else 0
     if connection.vendor == "postgresql":
-        invoices, statements = close_in_sql(
-            period=period, usage_upto=watermark, late_after=late_after, now=timezone.now()
-        )
+        invoices, statements = close_in_sql(period=period, now=timezone.now())
     else:
-        lines = rate_period(period=period, usage_upto=watermark, late_after=late_after)
+        lines = rate_period(period=period, usage_upto=watermark, late_after=latest.usage_watermark if latest else 0)
         invoices = _issue_invoices(period, lines)
         statements = _issue_statements(period, lines)
     return CloseResult(period=closed, created=True, invoices=invoices, statements=statements)

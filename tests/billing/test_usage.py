@@ -2,16 +2,18 @@
 
 import json
 import threading
+from datetime import date
 from decimal import Decimal
 
 import pytest
 import time_machine
 from django.db import IntegrityError, connection, transaction
 
-from billing.models import UsageRecord
+from billing.models import UsageRecord, UsageTotal
 from billing.services import usage_ingest
+from core.db import bulk_insert
 from tests.billing.conftest import METERED_START, NODE_NAMES, SPANNING_START
-from tests.billing.factories import METERED, contract_create, hours_later, make_lab, record, utc
+from tests.billing.factories import METERED, close, contract_create, hours_later, make_lab, record, utc
 from tests.conftest import assert_error, make_client, requires_postgres
 
 URL = "/api/v1/usage"
@@ -623,3 +625,88 @@ def make_client_for(client):
     twin.credentials(HTTP_AUTHORIZATION=f"Bearer {client.secret}")
     twin.organization = client.organization
     return twin
+
+
+@requires_postgres
+class TestUsageTotals:
+    """PostgreSQL keeps usage summed per (contract, month, closing month) for the month close."""
+
+    def totals(self) -> list[tuple]:
+        return list(
+            UsageTotal.objects.order_by("contract_id", "period", "billed_in").values_list(
+                "contract_id", "period", "billed_in", "gpu_seconds", "records"
+            )
+        )
+
+    def test_each_stored_record_is_added_once(self, provider_client, metered_contract, clock):
+        october = date(2026, 10, 1)
+        batch = [
+            record("t-1", metered_contract, METERED_START, H1, "100.5"),
+            record("t-2", metered_contract, H1, H2, 200, node=NODE_NAMES[0]),
+        ]
+        assert len(post(provider_client, batch).json()["accepted"]) == 2
+        resent = post(provider_client, [*batch, record("t-3", metered_contract, H1, H2, "0.25")]).json()
+        assert (len(resent["accepted"]), len(resent["duplicates"])) == (1, 2)
+        assert self.totals() == [(metered_contract.pk, october, october, Decimal("300.750"), 3)]
+
+    def test_late_usage_is_totalled_for_the_next_close(self, provider_client, metered_contract):
+        october, november = date(2026, 10, 1), date(2026, 11, 1)
+        with time_machine.travel(utc(2026, 10, 20), tick=False):
+            post(provider_client, [record("on-time", metered_contract, METERED_START, H1, 10)])
+        close(october)
+        with time_machine.travel(utc(2026, 11, 2), tick=False):
+            post(provider_client, [record("late", metered_contract, H1, H2, 7)])
+        assert self.totals() == [
+            (metered_contract.pk, october, october, Decimal("10.000"), 1),
+            (metered_contract.pk, october, november, Decimal("7.000"), 1),
+        ]
+
+    def test_rows_written_by_copy_are_totalled_too(self, provider_client, metered_contract):
+        october = date(2026, 10, 1)
+        rows = [
+            (provider_client.organization.pk, f"copy-{n}", metered_contract.pk, METERED_START, H1, Decimal(n), october)
+            for n in (1, 2, 3)
+        ]
+        bulk_insert(
+            UsageRecord,
+            ("provider_id", "event_id", "contract_id", "started_at", "ended_at", "gpu_seconds", "period",
+             "received_at"),
+            [(*row, METERED_START) for row in rows],
+        )
+        assert self.totals() == [(metered_contract.pk, october, october, Decimal("6.000"), 3)]
+
+    def test_usage_records_are_append_only(self, provider_client, metered_contract, clock):
+        post(provider_client, [record("fixed", metered_contract, METERED_START, H1, 10)])
+        with pytest.raises(IntegrityError, match="append-only"), transaction.atomic():
+            UsageRecord.objects.update(gpu_seconds=Decimal("1"))
+        with pytest.raises(IntegrityError, match="append-only"), transaction.atomic():
+            UsageRecord.objects.all().delete()
+        assert stored() == [("fixed", Decimal("10.000"))]
+        assert self.totals()[0][3] == Decimal("10.000")
+
+
+@requires_postgres
+def test_an_invoice_line_names_its_contracts_own_provider(provider_client, metered_contract, foreign_contract, clock):
+    from billing.models import Invoice, InvoiceLine
+
+    invoice = Invoice.objects.create(lab=metered_contract.lab, period=date(2026, 10, 1))
+    line = InvoiceLine(
+        invoice=invoice,
+        contract=metered_contract,
+        provider=foreign_contract.provider,
+        kind=InvoiceLine.Kind.METERED,
+        service_period=date(2026, 10, 1),
+        description="wrong provider",
+        quantity=Decimal("1"),
+        unit_price=Decimal("1"),
+        amount=Decimal("1.00"),
+        fee_rate=Decimal("0.05"),
+        fee_amount=Decimal("0.05"),
+    )
+    with pytest.raises(IntegrityError, match="invoice_line_contract_of_provider"), transaction.atomic():
+        line.save()
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    line.provider = metered_contract.provider
+    line.save()
+    assert InvoiceLine.objects.count() == 1
