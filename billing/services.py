@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from operator import attrgetter
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Max
+from django.db.models import Max, Min
 from django.utils import timezone
 
 from billing.close_sql import close_in_sql
@@ -400,6 +400,10 @@ def _close(period: date) -> CloseResult:
         raise InvalidTransition(f"{latest.period:%Y-%m} is already closed; months close in order.")
     if latest is not None and period != next_month(latest.period):
         raise InvalidTransition(f"Close {next_month(latest.period):%Y-%m} first; months close in order.")
+    first = _first_billable_month()
+    if latest is None and first is not None and first < period:
+        # Skipping it would leave its contracts unbilled for good: later closes bill later months.
+        raise InvalidTransition(f"Close {first:%Y-%m} first; months close in order.")
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # Wait for in-flight usage batches; later ones get higher ids than the watermark.
@@ -503,6 +507,12 @@ def _issue_statements(period: date, lines: list[RatedLine]) -> int:
     return len(statements)
 
 
+def _first_billable_month() -> date | None:
+    """The month the earliest contract starts in: no earlier month has anything to bill."""
+    first = Contract.objects.aggregate(first=Min("starts_at"))["first"]
+    return month_of(first) if first else None
+
+
 def billing_periods_close_due(*, now: datetime | None = None) -> dict:
     """Close every ended month not closed yet, oldest first, so a missed run is caught up.
 
@@ -511,7 +521,10 @@ def billing_periods_close_due(*, now: datetime | None = None) -> dict:
     now = now or timezone.now()
     last_ended = previous_month(month_of(now))
     latest = BillingPeriod.objects.order_by("-period").first()
-    period = next_month(latest.period) if latest else last_ended
+    if latest is not None:
+        period = next_month(latest.period)
+    else:  # the first close: from the first month anything was sold for
+        period = min(filter(None, (_first_billable_month(), last_ended)))
     outcome = {"period": f"{last_ended:%Y-%m}", "created": False, "invoices": 0}
     while period <= last_ended:
         result = billing_period_close(period=period, now=now)

@@ -111,6 +111,19 @@ class TestTask:
         assert invoice_of(lab_client.organization, SEPTEMBER).total == D("263.20")
         assert invoice_of(lab_client.organization, OCTOBER).total == D("75.20")
 
+    def test_the_first_run_starts_from_the_first_month_anything_was_sold_for(self, lab_client, spanning_contract):
+        # Nothing was ever closed and the spanning contract began in September: a first run on
+        # December 1st closes September, October and November, not only November.
+        with time_machine.travel(utc(2026, 12, 1, 0, 30), tick=False):
+            outcome = close_previous_month.apply().get()
+        assert outcome["period"] == "2026-11"
+        assert list(BillingPeriod.objects.order_by("period").values_list("period", flat=True)) == [
+            SEPTEMBER,
+            OCTOBER,
+            NOVEMBER,
+        ]
+        assert invoice_of(lab_client.organization, SEPTEMBER).total == D("263.20")
+
     def test_on_new_years_day_it_closes_december(self, db):
         with time_machine.travel(utc(2027, 1, 1, 0, 5), tick=False):
             assert close_previous_month.apply().get()["period"] == "2026-12"
@@ -118,6 +131,15 @@ class TestTask:
 
 
 class TestOrder:
+    def test_the_first_close_cannot_skip_a_month_with_sales(self, spanning_contract):
+        # Closing October first would leave the contract's September hours unbilled for good.
+        with time_machine.travel(utc(2026, 11, 2), tick=False):
+            with pytest.raises(InvalidTransition, match="Close 2026-09 first"):
+                billing_period_close(period=OCTOBER)
+            assert not BillingPeriod.objects.exists()
+            billing_period_close(period=AUGUST)  # earlier, empty months may open the books
+            billing_period_close(period=SEPTEMBER)
+
     def test_months_close_in_order(self, spanning_contract):
         close(SEPTEMBER)
         with time_machine.travel(utc(2026, 12, 2), tick=False):
