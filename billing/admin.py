@@ -1,5 +1,5 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Sum
 
 from billing.models import (
@@ -17,6 +17,7 @@ from billing.models import (
 )
 from billing.services import invoice_record_payment, invoice_void, payout_mark_paid
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, ReasonForm, run_form_action
+from core.errors import DomainError
 from core.money import CENT, ZERO
 
 
@@ -115,7 +116,7 @@ class PaymentAdmin(ReadOnlyAdmin):
 
 @admin.register(PayoutStatement)
 class PayoutStatementAdmin(ReadOnlyAdmin):
-    list_display = ["number", "provider", "period", "gross", "fee", "net", "status", "paid_at"]
+    list_display = ["number", "provider", "period", "gross", "fee", "carried_in", "net", "status", "paid_at"]
     list_filter = ["status", "period"]
     list_select_related = ["provider"]
     search_fields = ["number", "provider__name"]
@@ -125,10 +126,16 @@ class PayoutStatementAdmin(ReadOnlyAdmin):
     def mark_paid(self, request, queryset):
         from core.services import audit_record
 
+        paid = 0
         for statement in queryset:
-            payout_mark_paid(statement=statement)
+            try:
+                payout_mark_paid(statement=statement)
+            except DomainError as exc:
+                self.message_user(request, str(exc), level=messages.ERROR)
+                continue
             audit_record(action="payout_paid", target=statement, actor=request.user, message=f"net {statement.net}")
-        self.message_user(request, f"{queryset.count()} payout(s) marked paid.")
+            paid += 1
+        self.message_user(request, f"{paid} payout(s) marked paid.")
 
 
 @admin.register(Account)

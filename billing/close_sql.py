@@ -172,20 +172,27 @@ ORDER BY t.id, legs.kind, legs.organization_id
 """
 
 # Each provider's gross, fee and net: this close's lines less the credit lines written
-# since the previous close, which the statement then records as deducted.
+# since the previous close, which the statement then records as deducted, plus the negative
+# nets of earlier statements, which it carries in.
 _STATEMENTS = """
 WITH credits AS (
     SELECT c.id, il.provider_id, c.amount, c.fee_amount
     FROM billing_creditnoteline c
     JOIN billing_invoiceline il ON il.id = c.invoice_line_id
     WHERE c.statement_id IS NULL
+), owed AS (
+    SELECT id, provider_id, net FROM billing_payoutstatement
+    WHERE status = %(issued)s AND net < 0
+    FOR UPDATE
 ), totals AS (
-    SELECT provider_id, SUM(amount) AS gross, SUM(fee_amount) AS fee,
+    SELECT provider_id, SUM(amount) AS gross, SUM(fee_amount) AS fee, SUM(carried) AS carried_in,
            row_number() OVER (ORDER BY provider_id) AS n
     FROM (
-        SELECT provider_id, amount, fee_amount FROM billing_close_line
+        SELECT provider_id, amount, fee_amount, 0 AS carried FROM billing_close_line
         UNION ALL
-        SELECT provider_id, -amount, -fee_amount FROM credits
+        SELECT provider_id, -amount, -fee_amount, 0 FROM credits
+        UNION ALL
+        SELECT provider_id, 0, 0, net FROM owed
     ) parts
     GROUP BY provider_id
 ), seq AS (
@@ -193,9 +200,10 @@ WITH credits AS (
     WHERE name = 'payout'
     RETURNING last_value - (SELECT COUNT(*) FROM totals) AS base
 ), statements AS (
-    INSERT INTO billing_payoutstatement (provider_id, period, number, gross, fee, net, status, created_at)
+    INSERT INTO billing_payoutstatement
+        (provider_id, period, number, gross, fee, carried_in, net, status, created_at)
     SELECT t.provider_id, %(period)s, 'PAY-' || %(stamp)s || '-' || lpad((seq.base + t.n)::text, 6, '0'),
-           t.gross, t.fee, t.gross - t.fee, %(issued)s, %(now)s
+           t.gross, t.fee, t.carried_in, t.gross - t.fee + t.carried_in, %(issued)s, %(now)s
     FROM totals t CROSS JOIN seq
     ORDER BY t.provider_id
     RETURNING id, provider_id
@@ -203,6 +211,10 @@ WITH credits AS (
     UPDATE billing_creditnoteline c SET statement_id = s.id
     FROM credits cr JOIN statements s ON s.provider_id = cr.provider_id
     WHERE c.id = cr.id
+), carried AS (
+    UPDATE billing_payoutstatement p SET status = %(carried)s, carried_into_id = s.id
+    FROM owed o JOIN statements s ON s.provider_id = o.provider_id
+    WHERE p.id = o.id
 )
 SELECT COUNT(*) FROM statements
 """
@@ -270,7 +282,14 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
         cursor.execute(_LINES)
         cursor.execute(_POST, {"kind": LedgerTransaction.Kind.INVOICE, "now": now, **legs})
         cursor.execute(
-            _STATEMENTS, {"period": period, "stamp": stamp, "now": now, "issued": PayoutStatement.Status.ISSUED}
+            _STATEMENTS,
+            {
+                "period": period,
+                "stamp": stamp,
+                "now": now,
+                "issued": PayoutStatement.Status.ISSUED,
+                "carried": PayoutStatement.Status.CARRIED,
+            },
         )
         statements = cursor.fetchone()[0]
         cursor.execute("DROP TABLE billing_close_line, billing_close_invoice")

@@ -239,19 +239,29 @@ class Payment(models.Model):
 
 
 class PayoutStatement(models.Model):
-    """What a provider earned in a month: gross, the platform's fee, and net."""
+    """What a provider earned in a month: gross, the platform's fee, and net.
+
+    Net is gross - fee plus ``carried_in``: the negative nets of earlier statements (credit
+    notes larger than the sales of their month), which are not paid but deducted here. A
+    statement whose net is negative is never paid; the next close carries it.
+    """
 
     class Status(models.TextChoices):
         ISSUED = "issued", "Issued"  # computed at the close; the payout is due
         PAID = "paid", "Paid"  # the payout was sent
+        CARRIED = "carried", "Carried forward"  # negative net, deducted by a later statement
 
     provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="payout_statements")
     period = models.DateField()
     number = models.CharField(max_length=32, unique=True)
     gross = AmountField()
     fee = AmountField()
+    carried_in = AmountField(default=0, help_text="Negative nets of earlier statements deducted here.")
     net = AmountField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ISSUED)
+    carried_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="carried_from"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     paid_at = models.DateTimeField(null=True, blank=True)
 
@@ -259,11 +269,20 @@ class PayoutStatement(models.Model):
         ordering = ["-period", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["provider", "period"], name="payout_one_per_provider_period"),
-            # Exactly gross = fee + net for cent amounts; written as a half-cent band because
-            # SQLite (embedded mode) compares decimals through floating point.
+            # Exactly net = gross - fee + carried_in for cent amounts; written as a half-cent
+            # band because SQLite (embedded mode) compares decimals through floating point.
             models.CheckConstraint(
-                condition=Q(gross__gt=F("fee") + F("net") - HALF_CENT, gross__lt=F("fee") + F("net") + HALF_CENT),
-                name="payout_gross_is_fee_plus_net",
+                condition=Q(
+                    net__gt=F("gross") - F("fee") + F("carried_in") - HALF_CENT,
+                    net__lt=F("gross") - F("fee") + F("carried_in") + HALF_CENT,
+                ),
+                name="payout_net_is_gross_less_fee_and_carried",
+            ),
+            models.CheckConstraint(condition=Q(carried_in__lte=0), name="payout_carried_in_non_positive"),
+            models.CheckConstraint(
+                condition=Q(status="carried", carried_into__isnull=False, net__lt=0)
+                | (~Q(status="carried") & Q(carried_into__isnull=True)),
+                name="payout_carried_has_target",
             ),
         ]
 

@@ -468,9 +468,11 @@ def _issue_invoices(period: date, lines: list[RatedLine]) -> int:
 
 def _issue_statements(period: date, lines: list[RatedLine]) -> int:
     """Each provider's gross, fee and net for the month, from the lines issued at this close
-    and the credit notes written since the previous close."""
+    and the credit notes written since the previous close; an earlier statement's negative
+    net is carried into this one."""
     gross: dict[int, Decimal] = defaultdict(lambda: ZERO)
     fee: dict[int, Decimal] = defaultdict(lambda: ZERO)
+    carried: dict[int, Decimal] = defaultdict(lambda: ZERO)
     for line in lines:
         gross[line.provider_id] += line.amount
         fee[line.provider_id] += line.fee_amount
@@ -486,10 +488,19 @@ def _issue_statements(period: date, lines: list[RatedLine]) -> int:
         gross[provider_id] -= amount
         fee[provider_id] -= fee_amount
         credit_ids[provider_id].append(credit_id)
-    if not gross:
+    owed = list(
+        PayoutStatement.objects.select_for_update()
+        .filter(status=PayoutStatement.Status.ISSUED, net__lt=0)
+        .values_list("id", "provider_id", "net")
+    )
+    carried_ids: dict[int, list[int]] = defaultdict(list)
+    for statement_id, provider_id, net in owed:
+        carried[provider_id] += net
+        carried_ids[provider_id].append(statement_id)
+    providers = sorted(gross.keys() | carried.keys())
+    if not providers:
         return 0
-    provider_ids = sorted(gross)
-    numbers = _next_numbers("payout", len(provider_ids))
+    numbers = _next_numbers("payout", len(providers))
     statements = PayoutStatement.objects.bulk_create(
         PayoutStatement(
             provider_id=provider_id,
@@ -497,13 +508,18 @@ def _issue_statements(period: date, lines: list[RatedLine]) -> int:
             number=f"PAY-{period:%Y%m}-{number:06d}",
             gross=gross[provider_id],
             fee=fee[provider_id],
-            net=gross[provider_id] - fee[provider_id],
+            carried_in=carried[provider_id],
+            net=gross[provider_id] - fee[provider_id] + carried[provider_id],
         )
-        for provider_id, number in zip(provider_ids, numbers, strict=True)
+        for provider_id, number in zip(providers, numbers, strict=True)
     )
     by_provider = {statement.provider_id: statement for statement in statements}
     for provider_id, ids in credit_ids.items():
         CreditNoteLine.objects.filter(pk__in=ids).update(statement=by_provider[provider_id])
+    for provider_id, ids in carried_ids.items():
+        PayoutStatement.objects.filter(pk__in=ids).update(
+            status=PayoutStatement.Status.CARRIED, carried_into=by_provider[provider_id]
+        )
     return len(statements)
 
 
@@ -740,6 +756,17 @@ def payout_mark_paid(*, statement: PayoutStatement) -> PayoutStatement:
         statement = PayoutStatement.objects.select_for_update().get(pk=statement.pk)
         if statement.status == PayoutStatement.Status.PAID:
             return statement
+        if statement.status == PayoutStatement.Status.CARRIED:
+            raise InvalidTransition(
+                f"{statement.number} was carried into {statement.carried_into.number}; nothing is paid on it.",
+                code="payout_carried",
+            )
+        if statement.net < 0:
+            raise InvalidTransition(
+                f"{statement.number} has a negative net ({statement.net}): the provider owes it, and the "
+                "next month's statement deducts it.",
+                code="payout_negative",
+            )
         if statement.net > 0:
             legs = {
                 (Account.Kind.PROVIDER_PAYABLE, statement.provider_id): statement.net,

@@ -116,7 +116,20 @@ def _preview_line(line: RatedLine) -> dict:
 
 class PayoutStatementSerializer(serializers.ModelSerializer):
     period = serializers.DateField(format="%Y-%m")
+    carried_into = serializers.SlugRelatedField(slug_field="number", read_only=True)
 
     class Meta:
         model = PayoutStatement
-        fields = ["id", "number", "period", "gross", "fee", "net", "status", "created_at", "paid_at"]
+        fields = [
+            "id",
+            "number",
+            "period",
+            "gross",
+            "fee",
+            "carried_in",
+            "net",
+            "status",
+            "carried_into",
+            "created_at",
+            "paid_at",
+        ]

@@ -55,6 +55,7 @@ from billing.services import (
 )
 from broker.models import Contract
 from broker.services import contract_terminate
+from core.errors import InvalidTransition
 from core.money import ZERO, round_money
 from core.timeutils import HOUR, floor_hour
 from tests.billing.factories import COMMITTED, METERED, contract_create, make_lab, make_provider, record, utc
@@ -299,7 +300,13 @@ class BillingBooks(RuleBasedStateMachine):
         statements = list(PayoutStatement.objects.filter(status=PayoutStatement.Status.ISSUED).order_by("pk"))
         if not statements:
             return
-        statement = payout_mark_paid(statement=data.draw(st.sampled_from(statements), label="statement"))
+        chosen = data.draw(st.sampled_from(statements), label="statement")
+        if chosen.net < 0:  # the provider owes it: never paid, carried into the next statement
+            with pytest.raises(InvalidTransition):
+                payout_mark_paid(statement=chosen)
+            EXERCISED["negative statement refused"] += 1
+            return
+        statement = payout_mark_paid(statement=chosen)
         assert statement.status == PayoutStatement.Status.PAID
 
     # --- Helpers ------------------------------------------------------------------------------
@@ -401,11 +408,20 @@ class BillingBooks(RuleBasedStateMachine):
         ):
             expected[statement_id][0] -= amount
             expected[statement_id][1] -= fee
-        for statement in PayoutStatement.objects.all():
-            assert statement.gross == statement.fee + statement.net, statement
+        statements = {statement.pk: statement for statement in PayoutStatement.objects.all()}
+        for statement in statements.values():
+            assert statement.net == statement.gross - statement.fee + statement.carried_in, statement
             by_lines = expected[(statement.provider_id, statement.period)]
             by_credits = expected[statement.pk]
             assert [statement.gross, statement.fee] == [by_lines[0] + by_credits[0], by_lines[1] + by_credits[1]]
+            # What it carries in is exactly the negative nets of the statements carried into it.
+            carried = [s for s in statements.values() if s.carried_into_id == statement.pk]
+            assert statement.carried_in == sum((s.net for s in carried), ZERO), statement
+            assert all(s.status == PayoutStatement.Status.CARRIED and s.net < 0 for s in carried)
+            if statement.status == PayoutStatement.Status.PAID:
+                assert statement.net >= 0, statement
+            if statement.carried_in:
+                EXERCISED["negative net carried forward"] += 1
 
         # No contract-month is billed beyond its capacity, nor (metered) beyond what was reported.
         contracts = {c.pk: c for c in self.contracts}  # released_at is kept up to date
@@ -516,6 +532,8 @@ TALLIED = [
     "payout sent",
     "early release",
     "three months closed",
+    "negative statement refused",
+    "negative net carried forward",
 ]
 
 
@@ -524,7 +542,7 @@ def test_the_books_stay_right_whatever_happens(db):
     run_state_machine_as_test(
         BillingBooks,
         settings=settings(
-            max_examples=25,
+            max_examples=50,
             stateful_step_count=20,
             deadline=None,
             database=None,
