@@ -193,3 +193,60 @@ def test_a_credit_note_written_during_a_close_is_deducted_exactly_once():
     close(NOVEMBER)
     deducted = sum(PayoutStatement.objects.values_list("gross", flat=True), D(0))
     assert deducted == D("128.00") - D("15.00")
+
+
+class TestNegativeNet:
+    """Credits larger than a month's sales: the provider owes; the next statement deducts it."""
+
+    def test_a_negative_net_is_carried_into_the_next_statement(self, db):
+        from billing.services import payout_mark_paid
+        from core.errors import InvalidTransition
+
+        provider, lab = make_provider("Owing Provider"), make_lab("Refunded Lab")
+        contract_create(lab=lab, provider=provider, starts_at=utc(2026, 9, 10), hours=4, price="2.0000")  # 64.00
+        close(SEPTEMBER)
+        september = PayoutStatement.objects.get(period=SEPTEMBER)
+        assert (september.gross, september.fee, september.net) == (D("64.00"), D("3.20"), D("60.80"))
+        payout_mark_paid(statement=september)
+        credit_note_create(invoice=invoice_of(lab, SEPTEMBER), reason="outage refund", amount=D("64.00"))
+        close(OCTOBER)  # no sales in October: the credit is all there is
+        october = PayoutStatement.objects.get(period=OCTOBER)
+        assert (october.gross, october.fee, october.carried_in, october.net) == (
+            D("-64.00"),
+            D("-3.20"),
+            D("0.00"),
+            D("-60.80"),
+        )
+        with pytest.raises(InvalidTransition, match="negative net"):
+            payout_mark_paid(statement=october)
+        contract_create(lab=lab, provider=provider, starts_at=utc(2026, 11, 10), hours=8, price="2.0000")  # 128.00
+        close(NOVEMBER)
+        november = PayoutStatement.objects.get(period=NOVEMBER)
+        assert (november.gross, november.fee, november.carried_in, november.net) == (
+            D("128.00"),
+            D("6.40"),
+            D("-60.80"),
+            D("60.80"),
+        )
+        october.refresh_from_db()
+        assert (october.status, october.carried_into) == (PayoutStatement.Status.CARRIED, november)
+        with pytest.raises(InvalidTransition, match="carried into"):
+            payout_mark_paid(statement=october)
+        # Paid out over the three months: 60.80 + 60.80 = what was earned net of the refund.
+        payout_mark_paid(statement=november)
+        paid = sum(PayoutStatement.objects.filter(status="paid").values_list("net", flat=True), D(0))
+        assert paid == D("128.00") - D("6.40")
+
+    def test_the_api_shows_what_was_carried(self, provider_client, lab_client):
+        provider, lab = provider_client.organization, lab_client.organization
+        contract_create(lab=lab, provider=provider, starts_at=utc(2026, 9, 10), hours=4, price="2.0000")
+        close(SEPTEMBER)
+        credit_note_create(invoice=invoice_of(lab, SEPTEMBER), reason="refund", amount=D("64.00"))
+        close(OCTOBER)
+        contract_create(lab=lab, provider=provider, starts_at=utc(2026, 11, 10), hours=8, price="2.0000")
+        close(NOVEMBER)
+        rows = {row["period"]: row for row in provider_client.get(URL).json()["results"]}
+        november = PayoutStatement.objects.get(period=NOVEMBER)
+        assert rows["2026-10"]["status"] == "carried"
+        assert rows["2026-10"]["carried_into"] == november.number
+        assert (rows["2026-11"]["carried_in"], rows["2026-11"]["net"]) == ("-60.80", "60.80")
