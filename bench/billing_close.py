@@ -312,13 +312,14 @@ def build_market(rng: random.Random, start: datetime, end: datetime) -> dict:
     )
     copy_rows(
         "broker_allocation",
-        ["id", "contract_id", "listing_node_id", "node_id", "starts_at", "ends_at"],
+        ["id", "contract_id", "listing_node_id", "node_id", "listing_id", "starts_at", "ends_at"],
         (
             (
                 listing_node_ids[(c.id, node_id)],
                 c.id,
                 listing_node_ids[(c.id, node_id)],
                 node_id,
+                c.id,  # each contract has a listing of its own, with the same id
                 c.starts_at,
                 c.service_end,
             )
@@ -412,6 +413,8 @@ def load_usage(rng: random.Random, contracts: list[PlannedContract], period: dat
             loaded += n
     with connection.cursor() as cursor:
         cursor.execute("RESET session_replication_role")
+        # Replica mode skipped the trigger that keeps the usage totals: build them as it would.
+        cursor.execute("SELECT billing_usage_totals_rebuild()")
         cursor.execute(
             "SELECT count(*) FROM billing_usagerecord u LEFT JOIN broker_contract c ON c.id = u.contract_id "
             "LEFT JOIN marketplace_node n ON n.id = u.node_id WHERE c.id IS NULL OR n.id IS NULL "

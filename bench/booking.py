@@ -253,7 +253,8 @@ def oversold() -> bool:
         double_sold = cursor.fetchone()[0]
         cursor.execute(
             """SELECT count(*) FROM broker_allocation a JOIN marketplace_listingnode ln ON ln.id = a.listing_node_id
-               JOIN broker_contract c ON c.id = a.contract_id WHERE ln.listing_id <> c.listing_id"""
+               JOIN broker_contract c ON c.id = a.contract_id
+               WHERE ln.listing_id <> c.listing_id OR a.listing_id <> c.listing_id"""
         )
         foreign = cursor.fetchone()[0]
     return bool(double_sold or foreign)

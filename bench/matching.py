@@ -192,13 +192,14 @@ OVERSELL_CHECKS = {
             GROUP BY c.listing_id, hour
         ) sold JOIN marketplace_listing l ON l.id = sold.listing_id
         WHERE sold.allocated > l.node_count""",
-    # (b') an allocation through another listing's node, or outside its listing's window
+    # (b') an allocation through another listing's node, naming another listing, or outside its
+    # listing's window
     "allocation_outside_listing": """
         SELECT count(*) FROM broker_allocation a
         JOIN broker_contract c ON c.id = a.contract_id
         JOIN marketplace_listingnode ln ON ln.id = a.listing_node_id
         JOIN marketplace_listing l ON l.id = c.listing_id
-        WHERE ln.listing_id <> c.listing_id OR ln.node_id <> a.node_id
+        WHERE ln.listing_id <> c.listing_id OR ln.node_id <> a.node_id OR a.listing_id <> c.listing_id
            OR a.starts_at < l.starts_at OR a.ends_at > l.ends_at""",
     # (c) a filled request whose contracts do not add up to its GPUs
     "filled_request_gpu_mismatch": """

@@ -263,13 +263,21 @@ def build_market(rng: random.Random) -> None:
                 contracts.append(contract)
                 for position in range(first, first + node_count):
                     allocations.append(
-                        (len(allocations) + 1, contract.pk, bindings[position], listed[position], starts_at, ends_at)
+                        (
+                            len(allocations) + 1,
+                            contract.pk,
+                            bindings[position],
+                            listed[position],
+                            listing.pk,
+                            starts_at,
+                            ends_at,
+                        )
                     )
         copy_objects(Contract, contracts)
         log(f"{len(contracts)} contracts written")
         copy_rows(
             Allocation._meta.db_table,
-            ["id", "contract_id", "listing_node_id", "node_id", "starts_at", "ends_at"],
+            ["id", "contract_id", "listing_node_id", "node_id", "listing_id", "starts_at", "ends_at"],
             allocations,
         )
         with connection.cursor() as cursor:

@@ -408,7 +408,9 @@ _CONTRACT_COPY = (
     "COPY broker_contract (id, request_id, listing_id, lab_id, provider_id, cluster_id, gpu_count, node_count, "
     "starts_at, ends_at, price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at) FROM STDIN"
 )
-_ALLOCATION_COPY = "COPY broker_allocation (contract_id, listing_node_id, node_id, starts_at, ends_at) FROM STDIN"
+_ALLOCATION_COPY = (
+    "COPY broker_allocation (contract_id, listing_node_id, node_id, listing_id, starts_at, ends_at) FROM STDIN"
+)
 
 
 def _write_fills(fills: list[Fill]) -> None:
@@ -463,7 +465,7 @@ def _copy_contracts(contracts, now) -> None:
                      total, Contract.Status.SCHEDULED, "", now)
                 )  # fmt: skip
                 allocations.extend(
-                    (contract_id, listing_node_id, node_id, request.starts_at, request.ends_at)
+                    (contract_id, listing_node_id, node_id, listing.id, request.starts_at, request.ends_at)
                     for listing_node_id, node_id in nodes
                 )
         with cursor.copy(_ALLOCATION_COPY) as copy:
@@ -498,6 +500,7 @@ def _bulk_create_contracts(contracts) -> None:
                 contract_id=row.pk,
                 listing_node_id=listing_node_id,
                 node_id=node_id,
+                listing_id=row.listing_id,
                 starts_at=row.starts_at,
                 ends_at=row.ends_at,
             )

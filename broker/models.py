@@ -106,7 +106,7 @@ class Contract(models.Model):
             models.Index(fields=["provider", "-created_at"]),
             models.Index(fields=["status", "starts_at"]),
             models.Index(fields=["status", "ends_at"]),
-            models.Index(fields=["listing", "starts_at"]),  # a listing's sales in a window (search)
+            models.Index(fields=["listing", "starts_at"]),  # a listing's contracts (its key has no index of its own)
         ]
 
     def __str__(self) -> str:
@@ -118,7 +118,8 @@ class Allocation(models.Model):
 
     PostgreSQL refuses two allocations of one node for overlapping hours (an exclusion
     constraint), and refuses an allocation whose node is not the node its listing reserved
-    (a composite foreign key), so capacity cannot be sold twice whatever the code does.
+    (a composite foreign key), so capacity cannot be sold twice whatever the code does. A
+    second composite key keeps its listing that of its listing node, which search relies on.
     """
 
     # (contract, node) is unique and (node, starts_at) indexed: no single-column indexes.
@@ -131,6 +132,12 @@ class Allocation(models.Model):
     node = models.ForeignKey(
         Node, on_delete=models.PROTECT, related_name="allocations", db_index=False, db_constraint=False
     )
+    # The listing of its listing node, kept here so search counts a listing's sold nodes from
+    # one index. On PostgreSQL the composite key (listing_node, listing) -> listing node
+    # (id, listing) holds it to that listing (migration 0005).
+    listing = models.ForeignKey(
+        Listing, on_delete=models.PROTECT, related_name="allocations", db_index=False, db_constraint=False
+    )
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
 
@@ -140,7 +147,13 @@ class Allocation(models.Model):
             models.CheckConstraint(condition=Q(ends_at__gte=F("starts_at")), name="allocation_window_valid"),
             models.UniqueConstraint(fields=["contract", "node"], name="allocation_node_once_per_contract"),
         ]
-        indexes = [models.Index(fields=["node", "starts_at"])]
+        indexes = [
+            models.Index(fields=["node", "starts_at"]),
+            # A listing's nodes sold in a window (search), read from the index alone. Led by the
+            # end, so sales that ended before the window (a listing's past) are not read. Plain
+            # key columns rather than INCLUDE: SQLite has no INCLUDE, and gets the same index.
+            models.Index(fields=["listing", "ends_at", "starts_at", "listing_node"], name="allocation_listing_sold"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.node_id} for contract {self.contract_id}"

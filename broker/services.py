@@ -231,6 +231,7 @@ def _book_with_orm(booking: _Booking) -> Contract:
             contract=contract,
             listing_node_id=ln_id,
             node_id=node_id,
+            listing_id=listing.pk,
             starts_at=booking.starts_at,
             ends_at=booking.ends_at,
         )
@@ -281,8 +282,8 @@ WITH terms AS (
     FROM allowed WHERE (SELECT COUNT(*) FROM free) = %(gpus)s / gpus_per_node
     RETURNING id
 ), allocations AS (
-    INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, starts_at, ends_at)
-    SELECT contract.id, free.id, free.node_id, %(starts_at)s::timestamptz, %(ends_at)s::timestamptz
+    INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, listing_id, starts_at, ends_at)
+    SELECT contract.id, free.id, free.node_id, %(listing)s, %(starts_at)s::timestamptz, %(ends_at)s::timestamptz
     FROM contract, free
 ), bump AS (
     UPDATE marketplace_listing SET inventory_version = inventory_version + 1

@@ -103,7 +103,15 @@ def _past_contract(*, cluster: Cluster, lab: Organization, nodes: int, hours: in
         status=Contract.Status.COMPLETED,
     )
     Allocation.objects.bulk_create(
-        Allocation(contract=contract, listing_node=b, node_id=b.node_id, starts_at=start, ends_at=end) for b in bindings
+        Allocation(
+            contract=contract,
+            listing_node=b,
+            node_id=b.node_id,
+            listing_id=b.listing_id,
+            starts_at=start,
+            ends_at=end,
+        )
+        for b in bindings
     )
     return contract
 

@@ -105,12 +105,15 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
     listings (``provider_id``) are all listed, with 0 available where the window is not theirs.
 
     ``available_nodes`` = ``node_count`` minus the listing's reserved nodes that are out of
-    service or sold for an hour of the window. Sales are found through the contracts of the
-    candidate listings that overlap the window, so the work follows what is sold in the
-    window, not the size of the clusters. Two queries whatever the number of listings or
-    results: one computes the page and the total together, one loads its rows.
+    service or sold for an hour of the window. A listing's sold nodes are counted in one range
+    of an index of its allocations (they carry their listing), so the work follows what is
+    sold in the window, not the size of the clusters. Reserved nodes out of service are found
+    from the few nodes out of service; only those not sold in the window are subtracted
+    again, so a node both sold and out of service counts once. Two queries whatever the
+    number of listings or results: one computes the page and the total together, one loads
+    its rows.
     """
-    from broker.models import Allocation, Contract
+    from broker.models import Allocation
 
     adapt = connection.ops.adapt_datetimefield_value
     now_hour = current_hour()
@@ -186,12 +189,27 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
         "org": Organization._meta.db_table,
         "listing_node": ListingNode._meta.db_table,
         "node": Node._meta.db_table,
-        "contract": Contract._meta.db_table,
         "allocation": Allocation._meta.db_table,
     }
+    # A listing's nodes sold for an hour of its window: one range of the allocations' index.
+    sold_nodes = f"""
+        SELECT COUNT(DISTINCT a.listing_node_id) AS nodes FROM {tables["allocation"]} a
+        WHERE a.listing_id = w.id AND a.ends_at > w.ws AND a.starts_at < w.we AND a.ends_at > a.starts_at
+    """  # noqa: S608
+    if connection.vendor == "postgresql":
+        # Counted once per listing in a lateral join; a scalar subquery would be run again by
+        # each condition on available_nodes.
+        sold_join, sold_count = f"CROSS JOIN LATERAL ({sold_nodes}) sold", "sold.nodes"
+        # Plan fences. OFFSET 0: start from the few nodes out of service, never from every node
+        # the candidates reserved. MATERIALIZED: join the candidates to those before the window
+        # conditions apply; pushed into that join, they make the planner expect a handful of
+        # candidates and loop over the out-of-service rows once for each.
+        fence, materialized = "OFFSET 0", "MATERIALIZED"
+    else:  # SQLite has no lateral joins
+        sold_join, sold_count, fence, materialized = "", f"({sold_nodes})", "", ""
     # Only table names and placeholders are interpolated; every value is a parameter.
     sql = f"""
-        WITH windows AS (
+        WITH candidates AS (
             SELECT l.id, l.price_per_gpu_hour, l.starts_at, l.ends_at, l.node_count, l.status,
                    l.min_duration_hours, c.gpus_per_node, {window_start} AS ws, {window_end} AS we
             FROM {tables["listing"]} l
@@ -199,24 +217,33 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
             JOIN {tables["model"]} gm ON gm.id = c.gpu_model_id
             JOIN {tables["org"]} o ON o.id = l.provider_id
             WHERE {where}
-        ), blocked AS (
-            SELECT ct.listing_id, a.listing_node_id
-            FROM windows w
-            JOIN {tables["contract"]} ct ON ct.listing_id = w.id AND ct.starts_at < w.we AND ct.ends_at > w.ws
-            JOIN {tables["allocation"]} a ON a.contract_id = ct.id
-                 AND a.starts_at < w.we AND a.ends_at > w.ws AND a.ends_at > a.starts_at
-            UNION
-            SELECT ln.listing_id, ln.id
-            FROM {tables["node"]} n
-            JOIN {tables["listing_node"]} ln ON ln.node_id = n.id AND NOT ln.released
-            JOIN windows w ON w.id = ln.listing_id
-            WHERE n.status <> %s
+        ), out_of_service AS (
+            -- The candidates' reserved nodes out of service and not sold in the window (those
+            -- sold are counted with the sales). The EXISTS sits in the select list so that it
+            -- stays one index probe per node, never an anti-join over all allocations.
+            SELECT ln.listing_id, SUM(CASE WHEN EXISTS (
+                       SELECT 1 FROM {tables["allocation"]} a
+                       WHERE a.listing_node_id = ln.id AND a.starts_at < w.we AND a.ends_at > w.ws
+                         AND a.ends_at > a.starts_at
+                   ) THEN 0 ELSE 1 END) AS nodes
+            FROM (
+                SELECT ln.listing_id, ln.id
+                FROM {tables["node"]} n
+                JOIN {tables["listing_node"]} ln ON ln.node_id = n.id AND NOT ln.released
+                WHERE n.status <> %s
+                {fence}
+            ) ln
+            JOIN candidates w ON w.id = ln.listing_id
+            GROUP BY ln.listing_id
+        ), windows AS {materialized} (
+            SELECT w.*, COALESCE(oos.nodes, 0) AS out_of_service
+            FROM candidates w
+            LEFT JOIN out_of_service oos ON oos.listing_id = w.id
         ), counted AS (
             SELECT w.*, CASE WHEN w.status = %s OR NOT {covers} THEN 0
-                             ELSE w.node_count - COALESCE(b.blocked_nodes, 0) END AS available_nodes
+                             ELSE w.node_count - w.out_of_service - {sold_count} END AS available_nodes
             FROM windows w
-            LEFT JOIN (SELECT listing_id, COUNT(*) AS blocked_nodes FROM blocked GROUP BY listing_id) b
-                   ON b.listing_id = w.id
+            {sold_join}
         )
         SELECT w.id, w.available_nodes, COUNT(*) OVER ()
         FROM counted w

@@ -162,9 +162,9 @@ def oversell_violations() -> list[str]:
     """Every double sale the database holds; ``[]`` when capacity was sold at most once.
 
     Checks that no node is in two allocations for overlapping hours, that for every listing
-    and every hour its allocations do not exceed its node_count, that an allocation's node is
-    the node its listing reserved, inside that listing's window, and that a contract's
-    allocations match its node_count.
+    and every hour its allocations do not exceed its node_count, that an allocation's node and
+    listing are the ones its reservation names, inside that listing's window, and that a
+    contract's allocations match its node_count.
     """
     problems: list[str] = []
     rows = Allocation.objects.filter(ends_at__gt=F("starts_at")).values_list(
@@ -172,6 +172,7 @@ def oversell_violations() -> list[str]:
         "node_id",
         "starts_at",
         "ends_at",
+        "listing_id",
         "contract__listing_id",
         "listing_node__node_id",
         "listing_node__listing_id",
@@ -187,6 +188,7 @@ def oversell_violations() -> list[str]:
         node_id,
         starts_at,
         ends_at,
+        listing_id,
         contract_listing_id,
         reserved_node_id,
         reserved_listing_id,
@@ -198,6 +200,10 @@ def oversell_violations() -> list[str]:
             problems.append(f"allocation {allocation_id}: node {node_id} is not its reservation's {reserved_node_id}")
         if contract_listing_id != reserved_listing_id:
             problems.append(f"allocation {allocation_id}: reservation of another listing")
+        if listing_id != reserved_listing_id:
+            problems.append(
+                f"allocation {allocation_id}: listing {listing_id} is not its reservation's {reserved_listing_id}"
+            )
         if starts_at < listing_starts or ends_at > listing_ends:
             problems.append(f"allocation {allocation_id}: outside its listing's window")
         by_node[node_id].append((starts_at, ends_at, allocation_id))

@@ -49,6 +49,7 @@ def test_books_and_answers_201_with_the_contract(lab_client, listing):
     assert data["status"] == "scheduled"
     assert data["nodes"] == ["h-1", "h-2"]  # the listing reserved these two, not h-3
     assert Allocation.objects.filter(contract_id=data["id"]).count() == 2
+    assert set(Allocation.objects.filter(contract_id=data["id"]).values_list("listing_id", flat=True)) == {listing.pk}
     assert lab_client.get(f"/api/v1/contracts/{data['id']}").status_code == 200
 
 

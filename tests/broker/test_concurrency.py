@@ -150,7 +150,7 @@ def test_bookings_of_different_listings_on_shared_nodes_do_not_collide(lab_clien
 @requires_postgres
 @pytest.mark.django_db
 class TestDatabaseRefusesDoubleSale:
-    """The constraints of broker/migrations/0002, whatever the services do."""
+    """The constraints of broker/migrations/0002 and 0005, whatever the services do."""
 
     @pytest.fixture
     def sold(self):
@@ -164,9 +164,14 @@ class TestDatabaseRefusesDoubleSale:
         contract.save()
         return contract
 
-    def allocate(self, contract, binding: ListingNode, node: Node, starts_at, ends_at) -> Allocation:
+    def allocate(self, contract, binding: ListingNode, node: Node, starts_at, ends_at, listing=None) -> Allocation:
         return Allocation.objects.create(
-            contract=contract, listing_node=binding, node=node, starts_at=starts_at, ends_at=ends_at
+            contract=contract,
+            listing_node=binding,
+            node=node,
+            listing=listing or binding.listing,
+            starts_at=starts_at,
+            ends_at=ends_at,
         )
 
     def test_overlapping_allocation_of_a_node_is_refused(self, sold):
@@ -202,6 +207,17 @@ class TestDatabaseRefusesDoubleSale:
             with connection.cursor() as cursor:
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
+    def test_allocation_naming_another_listing_than_its_reservation_is_refused(self, sold):
+        """Search counts a listing's sales by the allocation's listing: it must be its reservation's."""
+        contract, allocation = sold
+        other = ListingFactory(cluster=contract.cluster, node_count=1, starts_at=hour(1))
+        for binding, listing in ((allocation.listing_node, other), (other.listing_nodes.get(), contract.listing)):
+            with pytest.raises(IntegrityError, match="allocation_listing_is_listing_nodes"), transaction.atomic():
+                self.allocate(self.second_contract(contract), binding, binding.node, hour(10), hour(12), listing)
+                with connection.cursor() as cursor:
+                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        assert Allocation.objects.get() == allocation
+
 
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
@@ -213,6 +229,11 @@ def test_foreign_node_allocation_fails_at_commit():
     stranger = Node.objects.filter(cluster=listing.cluster).exclude(listing_nodes__listing=listing).get()
     with pytest.raises(IntegrityError, match="allocation_node_is_listing_node"), transaction.atomic():
         Allocation.objects.create(
-            contract=contract, listing_node=binding, node=stranger, starts_at=hour(10), ends_at=hour(12)
+            contract=contract,
+            listing_node=binding,
+            node=stranger,
+            listing=listing,
+            starts_at=hour(10),
+            ends_at=hour(12),
         )
     assert not Allocation.objects.filter(node=stranger).exists()

@@ -135,7 +135,12 @@ def sell(listing: Listing, node_count: int, starts_at: datetime, ends_at: dateti
         )
         Allocation.objects.bulk_create(
             Allocation(
-                contract=contract, listing_node=binding, node_id=binding.node_id, starts_at=starts_at, ends_at=ends_at
+                contract=contract,
+                listing_node=binding,
+                node_id=binding.node_id,
+                listing=listing,
+                starts_at=starts_at,
+                ends_at=ends_at,
             )
             for binding in free
         )

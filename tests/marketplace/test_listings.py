@@ -484,6 +484,7 @@ class TestDatabaseInvariants:
                 contract=second,
                 listing_node_id=allocation.listing_node_id,
                 node_id=allocation.node_id,
+                listing=listing,
                 starts_at=hour(4),
                 ends_at=hour(8),
             )
@@ -492,6 +493,7 @@ class TestDatabaseInvariants:
             contract=second,
             listing_node_id=allocation.listing_node_id,
             node_id=allocation.node_id,
+            listing=listing,
             starts_at=hour(5),
             ends_at=hour(8),
         )
@@ -499,6 +501,7 @@ class TestDatabaseInvariants:
             contract=bare_contract(listing, lab_client.organization),
             listing_node_id=allocation.listing_node_id,
             node_id=allocation.node_id,
+            listing=listing,
             starts_at=hour(2),
             ends_at=hour(2),
         )
@@ -512,7 +515,12 @@ class TestDatabaseInvariants:
             with connection.cursor() as cursor:
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             Allocation.objects.create(
-                contract=contract, listing_node=binding, node=other_node, starts_at=hour(10), ends_at=hour(11)
+                contract=contract,
+                listing_node=binding,
+                node=other_node,
+                listing=listing,
+                starts_at=hour(10),
+                ends_at=hour(11),
             )
 
 

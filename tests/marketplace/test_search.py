@@ -1,14 +1,17 @@
 """Availability search through the API: every filter, what sold capacity does, visibility,
 ordering, pagination and a constant number of queries."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import time_machine
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
-from marketplace.models import Interconnect, Listing
+from broker.models import Allocation
+from marketplace.models import BillingMode, Interconnect, Listing, Node
 from marketplace.services import organization_set_status
 from tests.conftest import assert_error
 from tests.marketplace.factories import (
@@ -268,6 +271,66 @@ class TestSoldCapacity:
         contract_cancel(contract=contract, reason="lab asked before the start")
         assert {(a.starts_at, a.ends_at) for a in contract.allocations.all()} == {(hour(10), hour(10))}
         assert availability(lab_client, starts_at=hour(1), ends_at=hour(25)) == {offer.pk: 2}
+        # Out of service, such a node is blocked as out of service, not taken for sold.
+        Node.objects.filter(pk=contract.allocations.first().node_id).update(status=Node.Status.MAINTENANCE)
+        assert availability(lab_client, starts_at=hour(1), ends_at=hour(25)) == {offer.pk: 1}
+
+    def test_a_node_sold_twice_in_the_window_counts_once(self, lab_client):
+        offer = listing(node_count=3)
+        first = sell(offer, 1, hour(2), hour(4), lab_client.organization)
+        second = sell(offer, 1, hour(6), hour(8), lab_client.organization)
+        assert first.allocations.get().node_id == second.allocations.get().node_id
+        assert availability(lab_client, starts_at=hour(1), ends_at=hour(25)) == {offer.pk: 2}
+        assert availability(lab_client) == {offer.pk: 2}
+        assert availability(lab_client, min_gpus=16) == {offer.pk: 2}
+        assert found(lab_client, min_gpus=17) == []
+
+    def test_sales_outside_the_window_do_not_count(self, lab_client):
+        """Windows are half-open: a sale ending when the window starts, or starting when it ends, is outside."""
+        offer = listing(node_count=3)
+        sell(offer, 1, hour(2), hour(5), lab_client.organization)
+        sell(offer, 2, hour(10), hour(14), lab_client.organization)
+        sell(offer, 1, hour(20), hour(25), lab_client.organization)
+        assert availability(lab_client, starts_at=hour(1), ends_at=hour(2)) == {offer.pk: 3}
+        assert availability(lab_client, starts_at=hour(5), ends_at=hour(10)) == {offer.pk: 3}
+        assert availability(lab_client, starts_at=hour(14), ends_at=hour(20)) == {offer.pk: 3}
+        assert availability(lab_client, starts_at=hour(4), ends_at=hour(11)) == {offer.pk: 1}
+        assert availability(lab_client, starts_at=hour(13), ends_at=hour(21)) == {offer.pk: 1}
+
+    def test_a_node_sold_and_out_of_service_counts_once(self, lab_client):
+        """A sold node that fails (its status set directly, as an operator would) is blocked once, not twice."""
+        offer = listing(node_count=4)
+        sold_and_out = sell(offer, 1, hour(2), hour(4), lab_client.organization).allocations.get().node_id
+        later = sell(offer, 2, hour(10), hour(12), lab_client.organization)
+        sold = later.allocations.exclude(node_id=sold_and_out).get().node_id
+        out = offer.listing_nodes.exclude(node_id__in=[sold_and_out, sold]).values_list("node_id", flat=True)[0]
+        Node.objects.filter(pk__in=[sold_and_out, out]).update(status=Node.Status.MAINTENANCE)
+        assert availability(lab_client, starts_at=hour(1), ends_at=hour(25)) == {offer.pk: 1}
+        assert availability(lab_client, starts_at=hour(1), ends_at=hour(5)) == {offer.pk: 2}
+        assert availability(lab_client, starts_at=hour(5), ends_at=hour(10)) == {offer.pk: 2}
+        assert availability(lab_client) == {offer.pk: 1}
+
+    def test_nodes_released_early_are_free_from_the_release(self, lab_client, frozen_time):
+        """A terminated metered contract holds its nodes until the release hour only."""
+        from broker.services import contract_terminate
+
+        offer = listing(node_count=2, billing_mode=BillingMode.METERED)
+        contract = sell(offer, 2, hour(1), hour(10), lab_client.organization)
+        frozen_time.move_to(hour(3) + timedelta(minutes=20))
+        contract_terminate(contract=contract, lab=lab_client.organization)
+        assert {(a.starts_at, a.ends_at) for a in contract.allocations.all()} == {(hour(1), hour(4))}
+        assert availability(lab_client, starts_at=hour(4), ends_at=hour(10)) == {offer.pk: 2}
+        assert found(lab_client, starts_at=hour(3), ends_at=hour(10)) == []
+        assert availability(lab_client) == {}  # the rest of its window starts at hour 3, still sold
+        assert availability(lab_client, starts_at=hour(4)) == {offer.pk: 2}
+
+    def test_each_listing_counts_only_its_own_sales(self, lab_client):
+        """Search counts a listing's sales by the allocations' own listing: each names its reservation's."""
+        first, second, third = listing(node_count=2), listing(node_count=2), listing(node_count=2)
+        sell(second, 1, hour(2), hour(4), lab_client.organization)
+        sell(first, 2, hour(2), hour(4), lab_client.organization)
+        assert not Allocation.objects.exclude(listing_id=F("listing_node__listing_id")).exists()
+        assert availability(lab_client, starts_at=hour(2), ends_at=hour(4)) == {second.pk: 1, third.pk: 2}
 
 
 class TestVisibility:
@@ -431,9 +494,18 @@ class TestQueryCount:
         one, body = self._queries(lab_client, page_size=50)
         assert body["count"] == 1
         for index in range(29):
-            listing(
-                price_per_gpu_hour=Decimal("2.0000") + index, cluster=ClusterFactory(region=f"r-{index}", node_count=2)
+            offer = listing(
+                node_count=4,
+                price_per_gpu_hour=Decimal("2.0000") + index,
+                cluster=ClusterFactory(region=f"r-{index}", node_count=4),
             )
+            # Sales, some of them twice on a node, and a node out of service: nothing per listing either.
+            sell(offer, 1, hour(2), hour(4), lab_client.organization)
+            sell(offer, 1 + index % 2, hour(6), hour(8), lab_client.organization)
+            if index % 3 == 0:
+                Node.objects.filter(pk=offer.listing_nodes.order_by("-node_id")[0].node_id).update(
+                    status=Node.Status.MAINTENANCE
+                )
         thirty, body = self._queries(lab_client, page_size=50)
         assert body["count"] == 30
         assert len(body["results"]) == 30
