@@ -89,10 +89,10 @@ WITH usage_sums AS (
     WHERE e.numerator > 0
 )
 SELECT part, lab_id, id AS contract_id, provider_id, kind, service_period,
-       format('Contract %%s: %%s x %%s, %%s %%s', id, gpu_count, gpu_model,
-              CASE kind WHEN %(committed)s THEN 'committed' WHEN %(metered)s THEN 'metered usage'
-                        ELSE 'late usage for' END,
-              to_char(service_period, 'YYYY-MM')) AS description,
+       'Contract ' || id || ': ' || gpu_count || ' x ' || gpu_model || ', '
+           || CASE kind WHEN %(committed)s THEN 'committed ' || %(month)s
+                        WHEN %(metered)s THEN 'metered usage ' || %(month)s
+                        ELSE 'late usage for ' || to_char(service_period, 'YYYY-MM') END AS description,
        numerator / denominator AS quantity, price AS unit_price, amount, fee_rate,
        round(amount * fee_rate, 2) AS fee_amount
 FROM priced
@@ -249,6 +249,7 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
                 "committed_mode": BillingMode.COMMITTED,
                 "metered_mode": BillingMode.METERED,
                 "default_fee_rate": settings.PLATFORM_FEE_RATE,
+                "month": f"{period:%Y-%m}",
             },
         )
         legs = {
@@ -256,7 +257,10 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
             "payable": Account.Kind.PROVIDER_PAYABLE,
             "revenue": Account.Kind.PLATFORM_REVENUE,
         }
-        cursor.execute("ANALYZE billing_close_line")  # a temporary table has no statistics until analyzed
+        # A temporary table has no statistics until analyzed; sizes and a few common values
+        # are all the later joins need, so a small sample does.
+        cursor.execute("SET LOCAL default_statistics_target = 10")
+        cursor.execute("ANALYZE billing_close_line")
         cursor.execute(_ENSURE_ACCOUNTS, legs)
         for name in ("invoice", "payout"):
             cursor.execute(
@@ -279,6 +283,7 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
         )
         invoices = cursor.rowcount
         cursor.execute("ANALYZE billing_close_invoice")
+        cursor.execute("RESET default_statistics_target")
         cursor.execute(_LINES)
         cursor.execute(_POST, {"kind": LedgerTransaction.Kind.INVOICE, "now": now, **legs})
         cursor.execute(

@@ -149,7 +149,10 @@ class InvoiceLine(models.Model):
     contract = models.ForeignKey(
         Contract, on_delete=models.PROTECT, related_name="invoice_lines", db_index=False, db_constraint=False
     )
-    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+", db_constraint=False)
+    # Checked with the contract (above); nothing reads lines by provider, so not indexed.
+    provider = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     service_period = models.DateField(help_text="The month whose service this line bills.")
     description = models.CharField(max_length=255)
@@ -342,7 +345,8 @@ class LedgerEntry(models.Model):
     """One leg of a transaction: positive is a debit, negative a credit. Legs sum to zero."""
 
     transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT, related_name="entries")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    # (account, transaction) is indexed below: no index on account alone.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries", db_index=False)
     amount = AmountField()
 
     class Meta:
