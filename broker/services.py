@@ -1,9 +1,11 @@
+import weakref
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, ProgrammingError, connection, transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
@@ -295,29 +297,71 @@ SELECT terms.status, terms.provider_status, terms.gpus_per_node, terms.starts_at
 FROM terms"""
 _BOOK_ATTEMPTS = 20
 
+# The statement is prepared once per database session and then run with EXECUTE: planning
+# this statement costs the server more CPU than running it, and from the sixth execution
+# PostgreSQL keeps one generic plan for the session (every lookup in it is by key, so the
+# generic plan is the custom one). Its parameters, in order, with their types:
+_BOOK_PARAMETERS = {
+    "listing": "bigint",
+    "lab": "bigint",
+    "gpus": "integer",
+    "hours": "integer",
+    "starts_at": "timestamptz",
+    "ends_at": "timestamptz",
+    "now": "timestamptz",
+}
+_BOOK_NAME = "broker_listing_book"
+
+
+def _numbered(sql: str, names: Iterable[str]) -> str:
+    for number, name in enumerate(names, start=1):
+        sql = sql.replace(f"%({name})s", f"${number}")
+    return sql
+
+
+_BOOK_PREPARE = f"PREPARE {_BOOK_NAME} ({', '.join(_BOOK_PARAMETERS.values())}) AS {_numbered(_BOOK, _BOOK_PARAMETERS)}"
+_BOOK_EXECUTE = f"EXECUTE {_BOOK_NAME} ({', '.join(['%s'] * len(_BOOK_PARAMETERS))})"
+_INVALID_STATEMENT_NAME = "26000"  # the session lost its prepared statement (DISCARD ALL, DEALLOCATE)
+# The database sessions (psycopg connections) in which the booking statement is prepared.
+# A prepared statement outlives a rolled-back transaction, and dies with its session.
+_book_prepared_in: weakref.WeakSet = weakref.WeakSet()
+
+
+def _execute_book(cursor, params: list) -> None:
+    session = connection.connection
+    if session not in _book_prepared_in:
+        cursor.execute(_BOOK_PREPARE)
+        _book_prepared_in.add(session)
+    cursor.execute(_BOOK_EXECUTE, params)
+
 
 def _book_with_sql(booking: _Booking) -> Contract:
-    params = {
-        "listing": booking.listing_id,
-        "lab": booking.lab.pk,
-        "gpus": booking.gpu_count,
-        "hours": booking.hours,
-        "starts_at": booking.starts_at,
-        "ends_at": booking.ends_at,
-        "now": timezone.now(),
-    }
+    now = timezone.now()
+    params = [
+        booking.listing_id,
+        booking.lab.pk,
+        booking.gpu_count,
+        booking.hours,
+        booking.starts_at,
+        booking.ends_at,
+        now,
+    ]
     for attempt in range(_BOOK_ATTEMPTS):
         try:
             # One statement commits by itself; inside a caller's transaction a savepoint keeps
             # a refused attempt from spoiling that transaction.
             with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-                cursor.execute(_BOOK, params)
+                _execute_book(cursor, params)
                 row = cursor.fetchone()
                 if row is None:
                     raise CapacityUnavailable("This listing is not on offer.")
                 status, provider_status, gpus_per_node, starts, ends, min_hours = row[:6]
                 provider_id, cluster_id, price, mode, found, contract_id = row[6:]
             break
+        except ProgrammingError as error:
+            if getattr(error.__cause__, "sqlstate", None) != _INVALID_STATEMENT_NAME or attempt == _BOOK_ATTEMPTS - 1:
+                raise
+            _book_prepared_in.discard(connection.connection)
         except IntegrityError:
             if attempt == _BOOK_ATTEMPTS - 1:
                 raise CapacityUnavailable("That capacity was just sold.")
@@ -349,7 +393,7 @@ def _book_with_sql(booking: _Booking) -> Contract:
         billing_mode=mode,
         total_amount=total,
         status=Contract.Status.SCHEDULED,
-        created_at=params["now"],
+        created_at=now,
     )
     contract._state.adding = False
     contract._state.db = connection.alias

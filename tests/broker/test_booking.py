@@ -3,12 +3,13 @@
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from broker.models import Allocation, Contract
 from marketplace.models import Listing
 from marketplace.services import listing_update, listing_withdraw, node_set_status, organization_set_status
 from tests.broker.factories import ClusterFactory, ListingFactory, hour, iso, oversell_violations
-from tests.conftest import assert_error
+from tests.conftest import assert_error, requires_postgres
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 
@@ -143,3 +144,16 @@ def test_idempotency_key_replays_the_booking(lab_client, listing):
     assert second["Idempotent-Replayed"] == "true"
     assert second.json()["id"] == first.json()["id"]
     assert Contract.objects.count() == 1
+
+
+@requires_postgres
+def test_booking_survives_losing_its_prepared_statement(lab_client, other_lab_client, listing):
+    # A pooler's DISCARD ALL (or a DEALLOCATE) drops the session's prepared statements; the
+    # booking prepares it again instead of failing.
+    assert post_book(lab_client, listing, gpu_count=8).status_code == 201
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    assert post_book(other_lab_client, listing, gpu_count=8).status_code == 201
+    assert_error(post_book(other_lab_client, listing, gpu_count=8), 409, "capacity_unavailable")
+    assert Contract.objects.count() == 2
+    assert oversell_violations() == []
