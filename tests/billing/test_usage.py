@@ -710,3 +710,19 @@ def test_an_invoice_line_names_its_contracts_own_provider(provider_client, meter
     line.provider = metered_contract.provider
     line.save()
     assert InvoiceLine.objects.count() == 1
+
+
+@requires_postgres
+def test_the_totals_trigger_takes_the_lock_ingestion_and_closes_take(db):
+    """The migration writes the usage lock's key into SQL; it must stay the services' key."""
+    from billing.services import USAGE_LOCK
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT proname, prosrc FROM pg_proc WHERE proname IN "
+            "('billing_usage_total_add', 'billing_usage_totals_rebuild') ORDER BY proname"
+        )
+        functions = cursor.fetchall()
+    assert [name for name, _ in functions] == ["billing_usage_total_add", "billing_usage_totals_rebuild"]
+    for _, source in functions:
+        assert f"({USAGE_LOCK[0]}, {USAGE_LOCK[1]})" in source
