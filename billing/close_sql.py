@@ -4,11 +4,11 @@ The rules are those of ``billing.rating`` (the reference, used by previews and b
 embedded SQLite mode); here they run as a handful of statements over whole sets, so a close
 of 10,000 contracts moves no row through Python:
 
-1. the usage to bill is read from ``UsageTotal`` (usage summed per contract and month as
-   it arrived, and the month whose close bills it) and comes back as three arrays;
-2. the lines are rated into a temporary table (quantity, amount and fee, each amount
-   rounded half-up to cents once: ``round()`` on a non-negative numeric);
-3. accounts and document numbers are reserved, then invoices, lines, ledger transactions
+1. the lines are rated into a temporary table (quantity, amount and fee, each amount
+   rounded half-up to cents once: ``round()`` on a non-negative numeric), the usage to bill
+   read from ``UsageTotal`` (usage summed per contract and month as it arrived, with the
+   month whose close bills it);
+2. accounts and document numbers are reserved, then invoices, lines, ledger transactions
    and their legs (one statement, so the ledger's balance check sees them together), and
    the providers' statements with the credit lines they deduct.
 
@@ -23,15 +23,9 @@ from datetime import date, datetime
 from django.conf import settings
 from django.db import connection
 
-from billing.models import Account, Invoice, InvoiceLine, LedgerTransaction
+from billing.models import Account, Invoice, InvoiceLine, LedgerTransaction, PayoutStatement
 from billing.rating import period_bounds
 from marketplace.models import BillingMode
-
-# The usage this close bills, per (contract, month): kept by a trigger as usage arrives
-# (see UsageTotal), so the close reads one row per contract-month, not every record.
-_USAGE_SUMS = """
-SELECT contract_id, period, gpu_seconds FROM billing_usagetotal WHERE billed_in = %(period)s
-"""
 
 # The lines of the close, in the order the reference rates them: committed blocks by
 # contract, then usage by (month, contract). ``numerator`` / ``denominator`` is the exact
@@ -39,8 +33,9 @@ SELECT contract_id, period, gpu_seconds FROM billing_usagetotal WHERE billed_in 
 _RATE = """
 CREATE TEMPORARY TABLE billing_close_line ON COMMIT DROP AS
 WITH usage_sums AS (
-    SELECT * FROM unnest(%(u_contract)s::bigint[], %(u_period)s::date[], %(u_seconds)s::numeric[])
-        AS u(contract_id, period, seconds)
+    -- The usage this close bills, per (contract, month): kept by a trigger as usage arrives
+    -- (see UsageTotal), so this reads one row per contract-month, not every record.
+    SELECT contract_id, period, gpu_seconds AS seconds FROM billing_usagetotal WHERE billed_in = %(period)s
 ), terms AS (
     SELECT c.id, c.lab_id, c.provider_id, c.billing_mode, c.gpu_count, c.starts_at,
            CASE WHEN c.released_at < c.ends_at THEN c.released_at ELSE c.ends_at END AS service_end,
@@ -226,19 +221,12 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
     The caller holds the usage lock alone, so every committed usage batch is in the totals
     and none is half-written.
     """
-    from billing.models import PayoutStatement
-
     start, end = period_bounds(period)
     stamp = f"{period:%Y%m}"
     with connection.cursor() as cursor:
-        cursor.execute(_USAGE_SUMS, {"period": period})
-        rows = cursor.fetchall()
         cursor.execute(
             _RATE,
             {
-                "u_contract": [row[0] for row in rows],
-                "u_period": [row[1] for row in rows],
-                "u_seconds": [row[2] for row in rows],
                 "start": start,
                 "end": end,
                 "period": period,

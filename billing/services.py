@@ -400,10 +400,11 @@ def _close(period: date) -> CloseResult:
         raise InvalidTransition(f"{latest.period:%Y-%m} is already closed; months close in order.")
     if latest is not None and period != next_month(latest.period):
         raise InvalidTransition(f"Close {next_month(latest.period):%Y-%m} first; months close in order.")
-    first = _first_billable_month()
-    if latest is None and first is not None and first < period:
-        # Skipping it would leave its contracts unbilled for good: later closes bill later months.
-        raise InvalidTransition(f"Close {first:%Y-%m} first; months close in order.")
+    if latest is None:
+        first = _first_billable_month()
+        if first is not None and first < period:
+            # Skipping it would leave its contracts unbilled for good: later closes bill later months.
+            raise InvalidTransition(f"Close {first:%Y-%m} first; months close in order.")
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # Wait for in-flight usage batches; later ones get higher ids than the watermark.
