@@ -631,8 +631,8 @@ def main() -> None:
     from django.db import connection
 
     from billing.models import Invoice, InvoiceLine, PayoutStatement
-    from billing.rating import previous_month
     from billing.services import billing_period_close
+    from core.timeutils import previous_month
 
     rng = random.Random(args.seed)
     period, start, end = last_month(datetime.now(UTC))

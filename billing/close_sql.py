@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection
 
 from billing.models import Account, Invoice, InvoiceLine, LedgerTransaction, PayoutStatement
-from billing.rating import period_bounds
+from core.timeutils import period_bounds
 from marketplace.models import BillingMode
 
 # The lines of the close, in the order the reference rates them: committed blocks by

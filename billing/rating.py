@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -28,44 +28,11 @@ from django.db.models import Q
 from billing.models import Invoice, InvoiceLine, UsageRecord
 from broker.models import Contract
 from core.db import decimal_sums
-from core.errors import InvalidInput
 from core.money import ZERO, round_money
-from core.timeutils import HOUR
+from core.timeutils import HOUR, period_bounds
 from marketplace.models import BillingMode, Organization
 
 SECONDS_PER_HOUR = Decimal(3600)
-
-
-def parse_period(value: str) -> date:
-    """'2026-11' -> date(2026, 11, 1)."""
-    try:
-        year, month = value.split("-")
-        if len(year) != 4 or len(month) != 2 or not value.isascii():
-            raise ValueError
-        period = date(int(year), int(month), 1)
-        period_bounds(period)  # its end must exist too: 9999-12 has none
-        return period
-    except (ValueError, AttributeError):
-        raise InvalidInput("A period is a month, YYYY-MM.", fields={"period": ["Use YYYY-MM, e.g. 2026-11."]})
-
-
-def month_of(moment: datetime) -> date:
-    moment = moment.astimezone(UTC)
-    return date(moment.year, moment.month, 1)
-
-
-def next_month(period: date) -> date:
-    return date(period.year + (period.month == 12), period.month % 12 + 1, 1)
-
-
-def previous_month(period: date) -> date:
-    return date(period.year - (period.month == 1), (period.month - 2) % 12 + 1, 1)
-
-
-def period_bounds(period: date) -> tuple[datetime, datetime]:
-    start = datetime(period.year, period.month, 1, tzinfo=UTC)
-    end_month = next_month(period)
-    return start, datetime(end_month.year, end_month.month, 1, tzinfo=UTC)
 
 
 def fee_rate_for(provider: Organization) -> Decimal:

@@ -28,11 +28,12 @@ from billing.models import (
     PayoutStatement,
     UsageRecord,
 )
-from billing.rating import RatedLine, month_of, next_month, period_bounds, previous_month, rate_period
+from billing.rating import RatedLine, rate_period
 from broker.models import Allocation, Contract
 from core.db import bulk_insert, decimal_sum, decimal_sums
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
+from core.timeutils import month_of, next_month, period_bounds, previous_month
 from marketplace.models import Organization
 
 logger = logging.getLogger(__name__)

@@ -113,6 +113,17 @@ class Contract(models.Model):
         return f"Contract {self.pk}: {self.gpu_count} GPUs {self.starts_at:%Y-%m-%d %H:%M}"
 
 
+class AllocationQuerySet(models.QuerySet):
+    def holding(self) -> "AllocationQuerySet":
+        """Allocations that hold their node for at least an hour: one released before its
+        start (equal bounds, an empty range) holds nothing."""
+        return self.filter(ends_at__gt=F("starts_at"))
+
+    def holding_during(self, starts_at, ends_at) -> "AllocationQuerySet":
+        """Allocations that hold their node for some of [starts_at, ends_at)."""
+        return self.holding().filter(starts_at__lt=ends_at, ends_at__gt=starts_at)
+
+
 class Allocation(models.Model):
     """A node held for a contract over [starts_at, ends_at).
 
@@ -140,6 +151,8 @@ class Allocation(models.Model):
     )
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
+
+    objects = AllocationQuerySet.as_manager()
 
     class Meta:
         constraints = [

@@ -13,11 +13,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import BillingPeriod
-from billing.rating import month_of, period_bounds, previous_month
 from billing.services import billing_period_close, usage_ingest
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.services import compute_request_create, contract_total, listing_book
-from core.timeutils import HOUR, current_hour
+from core.timeutils import HOUR, current_hour, month_of, period_bounds, previous_month
 from marketplace.models import ApiKey, Cluster, GpuModel, Listing, ListingNode, Organization
 from marketplace.services import api_key_create, cluster_create, listing_create, organization_create
 

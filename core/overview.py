@@ -9,10 +9,9 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from billing.models import Invoice, InvoiceLine
-from billing.rating import month_of, period_bounds
 from broker.models import ComputeRequest, Contract
 from core.money import CENT, ZERO
-from core.timeutils import HOUR, floor_hour
+from core.timeutils import HOUR, floor_hour, month_of, period_bounds
 from marketplace.models import GpuModel, Listing
 
 HORIZON = timedelta(days=30)

@@ -1,8 +1,11 @@
-"""Hour arithmetic. The unit of trade is a node-hour on whole UTC hours."""
+"""Hour and month arithmetic. The unit of trade is a node-hour on whole UTC hours; the
+billing period is a calendar month in UTC, named by its first day."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from django.utils import timezone
+
+from core.errors import InvalidInput
 
 HOUR = timedelta(hours=1)
 
@@ -36,3 +39,38 @@ def next_hour() -> datetime:
 
 def hours_between(start: datetime, end: datetime) -> int:
     return int((end - start) // HOUR)
+
+
+# --- Months: a billing period is a calendar month in UTC, named by its first day -------------
+
+
+def parse_period(value: str) -> date:
+    """'2026-11' -> date(2026, 11, 1)."""
+    try:
+        year, month = value.split("-")
+        if len(year) != 4 or len(month) != 2 or not value.isascii():
+            raise ValueError
+        period = date(int(year), int(month), 1)
+        period_bounds(period)  # its end must exist too: 9999-12 has none
+        return period
+    except (ValueError, AttributeError):
+        raise InvalidInput("A period is a month, YYYY-MM.", fields={"period": ["Use YYYY-MM, e.g. 2026-11."]})
+
+
+def month_of(moment: datetime) -> date:
+    moment = moment.astimezone(UTC)
+    return date(moment.year, moment.month, 1)
+
+
+def next_month(period: date) -> date:
+    return date(period.year + (period.month == 12), period.month % 12 + 1, 1)
+
+
+def previous_month(period: date) -> date:
+    return date(period.year - (period.month == 1), (period.month - 2) % 12 + 1, 1)
+
+
+def period_bounds(period: date) -> tuple[datetime, datetime]:
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    end_month = next_month(period)
+    return start, datetime(end_month.year, end_month.month, 1, tzinfo=UTC)

@@ -13,11 +13,11 @@ from billing.api.serializers import (
     UsageIngestResultSerializer,
     UsageRecordSerializer,
 )
-from billing.rating import parse_period
 from billing.selectors import invoice_list, payout_list, usage_list
 from billing.services import billing_period_preview, usage_ingest
 from core.errors import InvalidInput
 from core.money import ZERO
+from core.timeutils import parse_period
 from marketplace.permissions import IsLab, IsProvider
 
 

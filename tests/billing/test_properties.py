@@ -44,7 +44,7 @@ from billing.models import (
     PayoutStatement,
     UsageRecord,
 )
-from billing.rating import month_of, next_month, period_bounds, rate_period
+from billing.rating import rate_period
 from billing.services import (
     billing_period_close,
     credit_note_create,
@@ -57,7 +57,7 @@ from broker.models import Contract
 from broker.services import contract_terminate
 from core.errors import InvalidTransition
 from core.money import ZERO, round_money
-from core.timeutils import HOUR, floor_hour
+from core.timeutils import HOUR, floor_hour, month_of, next_month, period_bounds
 from tests.billing.factories import COMMITTED, METERED, contract_create, make_lab, make_provider, record, utc
 
 pytestmark = pytest.mark.django_db

@@ -11,9 +11,10 @@ import pytest
 import time_machine
 
 from billing.models import Invoice, InvoiceLine
-from billing.rating import parse_period, rate_period
+from billing.rating import rate_period
 from billing.services import usage_ingest
 from core.errors import InvalidInput
+from core.timeutils import parse_period
 from tests.billing.conftest import METERED_START, NODE_NAMES
 from tests.billing.factories import (
     METERED,

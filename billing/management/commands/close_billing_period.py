@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.rating import parse_period
 from billing.services import billing_period_close
 from core.errors import DomainError
+from core.timeutils import parse_period
 
 
 class Command(BaseCommand):
