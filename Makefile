@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gpubroker
+# Tests use this Redis for the real-worker tests when it answers; they skip without it.
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run migrate demo test test-embedded lint check bench worker beat clean
+.PHONY: install run migrate demo test lint check bench worker beat clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,18 +25,14 @@ migrate: install
 demo: migrate
 	$(BIN)/python manage.py seed_demo
 
-## Embedded mode: SQLite file, tasks in-process, API on http://127.0.0.1:8000
-run: demo
+## Embedded mode: a private PostgreSQL under var/ (unless DATABASE_URL is set), tasks
+## in-process; migrates, seeds the demo, serves http://127.0.0.1:8000, stops the server on exit
+run: install
 	$(BIN)/python manage.py run_embedded $(HOST):$(PORT)
 
-## The full suite on real PostgreSQL and Redis
+## The whole suite: on DATABASE_URL if set, else on the embedded PostgreSQL server
 test: install
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		CELERY_TASK_ALWAYS_EAGER=true $(BIN)/pytest $(PYTEST_ARGS)
-
-## The same suite in embedded mode (SQLite, eager tasks)
-test-embedded: install
-	env -u DATABASE_URL -u REDIS_URL CELERY_TASK_ALWAYS_EAGER=true $(BIN)/pytest $(PYTEST_ARGS)
+	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} CELERY_TASK_ALWAYS_EAGER=true $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -109,7 +109,7 @@ class Booker:
     """Books random small windows of random listings as one lab, counting the outcomes."""
 
     def __init__(self, *, lab_index: int, seed: int):
-        from broker.services import listing_book
+        from broker.booking import listing_book
         from core.errors import CapacityUnavailable
         from marketplace.models import Listing, Organization
 

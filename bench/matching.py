@@ -355,7 +355,8 @@ def main() -> None:
 
     setup(default_database="gpubroker_bench_broker", apps=("core", "marketplace", "broker"))
 
-    from broker.matching import segment_match, segments_with_open_requests
+    from broker.matching import segment_match
+    from broker.selectors import segments_with_open_requests
 
     rng = random.Random(args.seed)
     truncate()

@@ -8,15 +8,14 @@ plans fills in memory and writes them in bulk. The database has the last word: a
 exclusion constraint refuses any double sale, in which case the chunk is rolled back and
 retried on freshly loaded state.
 
-Only one matcher runs per segment at a time (a PostgreSQL advisory lock; a process lock on
-SQLite), and a request is written as filled in the same transaction as its contracts, so a
-task delivered twice finds nothing left to do.
+Only one matcher runs per segment at a time (a PostgreSQL advisory lock), and a request is
+written as filled in the same transaction as its contracts, so a task delivered twice finds
+nothing left to do.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from broker.models import Allocation, ComputeRequest, Contract
+from broker.terms import contract_total
 from core.timeutils import HOUR, current_hour
 from marketplace.models import BillingMode, Listing, ListingNode, Node, Organization
 
@@ -35,8 +35,6 @@ logger = logging.getLogger(__name__)
 CHUNK_SIZE = 2000  # requests per transaction; bookers of the segment's listings wait at most one chunk
 ADVISORY_LOCK_NAMESPACE = 0x6D617463  # "matc"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_process_locks: dict[int, threading.Lock] = defaultdict(threading.Lock)
-_process_locks_guard = threading.Lock()
 
 
 def _hour(value: datetime) -> int:
@@ -157,7 +155,7 @@ class OrderBook:
         for node_id in node_ids:
             self.busy.pop(node_id, None)
         now = timezone.now()
-        sales = Allocation.objects.filter(node_id__in=node_ids, ends_at__gt=now).filter(ends_at__gt=F("starts_at"))
+        sales = Allocation.objects.holding().filter(node_id__in=node_ids, ends_at__gt=now)
         for node_id, starts_at, ends_at in sales.values_list("node_id", "starts_at", "ends_at"):
             self.busy[node_id].append((_hour(starts_at), _hour(ends_at)))
 
@@ -316,23 +314,16 @@ class OrderBook:
 
 
 def _acquire_segment_lock(gpu_model_id: int, wait: bool) -> bool:
-    if connection.vendor == "postgresql":
-        function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT {function}(%s, %s)", [ADVISORY_LOCK_NAMESPACE, gpu_model_id])
-            row = cursor.fetchone()
-        return wait or bool(row[0])
-    with _process_locks_guard:
-        lock = _process_locks[gpu_model_id]
-    return lock.acquire(blocking=wait)
+    function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s, %s)", [ADVISORY_LOCK_NAMESPACE, gpu_model_id])
+        row = cursor.fetchone()
+    return wait or bool(row[0])
 
 
 def _release_segment_lock(gpu_model_id: int) -> None:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCK_NAMESPACE, gpu_model_id])
-        return
-    _process_locks[gpu_model_id].release()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCK_NAMESPACE, gpu_model_id])
 
 
 def segment_match(*, gpu_model_id: int, wait: bool = False) -> MatchResult:
@@ -416,12 +407,10 @@ _ALLOCATION_COPY = (
 def _write_fills(fills: list[Fill]) -> None:
     """Write the chunk's contracts and allocations, mark its requests filled, bump versions.
 
-    On PostgreSQL the rows go in with COPY from plain tuples: building tens of thousands of
-    model instances for bulk_create cost more than the database's own work. Contract ids
-    are drawn from the sequence first, so allocations can name them.
+    The rows go in with COPY from plain tuples: building tens of thousands of model
+    instances for bulk_create cost more than the database's own work. Contract ids are
+    drawn from the sequence first, so allocations can name them.
     """
-    from broker.services import contract_total
-
     now = timezone.now()
     contracts = []  # (request, listing, nodes, gpu_count, total)
     for fill in fills:
@@ -434,10 +423,7 @@ def _write_fills(fills: list[Fill]) -> None:
                 else None
             )
             contracts.append((fill.request, listing, nodes, gpu_count, total))
-    if connection.vendor == "postgresql":
-        _copy_contracts(contracts, now)
-    else:
-        _bulk_create_contracts(contracts)
+    _copy_contracts(contracts, now)
     ComputeRequest.objects.filter(pk__in=[fill.request.pk for fill in fills]).update(
         status=ComputeRequest.Status.FILLED, filled_at=now
     )
@@ -473,48 +459,3 @@ def _copy_contracts(contracts, now) -> None:
                 copy.write_row(row)
         # Deferred foreign keys are checked now, so a violation rolls back this chunk only.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-
-
-def _bulk_create_contracts(contracts) -> None:
-    rows = [
-        Contract(
-            request_id=request.pk,
-            listing_id=listing.id,
-            lab_id=request.lab_id,
-            provider_id=listing.provider_id,
-            cluster_id=listing.cluster_id,
-            gpu_count=gpu_count,
-            node_count=len(nodes),
-            starts_at=request.starts_at,
-            ends_at=request.ends_at,
-            price_per_gpu_hour=listing.price,
-            billing_mode=listing.billing_mode,
-            total_amount=total,
-        )
-        for request, listing, nodes, gpu_count, total in contracts
-    ]
-    Contract.objects.bulk_create(rows, batch_size=1000)
-    Allocation.objects.bulk_create(
-        (
-            Allocation(
-                contract_id=row.pk,
-                listing_node_id=listing_node_id,
-                node_id=node_id,
-                listing_id=row.listing_id,
-                starts_at=row.starts_at,
-                ends_at=row.ends_at,
-            )
-            for row, (_, _, nodes, _, _) in zip(rows, contracts, strict=True)
-            for listing_node_id, node_id in nodes
-        ),
-        batch_size=2000,
-    )
-
-
-def segments_with_open_requests() -> list[int]:
-    return list(
-        ComputeRequest.objects.filter(status=ComputeRequest.Status.OPEN)
-        .values_list("gpu_model_id", flat=True)
-        .distinct()
-        .order_by("gpu_model_id")
-    )

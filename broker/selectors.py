@@ -26,3 +26,13 @@ def contract_list(*, organization: Organization) -> QuerySet[Contract]:
         )
         .order_by("-created_at", "-id")
     )
+
+
+def segments_with_open_requests() -> list[int]:
+    """The market segments (GPU models) with open requests, for the periodic re-match."""
+    return list(
+        ComputeRequest.objects.filter(status=ComputeRequest.Status.OPEN)
+        .values_list("gpu_model_id", flat=True)
+        .distinct()
+        .order_by("gpu_model_id")
+    )

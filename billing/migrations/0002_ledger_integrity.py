@@ -6,7 +6,6 @@ inserted one by one; at commit, a transaction whose legs do not sum to zero is r
 
 from django.db import migrations
 
-from core.db import postgres_only_sql
 
 FORWARD = [
     """CREATE OR REPLACE FUNCTION billing_ledger_balanced() RETURNS trigger AS $$
@@ -40,4 +39,4 @@ BACKWARD = [
 
 class Migration(migrations.Migration):
     dependencies = [("billing", "0001_initial")]
-    operations = [postgres_only_sql(FORWARD, BACKWARD)]
+    operations = [migrations.RunSQL(FORWARD, BACKWARD)]

@@ -9,7 +9,6 @@ does; any statement that leaves a transaction unbalanced is refused.
 
 from django.db import migrations
 
-from core.db import postgres_only_sql
 
 FORWARD = [
     "DROP TRIGGER IF EXISTS ledger_entry_balanced ON billing_ledgerentry",
@@ -58,4 +57,4 @@ BACKWARD = [
 
 class Migration(migrations.Migration):
     dependencies = [("billing", "0003_payout_check_cent_band")]
-    operations = [postgres_only_sql(FORWARD, BACKWARD)]
+    operations = [migrations.RunSQL(FORWARD, BACKWARD)]

@@ -14,7 +14,6 @@ the provider's own contracts, as it does on PostgreSQL.
 import django.db.models.deletion
 from django.db import migrations, models
 
-from core.db import postgres_only_sql
 
 FORWARD = [
     # The key the composite foreign key below refers to (id alone is already unique).
@@ -67,5 +66,5 @@ class Migration(migrations.Migration):
                 to="marketplace.organization",
             ),
         ),
-        postgres_only_sql(FORWARD, BACKWARD),
+        migrations.RunSQL(FORWARD, BACKWARD),
     ]

@@ -14,7 +14,6 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from core.db import postgres_only_sql
 
 USAGE_LOCK = "1651076204, 1"  # billing.services.USAGE_LOCK: ("bill", 1)
 
@@ -114,5 +113,5 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(fields=('contract', 'period', 'billed_in'), name='usage_total_unique')],
             },
         ),
-        postgres_only_sql(FORWARD, BACKWARD),
+        migrations.RunSQL(FORWARD, BACKWARD),
     ]

@@ -12,8 +12,9 @@ from broker.api.serializers import (
     ComputeRequestSerializer,
     ContractSerializer,
 )
+from broker.booking import listing_book
 from broker.selectors import compute_request_list, contract_list
-from broker.services import compute_request_cancel, compute_request_create, contract_terminate, listing_book
+from broker.services import compute_request_cancel, compute_request_create, contract_terminate
 from marketplace.permissions import IsLab
 from marketplace.selectors import listing_visible_to
 

@@ -1,13 +1,7 @@
-"""PostgreSQL guarantees that a node is never sold twice for the same hour.
-
-SQLite (embedded mode) has no exclusion constraints; there the services take the write
-lock at the start of each transaction (``transaction_mode=IMMEDIATE``), which serialises
-the availability check and the write.
-"""
+"""PostgreSQL guarantees that a node is never sold twice for the same hour."""
 
 from django.db import migrations
 
-from core.db import postgres_only_sql
 
 FORWARD = [
     "CREATE EXTENSION IF NOT EXISTS btree_gist",
@@ -26,4 +20,4 @@ BACKWARD = [
 
 class Migration(migrations.Migration):
     dependencies = [("broker", "0001_initial"), ("marketplace", "0003_listing_node_exclusion")]
-    operations = [postgres_only_sql(FORWARD, BACKWARD)]
+    operations = [migrations.RunSQL(FORWARD, BACKWARD)]

@@ -3,14 +3,13 @@ nodes from one index instead of going through its contracts.
 
 On PostgreSQL a composite foreign key (listing_node, listing) -> listing node (id, listing)
 holds the copy to its listing node's listing, as (listing_node, node) already does for the
-node. SQLite (embedded mode) has no composite keys; there the services write both together.
+node.
 """
 
 import django.db.models.deletion
 from django.db import migrations, models
 from django.db.models import OuterRef, Subquery
 
-from core.db import postgres_only_sql
 
 FORWARD = [
     # The key the composite foreign key below refers to.
@@ -64,7 +63,7 @@ class Migration(migrations.Migration):
                 to="marketplace.listing",
             ),
         ),
-        postgres_only_sql(FORWARD, BACKWARD),
+        migrations.RunSQL(FORWARD, BACKWARD),
         migrations.AddIndex(
             model_name="allocation",
             index=models.Index(fields=["listing", "ends_at", "starts_at", "listing_node"], name="allocation_listing_sold"),

@@ -1,13 +1,7 @@
-"""PostgreSQL enforces that a node is in at most one unreleased listing for any hour.
-
-SQLite (embedded mode) has no exclusion constraints; there the services take the write
-lock at the start of each transaction (``transaction_mode=IMMEDIATE``), which serialises
-the check and the write.
-"""
+"""PostgreSQL enforces that a node is in at most one unreleased listing for any hour."""
 
 from django.db import migrations
 
-from core.db import postgres_only_sql
 
 FORWARD = [
     "CREATE EXTENSION IF NOT EXISTS btree_gist",
@@ -27,4 +21,4 @@ BACKWARD = [
 
 class Migration(migrations.Migration):
     dependencies = [("marketplace", "0002_gpu_catalog")]
-    operations = [postgres_only_sql(FORWARD, BACKWARD)]
+    operations = [migrations.RunSQL(FORWARD, BACKWARD)]

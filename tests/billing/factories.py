@@ -14,8 +14,8 @@ import time_machine
 
 from billing.models import BillingPeriod, Invoice, InvoiceLine, LedgerEntry, PayoutStatement
 from billing.services import billing_period_close
+from broker.booking import listing_book
 from broker.models import Contract
-from broker.services import listing_book
 from core.timeutils import HOUR
 from marketplace.models import BillingMode, GpuModel, Interconnect, Organization
 from marketplace.services import cluster_create, listing_create

@@ -15,8 +15,9 @@ import factory
 from django.db import connections
 from django.db.models import F
 
+from broker.booking import listing_book
 from broker.models import Allocation, ComputeRequest, Contract
-from broker.services import compute_request_create, listing_book
+from broker.services import compute_request_create
 from core.timeutils import HOUR, next_hour
 from marketplace.models import BillingMode, Cluster, GpuModel, Interconnect, Listing, Organization
 from marketplace.services import cluster_create, listing_create, listing_update, listing_withdraw

@@ -9,7 +9,7 @@ from broker.models import Allocation, Contract
 from marketplace.models import Listing
 from marketplace.services import listing_update, listing_withdraw, node_set_status, organization_set_status
 from tests.broker.factories import ClusterFactory, ListingFactory, hour, iso, oversell_violations
-from tests.conftest import assert_error, requires_postgres
+from tests.conftest import assert_error
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 
@@ -146,7 +146,6 @@ def test_idempotency_key_replays_the_booking(lab_client, listing):
     assert Contract.objects.count() == 1
 
 
-@requires_postgres
 def test_booking_survives_losing_its_prepared_statement(lab_client, other_lab_client, listing):
     # A pooler's DISCARD ALL (or a DEALLOCATE) drops the session's prepared statements; the
     # booking prepares it again instead of failing.

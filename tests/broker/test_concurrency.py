@@ -3,7 +3,6 @@
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
 from broker.matching import segment_match
@@ -22,11 +21,10 @@ from tests.broker.factories import (
     run_at_once,
     sold_nodes,
 )
-from tests.conftest import make_client, requires_postgres
+from tests.conftest import make_client
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
-requires_sqlite = pytest.mark.skipif(settings.IS_POSTGRES, reason="the embedded mode's SQLite file database")
 BOOKERS = 16
 ROUNDS = 5
 WINDOW_HOURS = 4
@@ -76,16 +74,8 @@ def lab_clients(transactional_db):
     return [make_client(f"Racer {index}", "lab") for index in range(BOOKERS)]
 
 
-@requires_postgres
 @pytest.mark.django_db(transaction=True)
-def test_postgres_bookers_race_for_the_last_nodes(lab_clients):
-    for round_ in range(ROUNDS):
-        race_bookers_for_the_last_nodes(lab_clients, round_)
-
-
-@requires_sqlite
-@pytest.mark.django_db(transaction=True)
-def test_embedded_sqlite_bookers_race_for_the_last_nodes(lab_clients):
+def test_bookers_race_for_the_last_nodes(lab_clients):
     for round_ in range(ROUNDS):
         race_bookers_for_the_last_nodes(lab_clients, round_)
 
@@ -127,7 +117,7 @@ def race_bookers_against_the_matcher(clients, round_: int) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_bookers_race_the_matching_engine(lab_clients):
-    """On PostgreSQL and on SQLite: the engine and the bookers never sell a node twice."""
+    """The engine and the bookers never sell a node twice."""
     for round_ in range(ROUNDS):
         race_bookers_against_the_matcher(lab_clients[:12], round_)
 
@@ -147,7 +137,6 @@ def test_bookings_of_different_listings_on_shared_nodes_do_not_collide(lab_clien
     assert oversell_violations() == []
 
 
-@requires_postgres
 @pytest.mark.django_db
 class TestDatabaseRefusesDoubleSale:
     """The constraints of broker/migrations/0002 and 0005, whatever the services do."""
@@ -219,7 +208,6 @@ class TestDatabaseRefusesDoubleSale:
         assert Allocation.objects.get() == allocation
 
 
-@requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_foreign_node_allocation_fails_at_commit():
     """The composite foreign key is deferred: nothing complains until the transaction commits."""

@@ -11,9 +11,10 @@ from django.db.models import F
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
+from broker.booking import listing_book
 from broker.matching import segment_match
 from broker.models import ComputeRequest, Contract
-from broker.services import contract_cancel, contract_terminate, listing_book
+from broker.services import contract_cancel, contract_terminate
 from core.errors import DomainError
 from core.timeutils import current_hour
 from marketplace.models import Listing, Node

@@ -17,8 +17,8 @@ from billing.models import Account, Invoice, LedgerEntry, LedgerTransaction, Usa
 from broker.models import ComputeRequest, Contract
 from core.timeutils import HOUR
 from marketplace.models import Cluster, GpuModel, Listing, Node, Organization
-from tests.admin.conftest import check_deferred_constraints
-from tests.admin.factories import changelist_url
+from tests.backoffice.conftest import check_deferred_constraints
+from tests.backoffice.factories import changelist_url
 
 SMALL, LARGE = 4, 10_000
 START = datetime(2026, 3, 2, tzinfo=UTC)

@@ -7,7 +7,7 @@ from django.urls import reverse
 from broker.services import compute_request_create, contract_cancel
 from core.timeutils import next_hour
 from marketplace.models import GpuModel
-from tests.admin import factories
+from tests.backoffice import factories
 
 
 def _segment(response, slug: str):

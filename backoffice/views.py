@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
-from core.overview import market_overview
+from backoffice.selectors import market_overview
 
 
 def market_overview_view(request: HttpRequest):

@@ -15,8 +15,8 @@ from django.contrib.auth import get_user_model
 from broker.models import Contract
 from core.models import AuditEvent
 from core.timeutils import next_hour
-from tests.admin import factories
-from tests.admin.factories import change_url
+from tests.backoffice import factories
+from tests.backoffice.factories import change_url
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -3,7 +3,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from core.demo import demo_summary, seed_demo_market
+from backoffice.demo import demo_summary, seed_demo_market
 
 
 class Command(BaseCommand):

@@ -7,12 +7,12 @@ from django.contrib.admin.models import LogEntry
 from django.forms.models import model_to_dict
 from django.urls import reverse
 
+from backoffice.demo import CLOUD, LAB, PROVIDER
 from billing.models import Invoice, LedgerEntry, UsageRecord
 from broker.models import Contract
-from core.demo import CLOUD, LAB, PROVIDER
 from core.models import AuditEvent
 from marketplace.models import GpuModel, Listing, Node, Organization
-from tests.admin.factories import add_url, change_url, changelist_url, model_admin
+from tests.backoffice.factories import add_url, change_url, changelist_url, model_admin
 
 pytestmark = pytest.mark.usefixtures("demo_market")
 

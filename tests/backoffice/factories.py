@@ -13,8 +13,8 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 
+from broker.booking import listing_book
 from broker.models import Contract
-from broker.services import listing_book
 from core.timeutils import HOUR
 from marketplace.models import Cluster, GpuModel, Listing, Organization
 from marketplace.services import cluster_create, listing_create, organization_create

@@ -14,8 +14,10 @@ from django.utils import timezone
 
 from billing.models import BillingPeriod
 from billing.services import billing_period_close, usage_ingest
+from broker.booking import listing_book
 from broker.models import Allocation, ComputeRequest, Contract
-from broker.services import compute_request_create, contract_total, listing_book
+from broker.services import compute_request_create
+from broker.terms import contract_total
 from core.timeutils import HOUR, current_hour, month_of, period_bounds, previous_month
 from marketplace.models import ApiKey, Cluster, GpuModel, Listing, ListingNode, Organization
 from marketplace.services import api_key_create, cluster_create, listing_create, organization_create

@@ -17,9 +17,9 @@ from core.models import AuditEvent
 from core.timeutils import next_hour
 from marketplace.models import ApiKey, GpuModel, Membership, Organization
 from marketplace.services import membership_add
-from tests.admin import factories
-from tests.admin.conftest import NOW, OPERATOR
-from tests.admin.factories import (
+from tests.backoffice import factories
+from tests.backoffice.conftest import NOW, OPERATOR
+from tests.backoffice.factories import (
     add_url,
     change_url,
     changeform_data,

@@ -10,16 +10,16 @@ from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.test import Client, TestCase
 
+from backoffice.demo import LAB, seed_demo_market
 from billing.models import Invoice, PayoutStatement
 from billing.services import billing_period_close, credit_note_create, invoice_record_payment
 from broker.services import contracts_advance
-from core.demo import LAB, seed_demo_market
 from core.models import IdempotencyRecord
 from core.services import audit_record
 from core.timeutils import next_hour
 from marketplace.models import Organization
 from marketplace.services import membership_add
-from tests.admin import factories
+from tests.backoffice import factories
 
 OPERATOR = "ops-alice"
 
@@ -98,9 +98,8 @@ def market(frozen, db) -> SimpleNamespace:
 def check_deferred_constraints() -> None:
     """Fire PostgreSQL's deferred checks now (balanced ledger transactions, allocations on their
     listing's nodes): a test's transaction is rolled back, never committed, so they would not run."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 @pytest.fixture

@@ -12,15 +12,16 @@ from rest_framework.test import APIClient
 from billing.ledger import account_balance
 from billing.models import Account, CreditNote, Invoice, LedgerTransaction, Payment, PayoutStatement
 from billing.services import billing_period_close
+from broker.booking import listing_book
 from broker.models import ComputeRequest, Contract
-from broker.services import compute_request_create, contract_cancel, listing_book
+from broker.services import compute_request_create, contract_cancel
 from core.errors import CapacityUnavailable
 from core.models import AuditEvent
 from core.timeutils import HOUR, next_hour
 from marketplace.models import ApiKey, GpuModel, Listing, ListingNode, Node, Organization
-from tests.admin import factories
-from tests.admin.conftest import OPERATOR, SEPTEMBER
-from tests.admin.factories import (
+from tests.backoffice import factories
+from tests.backoffice.conftest import OPERATOR, SEPTEMBER
+from tests.backoffice.factories import (
     add_url,
     change_url,
     changeform_data,

@@ -1,0 +1,243 @@
+"""Instant booking: a lab takes whole nodes of a listing at its price, now.
+
+The whole booking is one SQL statement (``LISTING_BOOK``), so on its own it is one round
+trip. It locks the listing row (bookers of a listing, and the matching engine, queue
+there), reads its terms, picks free reserved nodes, and writes the contract, its
+allocations and the listing's inventory-version bump only if the terms allow it and enough
+nodes are free; the row it returns says which case it was, and Python turns a refusal into
+the right error. A booker that waited for the lock decided on data older than the sale it
+waited for: the exclusion constraint refuses any node sold in between, and the statement
+runs again on fresh data.
+"""
+
+import weakref
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import IntegrityError, ProgrammingError, connection, transaction
+from django.utils import timezone
+
+from broker.models import Contract
+from broker.terms import contract_total, validate_duration, validate_start
+from core.errors import CapacityUnavailable, InvalidInput
+from core.timeutils import HOUR
+from marketplace.models import BillingMode, Listing, Node, Organization
+
+LISTING_BOOK = """
+WITH terms AS (
+    SELECT l.id, l.status, p.status AS provider_status, c.gpus_per_node, l.starts_at, l.ends_at,
+           l.min_duration_hours, l.provider_id, l.cluster_id, l.price_per_gpu_hour, l.billing_mode
+    FROM marketplace_listing l
+    JOIN marketplace_cluster c ON c.id = l.cluster_id
+    JOIN marketplace_organization p ON p.id = l.provider_id
+    WHERE l.id = %(listing)s
+    FOR UPDATE OF l
+), allowed AS (
+    SELECT * FROM terms
+    WHERE status = %(listing_active)s AND provider_status <> %(provider_suspended)s
+      AND mod(%(gpus)s, gpus_per_node) = 0
+      AND starts_at <= %(starts_at)s AND ends_at >= %(ends_at)s
+      AND min_duration_hours <= %(hours)s
+), free AS (
+    SELECT ln.id, ln.node_id FROM allowed
+    JOIN marketplace_listingnode ln ON ln.listing_id = allowed.id AND NOT ln.released
+    JOIN marketplace_node n ON n.id = ln.node_id AND n.status = %(node_in_service)s
+    WHERE NOT EXISTS (SELECT 1 FROM broker_allocation a WHERE a.node_id = ln.node_id
+                      AND a.starts_at < %(ends_at)s AND a.ends_at > %(starts_at)s
+                      AND a.ends_at > a.starts_at)
+    ORDER BY ln.node_id
+    LIMIT %(gpus)s / (SELECT gpus_per_node FROM allowed)
+), contract AS (
+    INSERT INTO broker_contract (listing_id, lab_id, provider_id, cluster_id, gpu_count, node_count, starts_at,
+        ends_at, price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at)
+    SELECT id, %(lab)s, provider_id, cluster_id, %(gpus)s, %(gpus)s / gpus_per_node, %(starts_at)s,
+           %(ends_at)s, price_per_gpu_hour, billing_mode,
+           -- round() is half away from zero: for these positive amounts, contract_total's half-up.
+           CASE WHEN billing_mode = %(committed)s THEN round(%(gpus)s * %(hours)s * price_per_gpu_hour, 2) END,
+           %(contract_scheduled)s, '', %(now)s
+    FROM allowed WHERE (SELECT COUNT(*) FROM free) = %(gpus)s / gpus_per_node
+    RETURNING id
+), allocations AS (
+    INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, listing_id, starts_at, ends_at)
+    SELECT contract.id, free.id, free.node_id, %(listing)s, %(starts_at)s, %(ends_at)s
+    FROM contract, free
+), bump AS (
+    UPDATE marketplace_listing SET inventory_version = inventory_version + 1
+    WHERE id = %(listing)s AND EXISTS (SELECT 1 FROM contract)
+)
+SELECT terms.status, terms.provider_status, terms.gpus_per_node, terms.starts_at, terms.ends_at,
+       terms.min_duration_hours, terms.provider_id, terms.cluster_id, terms.price_per_gpu_hour, terms.billing_mode,
+       (SELECT COUNT(*) FROM free), (SELECT id FROM contract)
+FROM terms"""
+
+# The statement is prepared once per database session and then run with EXECUTE: planning
+# it costs the server more CPU than running it, and from the sixth execution PostgreSQL
+# keeps one generic plan for the session (every lookup in it is by key, so the generic plan
+# is the custom one). Its parameters, in order, with their types:
+LISTING_BOOK_PARAMETERS = {
+    "listing": "bigint",
+    "lab": "bigint",
+    "gpus": "integer",
+    "hours": "integer",
+    "starts_at": "timestamptz",
+    "ends_at": "timestamptz",
+    "now": "timestamptz",
+    "listing_active": "text",
+    "provider_suspended": "text",
+    "node_in_service": "text",
+    "committed": "text",
+    "contract_scheduled": "text",
+}
+_STATUSES = [
+    Listing.Status.ACTIVE.value,
+    Organization.Status.SUSPENDED.value,
+    Node.Status.IN_SERVICE.value,
+    BillingMode.COMMITTED.value,
+    Contract.Status.SCHEDULED.value,
+]
+_NAME = "broker_listing_book"
+_ATTEMPTS = 20
+
+
+def _numbered(sql: str, names: Iterable[str]) -> str:
+    for number, name in enumerate(names, start=1):
+        sql = sql.replace(f"%({name})s", f"${number}")
+    return sql
+
+
+_PREPARE = f"PREPARE {_NAME} ({', '.join(LISTING_BOOK_PARAMETERS.values())}) AS " + _numbered(
+    LISTING_BOOK, LISTING_BOOK_PARAMETERS
+)
+_EXECUTE = f"EXECUTE {_NAME} ({', '.join(['%s'] * len(LISTING_BOOK_PARAMETERS))})"
+_INVALID_STATEMENT_NAME = "26000"  # the session lost its prepared statement (DISCARD ALL, DEALLOCATE)
+# The database sessions (psycopg connections) in which the statement is prepared. A
+# prepared statement outlives a rolled-back transaction, and dies with its session.
+_prepared_in: weakref.WeakSet = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class _Booking:
+    lab: Organization
+    listing_id: int
+    gpu_count: int
+    starts_at: datetime
+    hours: int
+
+    @property
+    def ends_at(self) -> datetime:
+        return self.starts_at + self.hours * HOUR
+
+
+def listing_book(
+    *, lab: Organization, listing: Listing, gpu_count: int, starts_at: datetime, duration_hours: int
+) -> Contract:
+    """Book nodes of a listing at its price, now: a contract, or CapacityUnavailable.
+
+    Bookers of one listing queue on its row lock (the matching engine takes the same lock);
+    the database's exclusion constraint has the last word on every node.
+    """
+    if not lab.is_lab:
+        raise InvalidInput("Only labs book capacity.")
+    if listing.provider_id == lab.pk:
+        raise InvalidInput("You cannot book your own listing.", fields={"listing": ["This is your own listing."]})
+    validate_start(starts_at)
+    validate_duration(duration_hours)
+    booking = _Booking(lab=lab, listing_id=listing.pk, gpu_count=gpu_count, starts_at=starts_at, hours=duration_hours)
+    now = timezone.now()
+    row = _run(booking, now)
+    if row is None:
+        raise CapacityUnavailable("This listing is not on offer.")
+    status, provider_status, gpus_per_node, starts, ends, min_hours, provider_id, cluster_id, price, mode = row[:10]
+    found, contract_id = row[10:]
+    node_count = _check_terms(
+        booking,
+        status=status,
+        provider_status=provider_status,
+        gpus_per_node=gpus_per_node,
+        window=(starts, ends),
+        min_hours=min_hours,
+    )
+    if found < node_count:
+        raise CapacityUnavailable(
+            f"Only {found * gpus_per_node} GPUs of this listing are free for that window.",
+            fields={"gpu_count": [f"At most {found * gpus_per_node} available."]},
+        )
+    contract = Contract(
+        pk=contract_id,
+        listing_id=booking.listing_id,
+        lab=booking.lab,
+        provider_id=provider_id,
+        cluster_id=cluster_id,
+        gpu_count=booking.gpu_count,
+        node_count=node_count,
+        starts_at=booking.starts_at,
+        ends_at=booking.ends_at,
+        price_per_gpu_hour=price,
+        billing_mode=mode,
+        total_amount=(
+            contract_total(gpu_count=booking.gpu_count, hours=booking.hours, price_per_gpu_hour=price)
+            if mode == BillingMode.COMMITTED
+            else None
+        ),
+        status=Contract.Status.SCHEDULED,
+        created_at=now,
+    )
+    contract._state.adding = False
+    contract._state.db = connection.alias
+    return contract
+
+
+def _run(booking: _Booking, now: datetime) -> tuple | None:
+    """Run the statement until it is not refused by a sale made while it waited."""
+    params = [
+        booking.listing_id,
+        booking.lab.pk,
+        booking.gpu_count,
+        booking.hours,
+        booking.starts_at,
+        booking.ends_at,
+        now,
+        *_STATUSES,
+    ]
+    for attempt in range(_ATTEMPTS):
+        try:
+            # One statement commits by itself; inside a caller's transaction a savepoint keeps
+            # a refused attempt from spoiling that transaction.
+            with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+                session = connection.connection
+                if session not in _prepared_in:
+                    cursor.execute(_PREPARE)
+                    _prepared_in.add(session)
+                cursor.execute(_EXECUTE, params)
+                return cursor.fetchone()
+        except ProgrammingError as error:
+            if getattr(error.__cause__, "sqlstate", None) != _INVALID_STATEMENT_NAME or attempt == _ATTEMPTS - 1:
+                raise
+            _prepared_in.discard(connection.connection)
+        except IntegrityError:
+            if attempt == _ATTEMPTS - 1:
+                raise CapacityUnavailable("That capacity was just sold.")
+    raise AssertionError("unreachable")
+
+
+def _check_terms(booking: _Booking, *, status, provider_status, gpus_per_node, window, min_hours) -> int:
+    """The listing's rules for this booking; returns the number of nodes it needs."""
+    if status != Listing.Status.ACTIVE or provider_status == Organization.Status.SUSPENDED:
+        raise CapacityUnavailable("This listing is not on offer.")
+    if booking.gpu_count % gpus_per_node:
+        raise InvalidInput(
+            f"gpu_count must be a multiple of {gpus_per_node} (whole nodes).",
+            fields={"gpu_count": [f"Must be a multiple of {gpus_per_node}."]},
+        )
+    if booking.starts_at < window[0] or booking.ends_at > window[1]:
+        raise InvalidInput(
+            "The booking must fall inside the listing's window.",
+            fields={"starts_at": [f"The listing runs {window[0]:%Y-%m-%dT%H:%MZ} to {window[1]:%Y-%m-%dT%H:%MZ}."]},
+        )
+    if booking.hours < min_hours:
+        raise InvalidInput(
+            f"This listing sells at least {min_hours} hours.", fields={"duration_hours": [f"At least {min_hours}."]}
+        )
+    return booking.gpu_count // gpus_per_node
