@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Sum
+from django.db.models import Sum, Value
+from django.db.models.functions import Coalesce
 
 from billing.models import (
     Account,
@@ -18,7 +19,7 @@ from billing.models import (
 from billing.services import invoice_record_payment, invoice_void, payout_mark_paid
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, ReasonForm, run_form_action
 from core.errors import DomainError
-from core.money import CENT, ZERO
+from core.money import ZERO
 
 
 @admin.register(UsageRecord)
@@ -146,11 +147,11 @@ class AccountAdmin(ReadOnlyAdmin):
     search_fields = ["organization__name"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(entries_total=Sum("entries__amount"))
+        return super().get_queryset(request).annotate(entries_total=Coalesce(Sum("entries__amount"), Value(ZERO)))
 
     @admin.display(description="Balance (debit +)", ordering="entries_total")
     def balance(self, account):
-        return (account.entries_total or ZERO).quantize(CENT)  # display; SQLite sums through floats
+        return account.entries_total
 
 
 class LedgerEntryInline(ReadOnlyInline):

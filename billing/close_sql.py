@@ -1,8 +1,8 @@
-"""A month's close on PostgreSQL, set-based: rating, invoices, lines, ledger and statements.
+"""A month's close, set-based: rating, invoices, lines, ledger and statements.
 
-The rules are those of ``billing.rating`` (the reference, used by previews and by the
-embedded SQLite mode); here they run as a handful of statements over whole sets, so a close
-of 10,000 contracts moves no row through Python:
+The rules are those of ``billing.rating`` (the reference, used by previews); here they run
+as a handful of statements over whole sets, so a close of 10,000 contracts moves no row
+through Python:
 
 1. the lines are rated into a temporary table (quantity, amount and fee, each amount
    rounded half-up to cents once: ``round()`` on a non-negative numeric), the usage to bill

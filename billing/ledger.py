@@ -3,10 +3,10 @@
 from collections.abc import Iterable
 from decimal import Decimal
 
-from django.db.models import Q
+from django.db.models import Q, Sum
 
 from billing.models import Account, LedgerEntry, LedgerTransaction
-from core.db import bulk_insert, decimal_sum
+from core.db import bulk_insert
 from core.money import ZERO
 
 Leg = tuple[str, int | None]  # (account kind, organization id or None for platform accounts)
@@ -64,4 +64,4 @@ def ledger_post(postings: list[Posting]) -> list[LedgerTransaction]:
 def account_balance(*, kind: str, organization_id: int | None = None) -> Decimal:
     """A balance is the sum of its entries (debit-positive), never a stored counter."""
     entries = LedgerEntry.objects.filter(account__kind=kind, account__organization_id=organization_id)
-    return decimal_sum(entries, "amount")
+    return entries.aggregate(total=Sum("amount"))["total"] or ZERO

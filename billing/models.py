@@ -1,13 +1,9 @@
-from decimal import Decimal
-
 from django.db import models
 from django.db.models import F, Q
 
 from broker.models import Contract
 from core.money import AmountField, PriceField, QuantityField, RateField
 from marketplace.models import Node, Organization
-
-HALF_CENT = Decimal("0.005")
 
 
 class UsageRecord(models.Model):
@@ -17,10 +13,9 @@ class UsageRecord(models.Model):
     immutable; which invoice bills one follows from its ``period`` and its ``id`` against
     the watermarks of the period closes (see billing.rating).
 
-    On PostgreSQL one composite foreign key (contract, provider) -> contract (id, provider)
-    holds both that the contract exists and that it is this provider's (migration 0005):
-    one check per row instead of two. SQLite (embedded mode) has no composite keys; there
-    ``usage_ingest`` stores only records of the provider's own contracts.
+    One composite foreign key (contract, provider) -> contract (id, provider) holds both
+    that the contract exists and that it is this provider's (migration 0005): one check per
+    row instead of two.
     """
 
     # (provider, event_id) is unique and (contract, period) indexed: no single-column indexes.
@@ -57,13 +52,12 @@ class UsageRecord(models.Model):
 class UsageTotal(models.Model):
     """Usage summed per contract, usage month and the month whose close bills it.
 
-    Kept by PostgreSQL (migration 0006): a trigger adds each INSERT's new usage records (COPY
-    included) to their rows, so a close reads one row per contract-month instead of every
-    record. ``billed_in`` is the usage month while that month is open, else the first month
-    not closed yet (late usage, billed as an adjustment). The trigger takes the usage lock
-    shared, as ingestion does, so a close never sees half a batch. Usage records are
-    append-only there, so the totals cannot drift from them. Embedded mode (SQLite) rates
-    from the records themselves and leaves this table empty.
+    Kept by the database (migration 0006): a trigger adds each INSERT's new usage records
+    (COPY included) to their rows, so a close reads one row per contract-month instead of
+    every record. ``billed_in`` is the usage month while that month is open, else the first
+    month not closed yet (late usage, billed as an adjustment). The trigger takes the usage
+    lock shared, as ingestion does, so a close never sees half a batch. Usage records are
+    append-only, so the totals cannot drift from them.
     """
 
     contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="+", db_index=False)
@@ -143,8 +137,8 @@ class InvoiceLine(models.Model):
         ADJUSTMENT = "adjustment", "Late usage adjustment"  # usage of a closed period
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
-    # On PostgreSQL one composite key (contract, provider) -> contract (id, provider) checks
-    # both, and that the line's provider is the contract's (migration 0006); (contract,
+    # One composite key (contract, provider) -> contract (id, provider) checks both, and
+    # that the line's provider is the contract's (migration 0006); (contract,
     # service_period) is indexed below.
     contract = models.ForeignKey(
         Contract, on_delete=models.PROTECT, related_name="invoice_lines", db_index=False, db_constraint=False
@@ -272,13 +266,8 @@ class PayoutStatement(models.Model):
         ordering = ["-period", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["provider", "period"], name="payout_one_per_provider_period"),
-            # Exactly net = gross - fee + carried_in for cent amounts; written as a half-cent
-            # band because SQLite (embedded mode) compares decimals through floating point.
             models.CheckConstraint(
-                condition=Q(
-                    net__gt=F("gross") - F("fee") + F("carried_in") - HALF_CENT,
-                    net__lt=F("gross") - F("fee") + F("carried_in") + HALF_CENT,
-                ),
+                condition=Q(net=F("gross") - F("fee") + F("carried_in")),
                 name="payout_net_is_gross_less_fee_and_carried",
             ),
             models.CheckConstraint(condition=Q(carried_in__lte=0), name="payout_carried_in_non_positive"),

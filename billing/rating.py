@@ -23,11 +23,10 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, Sum
 
 from billing.models import Invoice, InvoiceLine, UsageRecord
 from broker.models import Contract
-from core.db import decimal_sums
 from core.money import ZERO, round_money
 from core.timeutils import HOUR, period_bounds
 from marketplace.models import BillingMode, Organization
@@ -112,8 +111,8 @@ def _already_billed(contracts, extra=()) -> dict[tuple[int, date], Decimal]:
     lines = InvoiceLine.objects.filter(Q(contract_id__in=contracts) | Q(contract_id__in=list(extra))).exclude(
         invoice__status=Invoice.Status.DRAFT
     )
-    sums = decimal_sums(lines, by=("contract_id", "service_period"), fields=("quantity",))
-    return {key: quantity for key, (quantity,) in sums.items()}
+    sums = lines.order_by().values_list("contract_id", "service_period").annotate(Sum("quantity"))
+    return {(contract_id, period): quantity for contract_id, period, quantity in sums}
 
 
 def _line(terms: ContractTerms, kind: str, period: date, quantity: Decimal, fee_rates, label: str) -> RatedLine:
@@ -162,14 +161,8 @@ def rate_period(
     if lab_id is not None:
         overlapping = overlapping.filter(lab_id=lab_id)
         usage = usage.filter(contract__lab_id=lab_id)
-    usage_sums = [
-        (cid, usage_period, seconds)
-        for (cid, usage_period), (seconds,) in decimal_sums(
-            usage,  # committed contracts' usage is dropped below, without a join here
-            by=("contract_id", "period"),
-            fields=("gpu_seconds",),
-        ).items()
-    ]
+    # Committed contracts' usage is dropped below, without a join here.
+    usage_sums = list(usage.order_by().values_list("contract_id", "period").annotate(Sum("gpu_seconds")))
     terms = _terms(overlapping.values_list(*_TERMS_FIELDS))
     missing = {cid for cid, _, _ in usage_sums} - terms.keys()
     if missing:

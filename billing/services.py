@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from operator import attrgetter
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Max, Min
+from django.db.models import Max, Min, Sum
 from django.utils import timezone
 
 from billing.close_sql import close_in_sql
@@ -29,8 +29,7 @@ from billing.models import (
     UsageRecord,
 )
 from billing.rating import RatedLine, rate_period
-from broker.models import Allocation, Contract
-from core.db import bulk_insert, decimal_sum, decimal_sums
+from broker.models import Contract
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
 from core.timeutils import month_of, next_month, period_bounds, previous_month
@@ -121,8 +120,8 @@ def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
     same moment) it is stored once, by the database's unique constraint, and reported as a
     duplicate. Each record is checked here, against its contract with two queries per
     batch (the contracts, their allocated nodes); the valid ones are inserted by one
-    statement. The database holds the keys: the node exists and, on PostgreSQL, the
-    contract is the provider's (one composite key, see UsageRecord).
+    statement. The database holds the keys: the node exists and the contract is the
+    provider's (one composite key, see UsageRecord).
     """
     if not isinstance(records, list) or not 1 <= len(records) <= MAX_USAGE_BATCH:
         raise InvalidInput(
@@ -239,8 +238,8 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
     return rows
 
 
-# On PostgreSQL the ids travel as one array parameter: building and quoting the ORM's IN
-# list of a batch's contracts costs more than running the query.
+# The ids travel as one array parameter: building and quoting the ORM's IN list of a
+# batch's contracts costs more than running the query.
 _CONTRACT_TERMS = """
 SELECT c.id, c.starts_at, c.ends_at, c.released_at, c.gpu_count, cl.gpus_per_node
 FROM broker_contract c JOIN marketplace_cluster cl ON cl.id = c.cluster_id
@@ -255,27 +254,17 @@ WHERE a.contract_id = ANY(%s)
 
 def _contract_terms(provider: Organization, contract_ids: set[int]) -> dict[int, tuple]:
     """The provider's contracts among these: id -> (starts_at, ends_at, released_at, GPUs, GPUs per node)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_CONTRACT_TERMS, [list(contract_ids), provider.pk])
-            rows = cursor.fetchall()
-    else:
-        rows = Contract.objects.filter(pk__in=contract_ids, provider=provider).values_list(
-            "id", "starts_at", "ends_at", "released_at", "gpu_count", "cluster__gpus_per_node"
-        )
+    with connection.cursor() as cursor:
+        cursor.execute(_CONTRACT_TERMS, [list(contract_ids), provider.pk])
+        rows = cursor.fetchall()
     return {contract_id: tuple(terms) for contract_id, *terms in rows}
 
 
 def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], int]:
     """(contract id, hostname) -> node id of the nodes allocated to these contracts."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_CONTRACT_NODES, [list(contract_ids)])
-            rows = cursor.fetchall()
-    else:
-        rows = Allocation.objects.filter(contract_id__in=contract_ids).values_list(
-            "contract_id", "node__hostname", "node_id"
-        )
+    with connection.cursor() as cursor:
+        cursor.execute(_CONTRACT_NODES, [list(contract_ids)])
+        rows = cursor.fetchall()
     return {(contract_id, hostname): node_id for contract_id, hostname, node_id in rows}
 
 
@@ -295,59 +284,33 @@ RETURNING event_id
 def _insert_usage(provider: Organization, rows: list[_Candidate]) -> set[str]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING: the event ids that were new.
 
-    On PostgreSQL the insert holds the usage lock shared; a month close takes it alone, so
-    it reads its watermark only once the batches in flight have committed.
+    The insert holds the usage lock shared; a month close takes it alone, so it reads its
+    watermark only once the batches in flight have committed.
     """
-    if connection.vendor == "postgresql":
-        # A batch has few distinct times and months: each is formatted once.
-        times: dict[datetime, str] = {}
-        months: dict[date, str] = {}
-        payload = json.dumps(
-            [
-                {
-                    "e": row.event_id,
-                    "c": row.contract_id,
-                    "n": row.node_id,
-                    "s": times.get(row.started_at) or times.setdefault(row.started_at, row.started_at.isoformat()),
-                    "f": times.get(row.ended_at) or times.setdefault(row.ended_at, row.ended_at.isoformat()),
-                    "g": format(row.gpu_seconds, "f"),
-                    "p": months.get(row.period) or months.setdefault(row.period, row.period.isoformat()),
-                }
-                # In event id order: two calls storing overlapping ids wait on each other in
-                # one order, never in a cycle.
-                for row in sorted(rows, key=attrgetter("event_id"))
-            ],
-            separators=(",", ":"),
-        )
-        params = {"provider": provider.pk, "now": timezone.now(), "rows": payload}
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
-            cursor.execute(_INSERT_USAGE_ROWS, params)
-            return {event_id for (event_id,) in cursor.fetchall()}
-
-    ops = connection.ops
-    now = ops.adapt_datetimefield_value(timezone.now())
-    values = []
-    params: list = []
-    for row in rows:
-        values.append("(%s, %s, %s, %s, %s, %s, %s, %s, %s)")
-        params += [
-            provider.pk,
-            row.event_id,
-            row.contract_id,
-            row.node_id,
-            ops.adapt_datetimefield_value(row.started_at),
-            ops.adapt_datetimefield_value(row.ended_at),
-            ops.adapt_decimalfield_value(row.gpu_seconds, 18, 3),
-            ops.adapt_datefield_value(row.period),
-            now,
-        ]
-    table = UsageRecord._meta.db_table
-    columns = "provider_id, event_id, contract_id, node_id, started_at, ended_at, gpu_seconds, period, received_at"
-    # Only the table name and placeholders are interpolated.
-    sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join(values)} ON CONFLICT (provider_id, event_id) DO NOTHING RETURNING event_id"  # noqa: E501, S608
+    # A batch has few distinct times and months: each is formatted once.
+    times: dict[datetime, str] = {}
+    months: dict[date, str] = {}
+    payload = json.dumps(
+        [
+            {
+                "e": row.event_id,
+                "c": row.contract_id,
+                "n": row.node_id,
+                "s": times.get(row.started_at) or times.setdefault(row.started_at, row.started_at.isoformat()),
+                "f": times.get(row.ended_at) or times.setdefault(row.ended_at, row.ended_at.isoformat()),
+                "g": format(row.gpu_seconds, "f"),
+                "p": months.get(row.period) or months.setdefault(row.period, row.period.isoformat()),
+            }
+            # In event id order: two calls storing overlapping ids wait on each other in one
+            # order, never in a cycle.
+            for row in sorted(rows, key=attrgetter("event_id"))
+        ],
+        separators=(",", ":"),
+    )
+    params = {"provider": provider.pk, "now": timezone.now(), "rows": payload}
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
+        cursor.execute(_INSERT_USAGE_ROWS, params)
         return {event_id for (event_id,) in cursor.fetchall()}
 
 
@@ -407,122 +370,12 @@ def _close(period: date) -> CloseResult:
             # Skipping it would leave its contracts unbilled for good: later closes bill later months.
             raise InvalidTransition(f"Close {first:%Y-%m} first; months close in order.")
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Wait for in-flight usage batches; later ones get higher ids than the watermark.
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", USAGE_LOCK)
+        # Wait for in-flight usage batches; later ones get higher ids than the watermark.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", USAGE_LOCK)
     watermark = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
     closed = BillingPeriod.objects.create(period=period, usage_watermark=watermark)
-    if connection.vendor == "postgresql":
-        invoices, statements = close_in_sql(period=period, now=timezone.now())
-    else:
-        lines = rate_period(period=period, usage_upto=watermark, late_after=latest.usage_watermark if latest else 0)
-        invoices = _issue_invoices(period, lines)
-        statements = _issue_statements(period, lines)
+    invoices, statements = close_in_sql(period=period, now=timezone.now())
     return CloseResult(period=closed, created=True, invoices=invoices, statements=statements)
-
-
-def _issue_invoices(period: date, lines: list[RatedLine]) -> int:
-    by_lab: dict[int, list[RatedLine]] = defaultdict(list)
-    for line in lines:
-        by_lab[line.lab_id].append(line)
-    if not by_lab:
-        return 0
-    lab_ids = sorted(by_lab)
-    numbers = _next_numbers("invoice", len(lab_ids))
-    now = timezone.now()
-    totals = {lab_id: sum((line.amount for line in by_lab[lab_id]), ZERO) for lab_id in lab_ids}
-    invoices = Invoice.objects.bulk_create(
-        Invoice(
-            lab_id=lab_id,
-            period=period,
-            number=f"INV-{period:%Y%m}-{number:06d}",
-            # An invoice that rates to nothing has nothing to wait for.
-            status=Invoice.Status.ISSUED if totals[lab_id] else Invoice.Status.PAID,
-            total=totals[lab_id],
-            issued_at=now,
-            paid_at=None if totals[lab_id] else now,
-        )
-        for lab_id, number in zip(lab_ids, numbers, strict=True)
-    )
-    invoice_by_lab = {invoice.lab_id: invoice for invoice in invoices}
-    bulk_insert(
-        InvoiceLine,
-        ("invoice_id", "contract_id", "provider_id", "kind", "service_period", "description", "quantity",
-         "unit_price", "amount", "fee_rate", "fee_amount"),
-        (
-            (invoice_by_lab[line.lab_id].pk, line.contract_id, line.provider_id, line.kind, line.service_period,
-             line.description, line.quantity, line.unit_price, line.amount, line.fee_rate, line.fee_amount)
-            for line in lines
-        ),
-    )  # fmt: skip
-    postings = []
-    for lab_id in lab_ids:
-        invoice = invoice_by_lab[lab_id]
-        legs: dict[tuple[str, int | None], Decimal] = defaultdict(lambda: ZERO)
-        legs[(Account.Kind.LAB_RECEIVABLE, lab_id)] += invoice.total
-        for line in by_lab[lab_id]:
-            legs[(Account.Kind.PROVIDER_PAYABLE, line.provider_id)] -= line.amount - line.fee_amount
-            legs[(Account.Kind.PLATFORM_REVENUE, None)] -= line.fee_amount
-        postings.append((LedgerTransaction.Kind.INVOICE, f"invoice:{invoice.pk}", f"Invoice {invoice.number}", legs))
-    ledger_post(postings)
-    return len(invoices)
-
-
-def _issue_statements(period: date, lines: list[RatedLine]) -> int:
-    """Each provider's gross, fee and net for the month, from the lines issued at this close
-    and the credit notes written since the previous close; an earlier statement's negative
-    net is carried into this one."""
-    gross: dict[int, Decimal] = defaultdict(lambda: ZERO)
-    fee: dict[int, Decimal] = defaultdict(lambda: ZERO)
-    carried: dict[int, Decimal] = defaultdict(lambda: ZERO)
-    for line in lines:
-        gross[line.provider_id] += line.amount
-        fee[line.provider_id] += line.fee_amount
-    # The open credit lines are read once, by id: one written while this close runs is left
-    # for the next statement rather than assigned here without being deducted.
-    open_credits = list(
-        CreditNoteLine.objects.filter(statement__isnull=True)
-        .order_by("id")
-        .values_list("id", "invoice_line__provider_id", "amount", "fee_amount")
-    )
-    credit_ids: dict[int, list[int]] = defaultdict(list)
-    for credit_id, provider_id, amount, fee_amount in open_credits:
-        gross[provider_id] -= amount
-        fee[provider_id] -= fee_amount
-        credit_ids[provider_id].append(credit_id)
-    owed = list(
-        PayoutStatement.objects.select_for_update()
-        .filter(status=PayoutStatement.Status.ISSUED, net__lt=0)
-        .values_list("id", "provider_id", "net")
-    )
-    carried_ids: dict[int, list[int]] = defaultdict(list)
-    for statement_id, provider_id, net in owed:
-        carried[provider_id] += net
-        carried_ids[provider_id].append(statement_id)
-    providers = sorted(gross.keys() | carried.keys())
-    if not providers:
-        return 0
-    numbers = _next_numbers("payout", len(providers))
-    statements = PayoutStatement.objects.bulk_create(
-        PayoutStatement(
-            provider_id=provider_id,
-            period=period,
-            number=f"PAY-{period:%Y%m}-{number:06d}",
-            gross=gross[provider_id],
-            fee=fee[provider_id],
-            carried_in=carried[provider_id],
-            net=gross[provider_id] - fee[provider_id] + carried[provider_id],
-        )
-        for provider_id, number in zip(providers, numbers, strict=True)
-    )
-    by_provider = {statement.provider_id: statement for statement in statements}
-    for provider_id, ids in credit_ids.items():
-        CreditNoteLine.objects.filter(pk__in=ids).update(statement=by_provider[provider_id])
-    for provider_id, ids in carried_ids.items():
-        PayoutStatement.objects.filter(pk__in=ids).update(
-            status=PayoutStatement.Status.CARRIED, carried_into=by_provider[provider_id]
-        )
-    return len(statements)
 
 
 def _first_billable_month() -> date | None:
@@ -570,8 +423,8 @@ def billing_period_preview(*, lab: Organization, period: date) -> list[RatedLine
 
 
 def invoice_amount_due(invoice: Invoice) -> Decimal:
-    credited = decimal_sum(invoice.credit_notes.all(), "amount")
-    paid = decimal_sum(invoice.payments.all(), "amount")
+    credited = invoice.credit_notes.aggregate(total=Sum("amount"))["total"] or ZERO
+    paid = invoice.payments.aggregate(total=Sum("amount"))["total"] or ZERO
     return invoice.total - credited - paid
 
 
@@ -620,12 +473,11 @@ def invoice_record_payment(
 def _line_credit_room(lines: list[InvoiceLine]) -> dict[int, tuple[Decimal, Decimal]]:
     """For each line: amount and fee not yet credited."""
     credited = {
-        line_id: sums
-        for (line_id,), sums in decimal_sums(
-            CreditNoteLine.objects.filter(invoice_line__in=lines),
-            by=("invoice_line_id",),
-            fields=("amount", "fee_amount"),
-        ).items()
+        line_id: (amount, fee)
+        for line_id, amount, fee in CreditNoteLine.objects.filter(invoice_line__in=lines)
+        .order_by()
+        .values_list("invoice_line_id")
+        .annotate(Sum("amount"), Sum("fee_amount"))
     }
     room = {}
     for line in lines:

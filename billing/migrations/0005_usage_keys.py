@@ -1,14 +1,11 @@
 """Usage records: one composite key for the contract and its provider, no redundant indexes.
 
-A usage row paid for three foreign-key checks and six indexes. On PostgreSQL the composite
-foreign key (contract, provider) -> contract (id, provider) now checks in one lookup both
-that the contract exists and that it is the reporting provider's, which nothing in the
-database held before; the two single-column keys it replaces are dropped. The single-column
+A usage row paid for three foreign-key checks and six indexes. The composite foreign key
+(contract, provider) -> contract (id, provider) now checks in one lookup both that the
+contract exists and that it is the reporting provider's, which nothing in the database
+held before; the two single-column keys it replaces are dropped. The single-column
 indexes on contract and provider are covered by (contract, period) and the unique
 (provider, event_id); the one on node served no query (nodes are never deleted).
-
-SQLite (embedded mode) has no composite keys; there ``usage_ingest`` stores only records of
-the provider's own contracts, as it does on PostgreSQL.
 """
 
 import django.db.models.deletion
