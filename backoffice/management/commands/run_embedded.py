@@ -1,3 +1,6 @@
+import signal
+import sys
+
 from django.core.management import call_command
 from django.core.management.commands.runserver import Command as RunserverCommand
 
@@ -17,6 +20,8 @@ class Command(RunserverCommand):
 
     def handle(self, *args, **options):
         options["use_reloader"] = False  # one process: a reloader's child would not own the server
+        # Stopped by a signal, still exit normally, so the embedded server is stopped with it.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         call_command("migrate", interactive=False, verbosity=0)
         if not options["no_seed"]:
             call_command("seed_demo")
