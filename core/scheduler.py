@@ -4,6 +4,7 @@ import logging
 import threading
 from datetime import timedelta
 
+from celery import current_app
 from celery.schedules import schedule as celery_schedule
 from django.conf import settings
 from django.db import close_old_connections
@@ -18,8 +19,7 @@ class EmbeddedScheduler(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from config.celery import app
-
+        app = current_app  # the project's app, configured from the settings
         app.loader.import_default_modules()
         entries = []
         for entry in settings.CELERY_BEAT_SCHEDULE.values():
