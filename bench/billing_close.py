@@ -356,6 +356,8 @@ def load_usage(rng: random.Random, contracts: list[PlannedContract], period: dat
     contract's node-hours in the month in proportion to them. Returns the rows loaded."""
     from django.db import DatabaseError, connection, transaction
 
+    from billing.services import usage_totals_rebuild
+
     metered = [c for c in contracts if c.billing_mode == "metered"]
     slots = {}
     for contract in metered:
@@ -413,8 +415,9 @@ def load_usage(rng: random.Random, contracts: list[PlannedContract], period: dat
             loaded += n
     with connection.cursor() as cursor:
         cursor.execute("RESET session_replication_role")
-        # Replica mode skipped the trigger that keeps the usage totals: build them as it would.
-        cursor.execute("SELECT billing_usage_totals_rebuild()")
+    # Replica mode skipped the trigger that keeps the usage totals: build them as it would.
+    usage_totals_rebuild()
+    with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM billing_usagerecord u LEFT JOIN broker_contract c ON c.id = u.contract_id "
             "LEFT JOIN marketplace_node n ON n.id = u.node_id WHERE c.id IS NULL OR n.id IS NULL "

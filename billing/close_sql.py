@@ -24,8 +24,15 @@ from django.conf import settings
 from django.db import connection
 
 from billing.models import Account, Invoice, InvoiceLine, LedgerTransaction, PayoutStatement
+from core.money import AMOUNT_PLACES
 from core.timeutils import period_bounds
 from marketplace.models import BillingMode
+
+# Documents are numbered from gapless sequences, per month: INV-202611-000001, PAY-202611-000001.
+INVOICE_SEQUENCE, INVOICE_PREFIX = "invoice", "INV"
+PAYOUT_SEQUENCE, PAYOUT_PREFIX = "payout", "PAY"
+# An issued invoice's ledger transaction: "invoice:<id>", posted once (a unique key).
+INVOICE_SOURCE_PREFIX, INVOICE_MEMO_PREFIX = "invoice:", "Invoice "
 
 # The lines of the close, in the order the reference rates them: committed blocks by
 # contract, then usage by (month, contract). ``numerator`` / ``denominator`` is the exact
@@ -77,7 +84,7 @@ WITH usage_sums AS (
                 THEN 1 ELSE 3600 END AS denominator
     FROM remaining r
 ), priced AS (
-    SELECT e.*, round(e.numerator * e.price / e.denominator, 2) AS amount,
+    SELECT e.*, round(e.numerator * e.price / e.denominator, %(places)s) AS amount,
            COALESCE(o.platform_fee_rate, %(default_fee_rate)s) AS fee_rate
     FROM exact e
     JOIN marketplace_organization o ON o.id = e.provider_id
@@ -89,7 +96,7 @@ SELECT part, lab_id, id AS contract_id, provider_id, kind, service_period,
                         WHEN %(metered)s THEN 'metered usage ' || %(month)s
                         ELSE 'late usage for ' || to_char(service_period, 'YYYY-MM') END AS description,
        numerator / denominator AS quantity, price AS unit_price, amount, fee_rate,
-       round(amount * fee_rate, 2) AS fee_amount
+       round(amount * fee_rate, %(places)s) AS fee_amount
 FROM priced
 """
 
@@ -109,14 +116,14 @@ _ISSUE = """
 WITH seq AS (
     UPDATE billing_documentsequence
     SET last_value = last_value + (SELECT COUNT(DISTINCT lab_id) FROM billing_close_line)
-    WHERE name = 'invoice'
+    WHERE name = %(sequence)s
     RETURNING last_value - (SELECT COUNT(DISTINCT lab_id) FROM billing_close_line) AS base
 ), totals AS (
     SELECT lab_id, SUM(amount) AS total, row_number() OVER (ORDER BY lab_id) AS n
     FROM billing_close_line GROUP BY lab_id
 ), issued AS (
     INSERT INTO billing_invoice (lab_id, period, number, status, total, created_at, issued_at, paid_at)
-    SELECT t.lab_id, %(period)s, 'INV-' || %(stamp)s || '-' || lpad((seq.base + t.n)::text, 6, '0'),
+    SELECT t.lab_id, %(period)s, %(number_prefix)s || lpad((seq.base + t.n)::text, 6, '0'),
            CASE WHEN t.total <> 0 THEN %(issued)s ELSE %(paid)s END, t.total, %(now)s, %(now)s,
            CASE WHEN t.total <> 0 THEN NULL ELSE %(now)s::timestamptz END
     FROM totals t CROSS JOIN seq
@@ -140,11 +147,12 @@ ORDER BY l.part, l.service_period, l.contract_id
 # the platform earns the fees. Zero legs are left out; an invoice of 0.00 posts nothing.
 _POST = """
 WITH invoices AS (
-    SELECT id, lab_id, number, total FROM billing_close_invoice WHERE total <> 0
+    SELECT id, lab_id, number, total, %(source_prefix)s || id AS source_key
+    FROM billing_close_invoice WHERE total <> 0
 ), txns AS (
     INSERT INTO billing_ledgertransaction (kind, source_key, memo, created_at)
-    SELECT %(kind)s, 'invoice:' || id, 'Invoice ' || number, %(now)s FROM invoices ORDER BY id
-    RETURNING id, split_part(source_key, ':', 2)::bigint AS invoice_id
+    SELECT %(kind)s, source_key, %(memo_prefix)s || number, %(now)s FROM invoices ORDER BY id
+    RETURNING id, source_key
 ), legs AS (
     SELECT i.id AS invoice_id, %(receivable)s AS kind, i.lab_id AS organization_id, i.total AS amount
     FROM invoices i
@@ -160,7 +168,8 @@ WITH invoices AS (
 INSERT INTO billing_ledgerentry (transaction_id, account_id, amount)
 SELECT t.id, a.id, legs.amount
 FROM legs
-JOIN txns t ON t.invoice_id = legs.invoice_id
+JOIN invoices i ON i.id = legs.invoice_id
+JOIN txns t ON t.source_key = i.source_key
 JOIN billing_account a ON a.kind = legs.kind AND COALESCE(a.organization_id, 0) = COALESCE(legs.organization_id, 0)
 WHERE legs.amount <> 0
 ORDER BY t.id, legs.kind, legs.organization_id
@@ -192,12 +201,12 @@ WITH credits AS (
     GROUP BY provider_id
 ), seq AS (
     UPDATE billing_documentsequence SET last_value = last_value + (SELECT COUNT(*) FROM totals)
-    WHERE name = 'payout'
+    WHERE name = %(sequence)s
     RETURNING last_value - (SELECT COUNT(*) FROM totals) AS base
 ), statements AS (
     INSERT INTO billing_payoutstatement
         (provider_id, period, number, gross, fee, carried_in, net, status, created_at)
-    SELECT t.provider_id, %(period)s, 'PAY-' || %(stamp)s || '-' || lpad((seq.base + t.n)::text, 6, '0'),
+    SELECT t.provider_id, %(period)s, %(number_prefix)s || lpad((seq.base + t.n)::text, 6, '0'),
            t.gross, t.fee, t.carried_in, t.gross - t.fee + t.carried_in, %(issued)s, %(now)s
     FROM totals t CROSS JOIN seq
     ORDER BY t.provider_id
@@ -222,7 +231,6 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
     and none is half-written.
     """
     start, end = period_bounds(period)
-    stamp = f"{period:%Y%m}"
     with connection.cursor() as cursor:
         cursor.execute(
             _RATE,
@@ -237,6 +245,7 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
                 "committed_mode": BillingMode.COMMITTED,
                 "metered_mode": BillingMode.METERED,
                 "default_fee_rate": settings.PLATFORM_FEE_RATE,
+                "places": AMOUNT_PLACES,
                 "month": f"{period:%Y-%m}",
             },
         )
@@ -250,7 +259,7 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
         cursor.execute("SET LOCAL default_statistics_target = 10")
         cursor.execute("ANALYZE billing_close_line")
         cursor.execute(_ENSURE_ACCOUNTS, legs)
-        for name in ("invoice", "payout"):
+        for name in (INVOICE_SEQUENCE, PAYOUT_SEQUENCE):
             cursor.execute(
                 "INSERT INTO billing_documentsequence (name, last_value) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
                 [name],
@@ -263,7 +272,8 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
             _ISSUE,
             {
                 "period": period,
-                "stamp": stamp,
+                "sequence": INVOICE_SEQUENCE,
+                "number_prefix": f"{INVOICE_PREFIX}-{period:%Y%m}-",
                 "now": now,
                 "issued": Invoice.Status.ISSUED,
                 "paid": Invoice.Status.PAID,
@@ -273,12 +283,22 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
         cursor.execute("ANALYZE billing_close_invoice")
         cursor.execute("RESET default_statistics_target")
         cursor.execute(_LINES)
-        cursor.execute(_POST, {"kind": LedgerTransaction.Kind.INVOICE, "now": now, **legs})
+        cursor.execute(
+            _POST,
+            {
+                "kind": LedgerTransaction.Kind.INVOICE,
+                "source_prefix": INVOICE_SOURCE_PREFIX,
+                "memo_prefix": INVOICE_MEMO_PREFIX,
+                "now": now,
+                **legs,
+            },
+        )
         cursor.execute(
             _STATEMENTS,
             {
                 "period": period,
-                "stamp": stamp,
+                "sequence": PAYOUT_SEQUENCE,
+                "number_prefix": f"{PAYOUT_PREFIX}-{period:%Y%m}-",
                 "now": now,
                 "issued": PayoutStatement.Status.ISSUED,
                 "carried": PayoutStatement.Status.CARRIED,

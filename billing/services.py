@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from billing.close_sql import close_in_sql
 from billing.ledger import ledger_post
+from billing.locks import USAGE_LOCK
 from billing.models import (
     Account,
     BillingPeriod,
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 MAX_USAGE_BATCH = 1000
 MAX_GPU_SECONDS = Decimal("1e14")
-USAGE_LOCK = (0x62696C6C, 1)  # ("bill", 1): ingestion shares it, a close takes it alone
 
 
 # --- Usage ingestion -----------------------------------------------------------------------
@@ -312,6 +312,12 @@ def _insert_usage(provider: Organization, rows: list[_Candidate]) -> set[str]:
         cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
         cursor.execute(_INSERT_USAGE_ROWS, params)
         return {event_id for (event_id,) in cursor.fetchall()}
+
+
+def usage_totals_rebuild() -> None:
+    """Recompute the usage totals from the records (after a bulk load made with triggers off)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT billing_usage_totals_rebuild(%s, %s)", USAGE_LOCK)
 
 
 # --- Numbering -----------------------------------------------------------------------------

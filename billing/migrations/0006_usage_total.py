@@ -14,8 +14,9 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+from billing.locks import USAGE_LOCK as LOCK_KEYS
 
-USAGE_LOCK = "1651076204, 1"  # billing.services.USAGE_LOCK: ("bill", 1)
+USAGE_LOCK = ", ".join(str(int(key)) for key in LOCK_KEYS)  # written into the SQL (see migration 0010)
 
 FORWARD = [
     """ALTER TABLE billing_invoiceline ADD CONSTRAINT invoice_line_contract_of_provider

@@ -2,15 +2,17 @@
 
 import json
 import threading
+from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
 
 import pytest
 import time_machine
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connection, connections, transaction
 
+from billing.locks import USAGE_LOCK
 from billing.models import UsageRecord, UsageTotal
-from billing.services import usage_ingest
+from billing.services import usage_ingest, usage_totals_rebuild
 from core.db import bulk_insert
 from tests.billing.conftest import METERED_START, NODE_NAMES, SPANNING_START
 from tests.billing.factories import METERED, close, contract_create, hours_later, make_lab, record, utc
@@ -712,17 +714,62 @@ def test_an_invoice_line_names_its_contracts_own_provider(provider_client, meter
     assert InvoiceLine.objects.count() == 1
 
 
-@requires_postgres
-def test_the_totals_trigger_takes_the_lock_ingestion_and_closes_take(db):
-    """The migration writes the usage lock's key into SQL; it must stay the services' key."""
-    from billing.services import USAGE_LOCK
+class TestUsageLock:
+    """One advisory lock orders usage and closes: ingestion, and the totals trigger under any
+    INSERT (COPY included), take it shared; a close and a rebuild of the totals take it alone.
+    Another session holds it here; what waits for it gives up after a short lock timeout."""
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT proname, prosrc FROM pg_proc WHERE proname IN "
-            "('billing_usage_total_add', 'billing_usage_totals_rebuild') ORDER BY proname"
+    @pytest.fixture
+    def other_session(self):
+        other = connections.create_connection(DEFAULT_DB_ALIAS)
+        try:
+            yield other
+        finally:
+            other.close()  # its session-level lock goes with it
+
+    def hold(self, session, *, shared: bool) -> None:
+        function = "pg_advisory_lock_shared" if shared else "pg_advisory_lock"
+        with session.cursor() as cursor:
+            cursor.execute(f"SELECT {function}(%s, %s)", USAGE_LOCK)
+
+    @contextmanager
+    def waits_for_the_lock(self):
+        with pytest.raises(OperationalError, match="lock timeout"), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '200ms'")
+            yield
+
+    def copy_one(self, contract, event_id: str) -> None:
+        """A usage row written by COPY: no service takes the lock, only the trigger."""
+        bulk_insert(
+            UsageRecord,
+            ("provider_id", "event_id", "contract_id", "started_at", "ended_at", "gpu_seconds", "period",
+             "received_at"),
+            [(contract.provider_id, event_id, contract.pk, METERED_START, H1, Decimal(1), date(2026, 10, 1), NOW)],
+        )  # fmt: skip
+
+    def test_ingestion_and_the_totals_trigger_wait_while_a_close_holds_it(
+        self, provider_client, metered_contract, clock, other_session
+    ):
+        self.hold(other_session, shared=False)
+        with self.waits_for_the_lock():
+            usage_ingest(
+                provider=provider_client.organization, records=[record("api", metered_contract, METERED_START, H1, 1)]
+            )
+        with self.waits_for_the_lock():
+            self.copy_one(metered_contract, "copy")
+        assert not UsageRecord.objects.exists()
+
+    def test_ingestion_shares_it_and_a_close_and_a_rebuild_wait_for_it(
+        self, provider_client, metered_contract, clock, other_session
+    ):
+        self.hold(other_session, shared=True)
+        usage_ingest(
+            provider=provider_client.organization, records=[record("api", metered_contract, METERED_START, H1, 1)]
         )
-        functions = cursor.fetchall()
-    assert [name for name, _ in functions] == ["billing_usage_total_add", "billing_usage_totals_rebuild"]
-    for _, source in functions:
-        assert f"({USAGE_LOCK[0]}, {USAGE_LOCK[1]})" in source
+        self.copy_one(metered_contract, "copy")
+        assert UsageTotal.objects.get().records == 2
+        with self.waits_for_the_lock():
+            usage_totals_rebuild()
+        with self.waits_for_the_lock():
+            close(date(2026, 9, 1))
