@@ -51,7 +51,7 @@ def market_overview(*, now: datetime | None = None) -> list[SegmentOverview]:
     for model_id, nodes, gpus_per_node, starts_at, ends_at in listings:
         rows[model_id].listed_gpu_hours += nodes * gpus_per_node * _overlap_hours(starts_at, ends_at, lo, hi)
 
-    live = Contract.objects.filter(starts_at__lt=hi, ends_at__gt=lo).exclude(released_at__lte=lo)
+    live = Contract.objects.serving_during(lo, hi)
     for model_id, gpus, starts_at, ends_at, released_at in live.values_list(
         "cluster__gpu_model_id", "gpu_count", "starts_at", "ends_at", "released_at"
     ):

@@ -4,7 +4,6 @@ from broker.models import Allocation, ComputeRequest, Contract
 from broker.services import compute_request_rematch, contract_cancel
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, ReasonForm, run_form_action
 from core.errors import DomainError
-from core.services import audit_record
 
 
 @admin.register(ComputeRequest)
@@ -32,11 +31,10 @@ class ComputeRequestAdmin(ReadOnlyAdmin):
     def rematch(self, request, queryset):
         for compute_request in queryset:
             try:
-                compute_request_rematch(request=compute_request)
+                compute_request_rematch(request=compute_request, actor=request.user)
             except DomainError as exc:
                 self.message_user(request, f"Request {compute_request.pk}: {exc.message}", messages.ERROR)
             else:
-                audit_record(action="request_rematched", target=compute_request, actor=request.user)
                 self.message_user(request, f"Request {compute_request.pk}: matching queued.")
 
 

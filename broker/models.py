@@ -45,6 +45,14 @@ class ComputeRequest(models.Model):
         return f"Request {self.pk}: {self.gpu_count} x {self.gpu_model_id} ({self.status})"
 
 
+class ContractQuerySet(models.QuerySet):
+    def serving_during(self, starts_at, ends_at) -> "ContractQuerySet":
+        """Contracts whose service, up to an early release, overlaps [starts_at, ends_at)."""
+        return self.filter(starts_at__lt=ends_at, ends_at__gt=starts_at).exclude(
+            released_at__isnull=False, released_at__lte=starts_at
+        )
+
+
 class Contract(models.Model):
     """The binding result of a fill or a booking. Its terms never change after creation."""
 
@@ -77,6 +85,8 @@ class Contract(models.Model):
     )
     cancel_reason = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ContractQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

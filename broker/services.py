@@ -77,10 +77,11 @@ def compute_request_cancel(*, request: ComputeRequest) -> ComputeRequest:
     return request
 
 
-def compute_request_rematch(*, request: ComputeRequest) -> None:
+def compute_request_rematch(*, request: ComputeRequest, actor=None, actor_label: str = "") -> None:
     """Queue the matching of the request's market segment (an operator's nudge)."""
     if request.status != ComputeRequest.Status.OPEN:
         raise InvalidTransition(f"Only an open request is matched; this one is {request.status}.")
+    audit_record(action="request_rematched", target=request, actor=actor, actor_label=actor_label)
     transaction.on_commit(lambda: _enqueue_matching(request.gpu_model_id))
 
 
