@@ -432,7 +432,7 @@ def load_usage(rng: random.Random, contracts: list[PlannedContract], period: dat
 class Breakdown:
     """Wall time in the close's phases and in SQL, while installed (microseconds per call)."""
 
-    PHASES = ["_close", "rate_period", "_issue_invoices", "_issue_statements", "ledger_post"]
+    PHASES = ["_close", "close_in_sql"]
 
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
@@ -633,6 +633,7 @@ def main() -> None:
     setup(default_database="gpubroker_bench_billing", apps=("core", "marketplace", "broker", "billing"))
     from django.db import connection
 
+    from billing.close_sql import RATE_LINES, rate_lines_params
     from billing.models import Invoice, InvoiceLine, PayoutStatement
     from billing.services import billing_period_close
     from core.timeutils import previous_month
@@ -685,15 +686,12 @@ def main() -> None:
 
     profiled = args.profile or ratio > TARGET_RATIO
     if profiled:
-        rating_sql = next(
-            ((sql, params) for _, sql, params in breakdown.slowest if "SUM" in sql and "billing_usagerecord" in sql),
-            None,
-        )
-        if rating_sql:
-            print(f"--- EXPLAIN ANALYZE, the rating query ---\n{explain(*rating_sql)}", file=sys.stderr)
-        print(f"--- EXPLAIN ANALYZE, the aggregate ---\n{explain(AGGREGATE_SQL, [period])}", file=sys.stderr)
+        # Back to the books before this close: the previous month closed, this one open.
         truncate(BILLING_OUTPUT_TABLES)
         billing_period_close(period=previous_month(period))
+        rating = explain(RATE_LINES, rate_lines_params(period=period))
+        print(f"--- EXPLAIN ANALYZE, the rating statement ---\n{rating}", file=sys.stderr)
+        print(f"--- EXPLAIN ANALYZE, the aggregate ---\n{explain(AGGREGATE_SQL, [period])}", file=sys.stderr)
         profiler = cProfile.Profile()
         with rolled_back():
             profiler.enable()

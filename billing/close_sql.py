@@ -1,24 +1,34 @@
 """A month's close, set-based: rating, invoices, lines, ledger and statements.
 
-The rules are those of ``billing.rating`` (the reference, used by previews); here they run
-as a handful of statements over whole sets, so a close of 10,000 contracts moves no row
-through Python:
+Rating turns contracts and usage into invoice lines for a calendar month:
 
-1. the lines are rated into a temporary table (quantity, amount and fee, each amount
-   rounded half-up to cents once: ``round()`` on a non-negative numeric), the usage to bill
-   read from ``UsageTotal`` (usage summed per contract and month as it arrived, with the
-   month whose close bills it);
-2. accounts and document numbers are reserved, then invoices, lines, ledger transactions
-   and their legs (one statement, so the ledger's balance check sees them together), and
-   the providers' statements with the credit lines they deduct.
+- A committed contract bills the GPU-hours of its window (up to an early release) that
+  fall in the month, times its price, whatever was used.
+- A metered contract bills the GPU-seconds reported for the month / 3,600, times its price,
+  never more than the contract could deliver in that month.
+- Usage that arrives after its month was closed is billed as an adjustment line by the
+  next close. Which close bills a usage record is kept with the usage totals as records
+  arrive (``UsageTotal.billed_in``: the record's month while it is open, else the first
+  month not closed yet).
+- Lines already on issued invoices are subtracted, so rating twice never bills twice. Each
+  line's amount, and its platform-fee share, is rounded half-up to cents once.
 
-``tests/billing`` checks, on random markets, that this close bills exactly the lines
-``rate_period`` computes.
+``RATE_LINES`` is the one implementation of these rules: a close materialises it into a
+temporary table, a preview reads it (``rate_lines``). The rest of the close is a handful of
+statements over whole sets, so a close of 10,000 contracts moves no row through Python:
+accounts and document numbers are reserved, then invoices, lines, ledger transactions and
+their legs (one statement, so the ledger's balance check sees them together), and the
+providers' statements with the credit lines they deduct.
+
+``tests/billing`` checks, on random markets, that every close bills exactly the lines a
+Python oracle of these rules computes from the usage records themselves.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
@@ -34,11 +44,29 @@ PAYOUT_SEQUENCE, PAYOUT_PREFIX = "payout", "PAY"
 # An issued invoice's ledger transaction: "invoice:<id>", posted once (a unique key).
 INVOICE_SOURCE_PREFIX, INVOICE_MEMO_PREFIX = "invoice:", "Invoice "
 
-# The lines of the close, in the order the reference rates them: committed blocks by
-# contract, then usage by (month, contract). ``numerator`` / ``denominator`` is the exact
-# quantity, so the amount is rounded from the exact value, not from a rounded quantity.
-_RATE = """
-CREATE TEMPORARY TABLE billing_close_line ON COMMIT DROP AS
+
+@dataclass(frozen=True, slots=True)
+class RatedLine:
+    """An invoice line, rated (by a preview) or issued."""
+
+    lab_id: int
+    contract_id: int
+    provider_id: int
+    kind: str
+    service_period: date
+    description: str
+    quantity: Decimal  # GPU-hours, exact
+    unit_price: Decimal
+    amount: Decimal
+    fee_rate: Decimal
+    fee_amount: Decimal
+
+
+# The lines a close of %(period)s bills, for every lab or only %(lab)s. ``part`` orders them
+# as an invoice lists them: committed blocks by contract, then usage by (month, contract).
+# ``numerator`` / ``denominator`` is the exact quantity, so the amount is rounded from the
+# exact value, not from a rounded quantity.
+RATE_LINES = """
 WITH usage_sums AS (
     -- The usage this close bills, per (contract, month): kept by a trigger as usage arrives
     -- (see UsageTotal), so this reads one row per contract-month, not every record.
@@ -50,8 +78,9 @@ WITH usage_sums AS (
     FROM broker_contract c
     JOIN marketplace_cluster cl ON cl.id = c.cluster_id
     JOIN marketplace_gpumodel gm ON gm.id = cl.gpu_model_id
-    WHERE (c.starts_at < %(end)s AND c.ends_at > %(start)s AND (c.released_at IS NULL OR c.released_at > %(start)s))
-       OR c.id IN (SELECT contract_id FROM usage_sums)
+    WHERE ((c.starts_at < %(end)s AND c.ends_at > %(start)s AND (c.released_at IS NULL OR c.released_at > %(start)s))
+           OR c.id IN (SELECT contract_id FROM usage_sums))
+      AND (%(lab)s::bigint IS NULL OR c.lab_id = %(lab)s)
 ), billed AS (
     SELECT l.contract_id, l.service_period, SUM(l.quantity) AS quantity
     FROM billing_invoiceline l
@@ -99,6 +128,8 @@ SELECT part, lab_id, id AS contract_id, provider_id, kind, service_period,
        round(amount * fee_rate, %(places)s) AS fee_amount
 FROM priced
 """
+
+_MATERIALISE_LINES = "CREATE TEMPORARY TABLE billing_close_line ON COMMIT DROP AS " + RATE_LINES
 
 _ENSURE_ACCOUNTS = """
 INSERT INTO billing_account (kind, organization_id)
@@ -224,31 +255,46 @@ SELECT COUNT(*) FROM statements
 """
 
 
+def rate_lines_params(*, period: date, lab_id: int | None = None) -> dict:
+    """The parameters of ``RATE_LINES``: the month, the lab (None: every lab), statuses and rates."""
+    start, end = period_bounds(period)
+    return {
+        "start": start,
+        "end": end,
+        "period": period,
+        "lab": lab_id,
+        "draft": Invoice.Status.DRAFT,
+        "committed": InvoiceLine.Kind.COMMITTED,
+        "metered": InvoiceLine.Kind.METERED,
+        "adjustment": InvoiceLine.Kind.ADJUSTMENT,
+        "committed_mode": BillingMode.COMMITTED,
+        "metered_mode": BillingMode.METERED,
+        "default_fee_rate": settings.PLATFORM_FEE_RATE,
+        "places": AMOUNT_PLACES,
+        "month": f"{period:%Y-%m}",
+    }
+
+
+def rate_lines(*, period: date, lab_id: int | None = None) -> list[RatedLine]:
+    """The lines a close of ``period`` would bill from the current data, in invoice order.
+
+    Reads only: the statement the close materialises, run as a query.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(RATE_LINES, rate_lines_params(period=period, lab_id=lab_id))
+        rows = cursor.fetchall()
+    rows.sort(key=lambda row: (row[0], row[5], row[2]))  # part, service period, contract
+    return [RatedLine(*row[1:]) for row in rows]
+
+
 def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
     """Rate and issue ``period`` in the current transaction; (invoices, statements) written.
 
     The caller holds the usage lock alone, so every committed usage batch is in the totals
     and none is half-written.
     """
-    start, end = period_bounds(period)
     with connection.cursor() as cursor:
-        cursor.execute(
-            _RATE,
-            {
-                "start": start,
-                "end": end,
-                "period": period,
-                "draft": Invoice.Status.DRAFT,
-                "committed": InvoiceLine.Kind.COMMITTED,
-                "metered": InvoiceLine.Kind.METERED,
-                "adjustment": InvoiceLine.Kind.ADJUSTMENT,
-                "committed_mode": BillingMode.COMMITTED,
-                "metered_mode": BillingMode.METERED,
-                "default_fee_rate": settings.PLATFORM_FEE_RATE,
-                "places": AMOUNT_PLACES,
-                "month": f"{period:%Y-%m}",
-            },
-        )
+        cursor.execute(_MATERIALISE_LINES, rate_lines_params(period=period))
         legs = {
             "receivable": Account.Kind.LAB_RECEIVABLE,
             "payable": Account.Kind.PROVIDER_PAYABLE,

@@ -10,8 +10,8 @@ class UsageRecord(models.Model):
     """GPU-seconds a provider reports for a contract over [started_at, ended_at).
 
     ``event_id`` is the provider's own id: a record sent twice is stored once. Records are
-    immutable; which invoice bills one follows from its ``period`` and its ``id`` against
-    the watermarks of the period closes (see billing.rating).
+    immutable; which close bills one is kept with the usage totals as it arrives (see
+    UsageTotal).
 
     One composite foreign key (contract, provider) -> contract (id, provider) holds both
     that the contract exists and that it is this provider's (migration 0005): one check per

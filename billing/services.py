@@ -13,7 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Min, Sum
 from django.utils import timezone
 
-from billing.close_sql import close_in_sql
+from billing.close_sql import RatedLine, close_in_sql, rate_lines
 from billing.ledger import ledger_post
 from billing.locks import USAGE_LOCK
 from billing.models import (
@@ -29,7 +29,6 @@ from billing.models import (
     PayoutStatement,
     UsageRecord,
 )
-from billing.rating import RatedLine, rate_period
 from broker.models import Contract
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
@@ -411,18 +410,30 @@ def billing_periods_close_due(*, now: datetime | None = None) -> dict:
     return outcome
 
 
+# An issued line's fields in RatedLine's order, after the lab.
+_LINE_FIELDS = ("contract_id", "provider_id", "kind", "service_period", "description", "quantity", "unit_price",
+                "amount", "fee_rate", "fee_amount")  # fmt: skip
+
+
 def billing_period_preview(*, lab: Organization, period: date) -> list[RatedLine]:
-    """What the month's invoice would hold if it were closed from the current data; saves nothing."""
-    latest_before = BillingPeriod.objects.filter(period__lt=period).order_by("-period").first()
-    # Late usage is billed by the next close only: previewing a later month shows none of it.
-    next_to_close = latest_before is not None and next_month(latest_before.period) == period
-    return rate_period(
-        period=period,
-        usage_upto=None,
-        late_after=latest_before.usage_watermark if latest_before else 0,
-        lab_id=lab.pk,
-        late_through=latest_before.period if next_to_close else date.min,
+    """The lab's invoice lines for the month, as its close issued them or would issue them now.
+
+    An open month is rated by the close's own statement: the next month to close also bills
+    the late usage of closed months, a later one only its own. A closed month shows the
+    lines its invoice was issued with, plus its late usage that no close has billed yet (the
+    next close bills it as adjustment lines). Saves nothing.
+    """
+    latest = BillingPeriod.objects.order_by("-period").first()
+    if latest is None or period > latest.period:
+        return rate_lines(period=period, lab_id=lab.pk)
+    issued = InvoiceLine.objects.filter(invoice__lab=lab, invoice__period=period).exclude(
+        invoice__status=Invoice.Status.DRAFT
     )
+    late = rate_lines(period=next_month(latest.period), lab_id=lab.pk)
+    return [
+        *(RatedLine(*row) for row in issued.order_by("id").values_list("invoice__lab_id", *_LINE_FIELDS)),
+        *(line for line in late if line.service_period == period),
+    ]
 
 
 # --- Payments, credit notes, payouts ---------------------------------------------------------

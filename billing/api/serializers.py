@@ -1,10 +1,10 @@
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from rest_framework import serializers
 
+from billing.close_sql import RatedLine
 from billing.models import CreditNote, Invoice, InvoiceLine, Payment, PayoutStatement, UsageRecord
-from billing.rating import RatedLine
-from core.money import ZERO
+from core.money import QUANTITY_PLACES, ZERO
 
 
 class UsageBatchSerializer(serializers.Serializer):
@@ -102,13 +102,17 @@ class InvoicePreviewSerializer(serializers.Serializer):
         return [_preview_line(line) for line in preview["lines"]]
 
 
+QUANTITY_QUANTUM = Decimal(1).scaleb(-QUANTITY_PLACES)
+
+
 def _preview_line(line: RatedLine) -> dict:
     return {
         "contract": line.contract_id,
         "kind": line.kind,
         "service_period": line.service_period.isoformat(),
         "description": line.description,
-        "quantity": f"{line.quantity.quantize(Decimal('0.000001'))}",
+        # Rounded as the invoice line's column rounds it.
+        "quantity": f"{line.quantity.quantize(QUANTITY_QUANTUM, rounding=ROUND_HALF_UP)}",
         "unit_price": f"{line.unit_price}",
         "amount": f"{line.amount}",
     }

@@ -365,7 +365,6 @@ class TestPreview:
             for line in body["lines"]
         ]  # fmt: skip
 
-    @pytest.mark.xfail(strict=True, reason="a closed month's preview re-rates its usage against what it billed")
     def test_preview_of_a_closed_month_is_the_invoice_it_issued(self, lab_client, november_closed):
         # Nothing arrived after the close: the invoice, and nothing else (not the 1,536 - 1,252.16
         # = 283.84 GPU-h still unbilled, x 1.70 = 482.53, as if the usage were billed twice).
@@ -378,7 +377,6 @@ class TestPreview:
             [(november_closed.pk, "metered", "2026-11-01", "1252.160000", "1.7000", "2128.67")],
         )
 
-    @pytest.mark.xfail(strict=True, reason="a closed month's preview re-rates its usage against what it billed")
     def test_preview_of_a_closed_month_adds_only_its_late_usage_not_billed_yet(
         self, provider_client, lab_client, november_closed
     ):
