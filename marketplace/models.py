@@ -163,6 +163,16 @@ class BillingMode(models.TextChoices):
     METERED = "metered", "Metered"  # reported GPU-seconds; may release early
 
 
+class ListingQuerySet(models.QuerySet):
+    def of_trading_providers(self) -> "ListingQuerySet":
+        """Listings whose provider is not suspended."""
+        return self.exclude(provider__status=Organization.Status.SUSPENDED)
+
+    def on_offer(self) -> "ListingQuerySet":
+        """Active listings of providers not suspended: what labs may see and buy."""
+        return self.filter(status=Listing.Status.ACTIVE).of_trading_providers()
+
+
 class Listing(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"  # offered in search and to the matching engine
@@ -183,6 +193,8 @@ class Listing(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ListingQuerySet.as_manager()
 
     class Meta:
         ordering = ["price_per_gpu_hour", "starts_at", "id"]

@@ -5,10 +5,12 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, DateTimeField, F, Q, QuerySet, Value
+from django.db.models.functions import Greatest
+from django.db.models.lookups import GreaterThanOrEqual
 
 from core.timeutils import current_hour
-from marketplace.models import ApiKey, Cluster, GpuModel, Listing, ListingNode, Node, Organization
+from marketplace.models import ApiKey, Cluster, Listing, Node, Organization
 
 KEY_PREFIX = "gpb"
 
@@ -89,10 +91,145 @@ def listing_query_for(
     )
 
 
-def _hours_between_sql(start: str, end: str) -> str:
-    if connection.vendor == "postgresql":
-        return f"(EXTRACT(EPOCH FROM ({end} - {start})) / 3600)"
-    return f"((julianday({end}) - julianday({start})) * 24 + 0.001)"  # julianday is a float
+# A listing covers the window it is judged on, and that window is not empty.
+_COVERS_SQL = "(w.starts_at <= w.ws AND w.we <= w.ends_at AND w.ws < w.we)"
+
+# What a lab's search adds: the listing covers the window, allows its length, and has a node free.
+_DELIVERABLE_SQL = (
+    f"{_COVERS_SQL} AND w.min_duration_hours <= EXTRACT(EPOCH FROM (w.we - w.ws)) / 3600 AND w.available_nodes >= 1"
+)
+
+# Free nodes of each candidate listing over the window it is judged on, [ws, we), and the page
+# of those that remain, with their total. {candidates} is the SQL of listing_candidates() (with
+# its parameters first), {covers} and {deliverable} the fragments above; every value is a
+# parameter. The reservation and allocation conditions here are the SQL of
+# ListingNode.objects.holding() and Allocation.objects.holding_during(ws, we).
+LISTING_AVAILABILITY_SQL = """
+    WITH candidates AS (
+        {candidates}
+    ), out_of_service AS (
+        -- The candidates' reserved nodes out of service and not sold in the window (those
+        -- sold are counted with the sales). The EXISTS sits in the select list so that it
+        -- stays one index probe per node, never an anti-join over all allocations.
+        SELECT ln.listing_id, SUM(CASE WHEN EXISTS (
+                   SELECT 1 FROM broker_allocation a
+                   WHERE a.listing_node_id = ln.id AND a.starts_at < w.we AND a.ends_at > w.ws
+                     AND a.ends_at > a.starts_at
+               ) THEN 0 ELSE 1 END) AS nodes
+        FROM (
+            -- Plan fence (OFFSET 0): start from the few nodes out of service, never from every
+            -- node the candidates reserved.
+            SELECT ln.listing_id, ln.id
+            FROM marketplace_node n
+            JOIN marketplace_listingnode ln ON ln.node_id = n.id AND NOT ln.released
+            WHERE n.status <> %s
+            OFFSET 0
+        ) ln
+        JOIN candidates w ON w.id = ln.listing_id
+        GROUP BY ln.listing_id
+    ), windows AS MATERIALIZED (
+        -- Plan fence (MATERIALIZED): join the candidates to those before the window conditions
+        -- apply; pushed into that join, they make the planner expect a handful of candidates
+        -- and loop over the out-of-service rows once for each.
+        SELECT w.*, COALESCE(oos.nodes, 0) AS out_of_service
+        FROM candidates w
+        LEFT JOIN out_of_service oos ON oos.listing_id = w.id
+    ), counted AS (
+        -- A listing's nodes sold for an hour of its window: one range of the allocations' index
+        -- (allocation_listing_sold), counted once per listing in a lateral join; a scalar
+        -- subquery would be run again by each condition on available_nodes.
+        SELECT w.*, CASE WHEN w.status = %s OR NOT {covers} THEN 0
+                         ELSE w.node_count - w.out_of_service - sold.nodes END AS available_nodes
+        FROM windows w
+        CROSS JOIN LATERAL (
+            SELECT COUNT(DISTINCT a.listing_node_id) AS nodes FROM broker_allocation a
+            WHERE a.listing_id = w.id AND a.ends_at > w.ws AND a.starts_at < w.we AND a.ends_at > a.starts_at
+        ) sold
+    )
+    SELECT w.id, w.available_nodes, COUNT(*) OVER ()
+    FROM counted w
+    WHERE {deliverable}
+    ORDER BY w.price_per_gpu_hour, w.starts_at, w.id
+    LIMIT %s OFFSET %s
+"""
+
+
+def listing_candidates(*, query: ListingQuery, now_hour: datetime) -> QuerySet[Listing]:
+    """The listings a search judges, as rows of the columns the availability statement reads,
+    each with the window it is judged on (ws, we): the one asked for, else the rest of its own.
+    """
+    lookups = {
+        "cluster__gpu_model__slug": query.gpu_model,
+        "cluster__region": query.region,
+        "cluster__interconnect": query.interconnect,
+        "billing_mode": query.billing_mode,
+        "cluster_id": query.cluster_id,
+        "pk": query.listing_id,
+        "price_per_gpu_hour__lte": query.max_price,
+        "status__in": query.statuses or None,
+    }
+    conditions = []
+    if query.deliverable_only:
+        # Plain, index-friendly bounds; the exact ones are checked on the window (ws, we).
+        if query.starts_at is not None:
+            lookups |= {"starts_at__lte": query.starts_at, "ends_at__gt": query.starts_at}
+        else:
+            lookups["ends_at__gt"] = now_hour
+        if query.ends_at is not None:
+            lookups |= {"ends_at__gte": query.ends_at, "starts_at__lt": query.ends_at}
+        if query.min_gpus:
+            # A listing too small even when nothing of it is sold needs no availability count.
+            conditions.append(GreaterThanOrEqual(F("node_count") * F("cluster__gpus_per_node"), query.min_gpus))
+    if query.provider_id is not None:
+        listings = Listing.objects.filter(provider_id=query.provider_id)
+    else:
+        listings = Listing.objects.of_trading_providers()
+    window_start = (
+        Value(query.starts_at, DateTimeField())
+        if query.starts_at is not None
+        else Greatest("starts_at", Value(now_hour, DateTimeField()))
+    )
+    window_end = Value(query.ends_at, DateTimeField()) if query.ends_at is not None else F("ends_at")
+    # Named columns: the statement reads them by name (SELECT w.*), never by position.
+    return (
+        listings.filter(*conditions, **{lookup: value for lookup, value in lookups.items() if value is not None})
+        .order_by()
+        .values(
+            "id",
+            "price_per_gpu_hour",
+            "starts_at",
+            "ends_at",
+            "node_count",
+            "status",
+            "min_duration_hours",
+            gpus_per_node=F("cluster__gpus_per_node"),
+            ws=window_start,
+            we=window_end,
+        )
+    )
+
+
+def listing_availability_statement(
+    *, query: ListingQuery, now_hour: datetime, limit: int, offset: int
+) -> tuple[str, list[object]]:
+    """LISTING_AVAILABILITY_SQL for a query, and its parameters."""
+    candidates_sql, candidates_params = listing_candidates(query=query, now_hour=now_hour).query.sql_with_params()
+    deliverable, deliverable_params = "TRUE", []
+    if query.deliverable_only:
+        deliverable = _DELIVERABLE_SQL
+        if query.min_gpus:
+            deliverable += " AND w.available_nodes * w.gpus_per_node >= %s"
+            deliverable_params.append(query.min_gpus)
+    sql = LISTING_AVAILABILITY_SQL.format(candidates=candidates_sql, covers=_COVERS_SQL, deliverable=deliverable)
+    params = [
+        *candidates_params,
+        Node.Status.IN_SERVICE,
+        Listing.Status.WITHDRAWN,
+        *deliverable_params,
+        limit,
+        offset,
+    ]
+    return sql, params
 
 
 def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[list[Listing], int]:
@@ -113,156 +250,12 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
     number of listings or results: one computes the page and the total together, one loads
     its rows.
     """
-    from broker.models import Allocation
-
-    adapt = connection.ops.adapt_datetimefield_value
     now_hour = current_hour()
     if query.deliverable_only and query.starts_at is not None and query.starts_at < now_hour:
         return [], 0  # hours already begun or past cannot be delivered
-    conditions: list[str] = []
-    params: list[object] = []
-
-    if query.provider_id is not None:
-        conditions.append("l.provider_id = %s")
-        params.append(query.provider_id)
-    else:
-        conditions.append("o.status <> %s")
-        params.append(Organization.Status.SUSPENDED)
-    if query.statuses:
-        conditions.append(f"l.status IN ({', '.join(['%s'] * len(query.statuses))})")
-        params.extend(query.statuses)
-    for column, value in (
-        ("gm.slug", query.gpu_model),
-        ("c.region", query.region),
-        ("c.interconnect", query.interconnect),
-        ("l.billing_mode", query.billing_mode),
-        ("l.cluster_id", query.cluster_id),
-        ("l.id", query.listing_id),
-    ):
-        if value is not None:
-            conditions.append(f"{column} = %s")
-            params.append(value)
-    if query.max_price is not None:
-        conditions.append("l.price_per_gpu_hour <= %s")
-        params.append(connection.ops.adapt_decimalfield_value(query.max_price, 12, 4))
-
-    # The window each listing is judged on: the one asked for, else the rest of its own.
-    if query.starts_at is not None:
-        window_start, start_params = "%s", [adapt(query.starts_at)]
-    else:
-        window_start = "CASE WHEN l.starts_at > %s THEN l.starts_at ELSE %s END"
-        start_params = [adapt(now_hour), adapt(now_hour)]
-    if query.ends_at is not None:
-        window_end, end_params = "%s", [adapt(query.ends_at)]
-    else:
-        window_end, end_params = "l.ends_at", []
-    if query.deliverable_only:
-        # Plain, index-friendly bounds; the exact ones are checked on the window below.
-        if query.starts_at is not None:
-            conditions.append("l.starts_at <= %s AND l.ends_at > %s")
-            params += [adapt(query.starts_at), adapt(query.starts_at)]
-        else:
-            conditions.append("l.ends_at > %s")
-            params.append(adapt(now_hour))
-        if query.ends_at is not None:
-            conditions.append("l.ends_at >= %s AND l.starts_at < %s")
-            params += [adapt(query.ends_at), adapt(query.ends_at)]
-        if query.min_gpus:
-            # A listing too small even when nothing of it is sold needs no availability count.
-            conditions.append("l.node_count * c.gpus_per_node >= %s")
-            params.append(query.min_gpus)
-
-    covers = "(w.starts_at <= w.ws AND w.we <= w.ends_at AND w.ws < w.we)"
-    deliverable = "1 = 1"
-    deliverable_params: list[object] = []
-    if query.deliverable_only:
-        deliverable = f"{covers} AND w.min_duration_hours <= {_hours_between_sql('w.ws', 'w.we')}"
-        deliverable += " AND w.available_nodes >= 1"
-        if query.min_gpus:
-            deliverable += " AND w.available_nodes * w.gpus_per_node >= %s"
-            deliverable_params.append(query.min_gpus)
-    where = " AND ".join(conditions)
-    tables = {
-        "listing": Listing._meta.db_table,
-        "cluster": Cluster._meta.db_table,
-        "model": GpuModel._meta.db_table,
-        "org": Organization._meta.db_table,
-        "listing_node": ListingNode._meta.db_table,
-        "node": Node._meta.db_table,
-        "allocation": Allocation._meta.db_table,
-    }
-    # A listing's nodes sold for an hour of its window: one range of the allocations' index.
-    sold_nodes = f"""
-        SELECT COUNT(DISTINCT a.listing_node_id) AS nodes FROM {tables["allocation"]} a
-        WHERE a.listing_id = w.id AND a.ends_at > w.ws AND a.starts_at < w.we AND a.ends_at > a.starts_at
-    """  # noqa: S608
-    if connection.vendor == "postgresql":
-        # Counted once per listing in a lateral join; a scalar subquery would be run again by
-        # each condition on available_nodes.
-        sold_join, sold_count = f"CROSS JOIN LATERAL ({sold_nodes}) sold", "sold.nodes"
-        # Plan fences. OFFSET 0: start from the few nodes out of service, never from every node
-        # the candidates reserved. MATERIALIZED: join the candidates to those before the window
-        # conditions apply; pushed into that join, they make the planner expect a handful of
-        # candidates and loop over the out-of-service rows once for each.
-        fence, materialized = "OFFSET 0", "MATERIALIZED"
-    else:  # SQLite has no lateral joins
-        sold_join, sold_count, fence, materialized = "", f"({sold_nodes})", "", ""
-    # Only table names and placeholders are interpolated; every value is a parameter.
-    sql = f"""
-        WITH candidates AS (
-            SELECT l.id, l.price_per_gpu_hour, l.starts_at, l.ends_at, l.node_count, l.status,
-                   l.min_duration_hours, c.gpus_per_node, {window_start} AS ws, {window_end} AS we
-            FROM {tables["listing"]} l
-            JOIN {tables["cluster"]} c ON c.id = l.cluster_id
-            JOIN {tables["model"]} gm ON gm.id = c.gpu_model_id
-            JOIN {tables["org"]} o ON o.id = l.provider_id
-            WHERE {where}
-        ), out_of_service AS (
-            -- The candidates' reserved nodes out of service and not sold in the window (those
-            -- sold are counted with the sales). The EXISTS sits in the select list so that it
-            -- stays one index probe per node, never an anti-join over all allocations.
-            SELECT ln.listing_id, SUM(CASE WHEN EXISTS (
-                       SELECT 1 FROM {tables["allocation"]} a
-                       WHERE a.listing_node_id = ln.id AND a.starts_at < w.we AND a.ends_at > w.ws
-                         AND a.ends_at > a.starts_at
-                   ) THEN 0 ELSE 1 END) AS nodes
-            FROM (
-                SELECT ln.listing_id, ln.id
-                FROM {tables["node"]} n
-                JOIN {tables["listing_node"]} ln ON ln.node_id = n.id AND NOT ln.released
-                WHERE n.status <> %s
-                {fence}
-            ) ln
-            JOIN candidates w ON w.id = ln.listing_id
-            GROUP BY ln.listing_id
-        ), windows AS {materialized} (
-            SELECT w.*, COALESCE(oos.nodes, 0) AS out_of_service
-            FROM candidates w
-            LEFT JOIN out_of_service oos ON oos.listing_id = w.id
-        ), counted AS (
-            SELECT w.*, CASE WHEN w.status = %s OR NOT {covers} THEN 0
-                             ELSE w.node_count - w.out_of_service - {sold_count} END AS available_nodes
-            FROM windows w
-            {sold_join}
-        )
-        SELECT w.id, w.available_nodes, COUNT(*) OVER ()
-        FROM counted w
-        WHERE {deliverable}
-        ORDER BY w.price_per_gpu_hour, w.starts_at, w.id
-        LIMIT %s OFFSET %s
-    """  # noqa: S608
-    all_params = [
-        *start_params,
-        *end_params,
-        *params,
-        Node.Status.IN_SERVICE,
-        Listing.Status.WITHDRAWN,
-        *deliverable_params,
-        limit,
-        offset,
-    ]
+    sql, params = listing_availability_statement(query=query, now_hour=now_hour, limit=limit, offset=offset)
     with connection.cursor() as cursor:
-        cursor.execute(sql, all_params)
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
     if not rows:
         return [], 0 if offset == 0 else _listing_search_count_past_end(query)
