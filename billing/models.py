@@ -100,6 +100,12 @@ class DocumentSequence(models.Model):
         return f"{self.name}: {self.last_value}"
 
 
+class InvoiceQuerySet(models.QuerySet):
+    def non_draft(self) -> "InvoiceQuerySet":
+        """Invoices that were issued (numbered and posted), whatever happened to them since."""
+        return self.exclude(status=Invoice.Status.DRAFT)
+
+
 class Invoice(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"  # being assembled; no number, no ledger posting
@@ -117,6 +123,8 @@ class Invoice(models.Model):
     paid_at = models.DateTimeField(null=True, blank=True)
     voided_at = models.DateTimeField(null=True, blank=True)
 
+    objects = InvoiceQuerySet.as_manager()
+
     class Meta:
         ordering = ["-period", "-id"]
         constraints = [
@@ -128,6 +136,12 @@ class Invoice(models.Model):
 
     def __str__(self) -> str:
         return self.number or f"Draft invoice {self.pk}"
+
+
+class InvoiceLineQuerySet(models.QuerySet):
+    def non_draft(self) -> "InvoiceLineQuerySet":
+        """Lines of invoices that were issued: what has been billed."""
+        return self.filter(invoice__in=Invoice.objects.non_draft())
 
 
 class InvoiceLine(models.Model):
@@ -155,6 +169,8 @@ class InvoiceLine(models.Model):
     amount = AmountField()
     fee_rate = RateField()
     fee_amount = AmountField()
+
+    objects = InvoiceLineQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]

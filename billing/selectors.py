@@ -7,8 +7,8 @@ from marketplace.models import Organization
 def invoice_list(*, lab: Organization) -> QuerySet[Invoice]:
     """A lab's issued invoices (drafts are internal), with lines, credit notes and payments."""
     return (
-        Invoice.objects.filter(lab=lab)
-        .exclude(status=Invoice.Status.DRAFT)
+        Invoice.objects.non_draft()
+        .filter(lab=lab)
         .prefetch_related(
             Prefetch("lines", queryset=InvoiceLine.objects.order_by("id")),
             Prefetch("credit_notes", queryset=CreditNote.objects.order_by("id")),

@@ -426,9 +426,7 @@ def billing_period_preview(*, lab: Organization, period: date) -> list[RatedLine
     latest = BillingPeriod.objects.order_by("-period").first()
     if latest is None or period > latest.period:
         return rate_lines(period=period, lab_id=lab.pk)
-    issued = InvoiceLine.objects.filter(invoice__lab=lab, invoice__period=period).exclude(
-        invoice__status=Invoice.Status.DRAFT
-    )
+    issued = InvoiceLine.objects.non_draft().filter(invoice__lab=lab, invoice__period=period)
     late = rate_lines(period=next_month(latest.period), lab_id=lab.pk)
     return [
         *(RatedLine(*row) for row in issued.order_by("id").values_list("invoice__lab_id", *_LINE_FIELDS)),
