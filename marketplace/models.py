@@ -69,6 +69,12 @@ class Membership(models.Model):
         return f"{self.user} @ {self.organization} ({self.role})"
 
 
+class ApiKeyQuerySet(models.QuerySet):
+    def active(self) -> "ApiKeyQuerySet":
+        """Keys not revoked."""
+        return self.filter(revoked_at__isnull=True)
+
+
 class ApiKey(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, default="default")
@@ -77,6 +83,8 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -213,6 +221,21 @@ class Listing(models.Model):
         return f"Listing {self.pk}: {self.node_count} x {self.cluster} @ {self.price_per_gpu_hour}"
 
 
+class ListingNodeQuerySet(models.QuerySet):
+    def holding(self) -> "ListingNodeQuerySet":
+        """Reservations that hold their node: a released one (its listing withdrawn, or its
+        node replaced) holds nothing."""
+        return self.filter(released=False)
+
+    def holding_during(self, starts_at, ends_at) -> "ListingNodeQuerySet":
+        """Reservations that hold their node for some of [starts_at, ends_at)."""
+        return self.holding().filter(starts_at__lt=ends_at, ends_at__gt=starts_at)
+
+    def sellable(self) -> "ListingNodeQuerySet":
+        """Reservations that can be sold: holding a node that is in service."""
+        return self.holding().filter(node__status=Node.Status.IN_SERVICE)
+
+
 class ListingNode(models.Model):
     """A node reserved for a listing over the listing's window.
 
@@ -226,6 +249,8 @@ class ListingNode(models.Model):
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
     released = models.BooleanField(default=False)
+
+    objects = ListingNodeQuerySet.as_manager()
 
     class Meta:
         constraints = [

@@ -33,8 +33,9 @@ def api_key_lookup(*, raw: str) -> ApiKey | None:
     if prefix is None:
         return None
     api_key = (
-        ApiKey.objects.select_related("organization")
-        .filter(prefix=prefix, revoked_at__isnull=True)
+        ApiKey.objects.active()
+        .select_related("organization")
+        .filter(prefix=prefix)
         .exclude(organization__status=Organization.Status.SUSPENDED)
         .first()
     )
@@ -299,7 +300,7 @@ def cluster_list(*, provider: Organization) -> QuerySet[Cluster]:
 
 def listing_visible_to(*, organization: Organization) -> QuerySet[Listing]:
     """Listings an organization may read one by one: its own, and other providers' active ones."""
-    visible = Q(provider=organization)
+    visible = Listing.objects.filter(provider=organization)
     if organization.is_lab:
-        visible |= Q(status=Listing.Status.ACTIVE) & ~Q(provider__status=Organization.Status.SUSPENDED)
-    return Listing.objects.filter(visible).select_related("cluster__gpu_model", "provider")
+        visible |= Listing.objects.on_offer()
+    return visible.select_related("cluster__gpu_model", "provider")

@@ -10,6 +10,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 from django.utils.text import slugify
 
+from broker.models import Allocation
 from core.errors import InvalidInput, InvalidTransition
 from core.money import validate_price
 from core.timeutils import current_hour, hours_between, is_whole_hour
@@ -246,16 +247,10 @@ def cluster_add_nodes(*, cluster: Cluster, count: int, hostnames: list[str] | No
 
 def _free_nodes_qs(*, cluster_id: int, starts_at: datetime, ends_at: datetime, exclude_listing_id: int | None = None):
     """In-service nodes of a cluster reserved by no listing and sold to no contract in the window."""
-    from broker.models import Allocation
-
-    reserved = ListingNode.objects.filter(
-        node_id=OuterRef("pk"), released=False, starts_at__lt=ends_at, ends_at__gt=starts_at
-    )
+    reserved = ListingNode.objects.holding_during(starts_at, ends_at).filter(node_id=OuterRef("pk"))
     if exclude_listing_id is not None:
         reserved = reserved.exclude(listing_id=exclude_listing_id)
-    sold = Allocation.objects.filter(node_id=OuterRef("pk"), starts_at__lt=ends_at, ends_at__gt=starts_at).filter(
-        ends_at__gt=F("starts_at")  # an allocation released before it started holds nothing
-    )
+    sold = Allocation.objects.holding_during(starts_at, ends_at).filter(node_id=OuterRef("pk"))
     return (
         Node.objects.filter(cluster_id=cluster_id, status=Node.Status.IN_SERVICE)
         .exclude(Exists(reserved))
@@ -271,8 +266,6 @@ def node_set_status(*, node: Node, status: str) -> Node:
     running or promised workload. Unsold listing reservations move to a free node when one
     exists, so the listing can still deliver.
     """
-    from broker.models import Allocation
-
     if status not in Node.Status.values:
         raise InvalidInput(f"Unknown status {status!r}.", fields={"status": ["Use in_service or maintenance."]})
     with transaction.atomic():
@@ -283,16 +276,14 @@ def node_set_status(*, node: Node, status: str) -> Node:
         now = timezone.now()
         affected_listings = list(ListingNode.objects.filter(node=node).values_list("listing_id", flat=True))
         if status == Node.Status.MAINTENANCE:
-            if Allocation.objects.filter(node=node, ends_at__gt=now).filter(ends_at__gt=F("starts_at")).exists():
+            if Allocation.objects.holding().filter(node=node, ends_at__gt=now).exists():
                 raise InvalidTransition(
                     f"Node {node.hostname} is sold for a current or future hour; it cannot go into maintenance.",
                     code="node_in_use",
                 )
             node.status = status
             node.save(update_fields=["status"])
-            for binding in ListingNode.objects.filter(node=node, released=False, ends_at__gt=now).select_related(
-                "listing"
-            ):
+            for binding in ListingNode.objects.holding().filter(node=node, ends_at__gt=now).select_related("listing"):
                 _reservation_move_off(binding)
         else:
             node.status = status
@@ -308,8 +299,6 @@ def _reservation_move_off(binding: ListingNode) -> None:
     released, and a new reservation covers the rest of the window from the current hour.
     When no node of the cluster is free, the listing simply delivers one node less.
     """
-    from broker.models import Allocation
-
     start = max(binding.starts_at, current_hour())
     if start >= binding.ends_at:
         return
@@ -459,5 +448,5 @@ def listing_withdraw(*, listing: Listing) -> Listing:
             return listing
         listing.status = Listing.Status.WITHDRAWN
         listing.save(update_fields=["status", "updated_at"])
-        ListingNode.objects.filter(listing=listing, released=False).update(released=True)
+        listing.listing_nodes.holding().update(released=True)
     return listing

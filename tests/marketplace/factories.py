@@ -11,11 +11,11 @@ from decimal import Decimal
 
 import factory
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, OuterRef
 
 from broker.models import Allocation, Contract
 from core.timeutils import hours_between, next_hour
-from marketplace.models import BillingMode, Cluster, GpuModel, Interconnect, Listing, ListingNode, Node, Organization
+from marketplace.models import BillingMode, Cluster, GpuModel, Interconnect, Listing, Node, Organization
 from marketplace.services import listing_create, listing_update, listing_withdraw
 
 DEFAULT_GPU_MODEL = "h100-sxm-80gb"
@@ -105,14 +105,8 @@ def sell(listing: Listing, node_count: int, starts_at: datetime, ends_at: dateti
     overlapping the window. Stands in for the broker's booking service in tests.
     """
     cluster = listing.cluster
-    overlapping = Allocation.objects.filter(
-        node_id=OuterRef("node_id"), starts_at__lt=ends_at, ends_at__gt=starts_at
-    ).filter(ends_at__gt=F("starts_at"))
-    free = list(
-        ListingNode.objects.filter(listing=listing, released=False, node__status=Node.Status.IN_SERVICE)
-        .exclude(Exists(overlapping))
-        .order_by("id")[:node_count]
-    )
+    sold = Allocation.objects.holding_during(starts_at, ends_at).filter(node_id=OuterRef("node_id"))
+    free = list(listing.listing_nodes.sellable().exclude(Exists(sold)).order_by("id")[:node_count])
     if len(free) < node_count:
         raise ValueError(f"only {len(free)} free reserved nodes in listing {listing.pk} for that window")
     gpu_count = node_count * cluster.gpus_per_node
