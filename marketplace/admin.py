@@ -1,10 +1,11 @@
+from functools import partial
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from core.admin import AuditedAdmin
 from core.errors import DomainError
-from core.services import audit_record
 from marketplace.models import ApiKey, Cluster, GpuModel, Listing, Membership, Node, Organization
 from marketplace.services import (
     api_key_create,
@@ -58,7 +59,7 @@ class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
             organization_set_status(organization=obj, status=obj.status, actor=request.user)
         super().save_model(request, obj, form, change)
         if not change:
-            issued = api_key_create(organization=obj)
+            issued = api_key_create(organization=obj, actor=request.user)
             self._show_secret(request, obj, issued.secret)
 
     @staticmethod
@@ -85,8 +86,7 @@ class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
     @admin.action(permissions=["operate"], description="Issue a new API key")
     def issue_api_key(self, request, queryset):
         for organization in queryset:
-            issued = api_key_create(organization=organization, name="admin-issued")
-            audit_record(action="api_key_issued", target=issued.api_key, actor=request.user)
+            issued = api_key_create(organization=organization, name="admin-issued", actor=request.user)
             self._show_secret(request, organization, issued.secret)
 
 
@@ -113,19 +113,21 @@ class ApiKeyAdmin(NoDeleteMixin, AuditedAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        issued = api_key_create(organization=obj.organization, name=obj.name)
+        issued = api_key_create(organization=obj.organization, name=obj.name, actor=request.user)
         obj.pk = issued.api_key.pk
         obj.prefix = issued.api_key.prefix
         obj.key_hash = issued.api_key.key_hash
         obj.created_at = issued.api_key.created_at
         messages.warning(request, f"API key for {obj.organization} (shown once, store it now): {issued.secret}")
 
+    def log_addition(self, request, obj, message):
+        # api_key_create recorded the issue in the audit trail; only the admin's own log is left.
+        return super(AuditedAdmin, self).log_addition(request, obj, message)
+
     @admin.action(permissions=["operate"], description="Revoke selected keys")
     def revoke(self, request, queryset):
         for api_key in queryset:
-            if api_key.revoked_at is None:
-                api_key_revoke(api_key=api_key)
-                audit_record(action="api_key_revoked", target=api_key, actor=request.user)
+            api_key_revoke(api_key=api_key, actor=request.user)
         self.message_user(request, f"{queryset.count()} key(s) revoked.")
 
 
@@ -175,11 +177,9 @@ class NodeAdmin(NoDeleteMixin, AuditedAdmin):
     def _set_status(self, request, queryset, status):
         for node in queryset:
             try:
-                node_set_status(node=node, status=status)
+                node_set_status(node=node, status=status, actor=request.user)
             except DomainError as exc:
                 self.message_user(request, f"{node}: {exc.message}", messages.ERROR)
-            else:
-                audit_record(action=f"node_{status}", target=node, actor=request.user)
 
     @admin.action(permissions=["operate"], description="Take selected nodes out of service (maintenance)")
     def to_maintenance(self, request, queryset):
@@ -215,27 +215,21 @@ class ListingAdmin(NoDeleteMixin, AuditedAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
-    def _apply(self, request, queryset, change, label):
+    def _apply(self, request, queryset, change):
         for listing in queryset:
             try:
-                change(listing)
+                change(listing=listing, actor=request.user)
             except DomainError as exc:
                 self.message_user(request, f"{listing}: {exc.message}", messages.ERROR)
-            else:
-                audit_record(action=f"listing_{label}", target=listing, actor=request.user)
 
     @admin.action(permissions=["operate"], description="Pause selected listings")
     def pause(self, request, queryset):
-        self._apply(
-            request, queryset, lambda item: listing_update(listing=item, status=Listing.Status.PAUSED), "paused"
-        )
+        self._apply(request, queryset, partial(listing_update, status=Listing.Status.PAUSED))
 
     @admin.action(permissions=["operate"], description="Resume selected listings")
     def resume(self, request, queryset):
-        self._apply(
-            request, queryset, lambda item: listing_update(listing=item, status=Listing.Status.ACTIVE), "resumed"
-        )
+        self._apply(request, queryset, partial(listing_update, status=Listing.Status.ACTIVE))
 
     @admin.action(permissions=["operate"], description="Withdraw selected listings (sold capacity stays sold)")
     def withdraw(self, request, queryset):
-        self._apply(request, queryset, lambda item: listing_withdraw(listing=item), "withdrawn")
+        self._apply(request, queryset, listing_withdraw)

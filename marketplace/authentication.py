@@ -4,6 +4,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
+from core.models import AuditEvent
 from marketplace.models import ApiKey, Organization
 from marketplace.selectors import api_key_lookup
 from marketplace.services import api_key_touch
@@ -26,6 +27,12 @@ class ApiPrincipal:
 
     def __str__(self) -> str:
         return f"{self.organization} ({self.api_key.prefix})"
+
+    @property
+    def audit_label(self) -> str:
+        """Who acted, as the audit trail names a caller of the API."""
+        label = f"api key {self.api_key.prefix} ({self.organization.name})"
+        return label[: AuditEvent._meta.get_field("actor_label").max_length]
 
 
 class ApiKeyAuthentication(BaseAuthentication):

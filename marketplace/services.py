@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
@@ -13,6 +14,7 @@ from django.utils.text import slugify
 from broker.models import Allocation
 from core.errors import InvalidInput, InvalidTransition
 from core.money import validate_price
+from core.services import audit_record
 from core.timeutils import current_hour, hours_between, is_whole_hour
 from marketplace.models import (
     ApiKey,
@@ -39,7 +41,13 @@ class IssuedApiKey:
     secret: str  # the whole key; shown once, never stored
 
 
-def api_key_create(*, organization: Organization, name: str = "default") -> IssuedApiKey:
+def api_key_create(
+    *,
+    organization: Organization,
+    name: str = "default",
+    actor: AbstractBaseUser | None = None,
+    actor_label: str = "",
+) -> IssuedApiKey:
     """Issue a new key for an organization. The returned secret is the only copy."""
     for _ in range(5):
         prefix = f"{KEY_PREFIX}_" + "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(8))
@@ -49,15 +57,24 @@ def api_key_create(*, organization: Organization, name: str = "default") -> Issu
                 api_key = ApiKey.objects.create(
                     organization=organization, name=name, prefix=prefix, key_hash=hash_api_key(secret)
                 )
+                audit_record(
+                    action="api_key_issued",
+                    target=api_key,
+                    actor=actor,
+                    actor_label=actor_label,
+                    message=f"for {organization.name}",
+                )
         except IntegrityError:
             continue  # prefix collision: draw again
         return IssuedApiKey(api_key=api_key, secret=secret)
     raise RuntimeError("could not draw a unique API key prefix")
 
 
-def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+def api_key_revoke(*, api_key: ApiKey, actor: AbstractBaseUser | None = None, actor_label: str = "") -> ApiKey:
     """Revoke a key; requests using it are refused from now on. Revoking twice is a no-op."""
-    ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    with transaction.atomic():
+        if ApiKey.objects.active().filter(pk=api_key.pk).update(revoked_at=timezone.now()):
+            audit_record(action="api_key_revoked", target=api_key, actor=actor, actor_label=actor_label)
     api_key.refresh_from_db(fields=["revoked_at"])
     return api_key
 
@@ -70,7 +87,14 @@ def api_key_touch(*, api_key: ApiKey) -> None:
         api_key.last_used_at = now
 
 
-def organization_create(*, name: str, role: str, key_name: str = "default") -> tuple[Organization, IssuedApiKey]:
+def organization_create(
+    *,
+    name: str,
+    role: str,
+    key_name: str = "default",
+    actor: AbstractBaseUser | None = None,
+    actor_label: str = "",
+) -> tuple[Organization, IssuedApiKey]:
     """Create an organization with one API key."""
     name = name.strip()
     if not name:
@@ -84,17 +108,15 @@ def organization_create(*, name: str, role: str, key_name: str = "default") -> t
                 f"An organization named {name!r} exists.", fields={"name": ["An organization with this name exists."]}
             )
         organization = Organization.objects.create(name=name, is_provider=is_provider, is_lab=is_lab)
-        issued = api_key_create(organization=organization, name=key_name)
+        issued = api_key_create(organization=organization, name=key_name, actor=actor, actor_label=actor_label)
     return organization, issued
 
 
 def organization_set_status(
-    *, organization: Organization, status: str, actor=None, actor_label: str = ""
+    *, organization: Organization, status: str, actor: AbstractBaseUser | None = None, actor_label: str = ""
 ) -> Organization:
     """Verify, suspend or reactivate an organization. A suspended one's keys stop working
     and its listings leave search and matching."""
-    from core.services import audit_record
-
     if status not in Organization.Status.values:
         raise InvalidTransition(f"Unknown status {status!r}.")
     with transaction.atomic():
@@ -113,11 +135,9 @@ def organization_set_status(
 
 
 def organization_set_fee_rate(
-    *, organization: Organization, rate: Decimal | None, actor=None, actor_label: str = ""
+    *, organization: Organization, rate: Decimal | None, actor: AbstractBaseUser | None = None, actor_label: str = ""
 ) -> Organization:
     """Override the platform fee taken from a provider's payouts (None: the default)."""
-    from core.services import audit_record
-
     if rate is not None and (
         not rate.is_finite() or not Decimal(0) <= rate < Decimal(1) or rate.as_tuple().exponent < -4
     ):
@@ -259,7 +279,7 @@ def _free_nodes_qs(*, cluster_id: int, starts_at: datetime, ends_at: datetime, e
     )
 
 
-def node_set_status(*, node: Node, status: str) -> Node:
+def node_set_status(*, node: Node, status: str, actor: AbstractBaseUser | None = None, actor_label: str = "") -> Node:
     """Take a node out of service or put it back.
 
     A node sold for a current or future hour cannot be taken out: that would break a
@@ -273,6 +293,7 @@ def node_set_status(*, node: Node, status: str) -> Node:
         node = Node.objects.select_for_update().get(pk=node.pk)
         if node.status == status:
             return node
+        previous = node.status
         now = timezone.now()
         affected_listings = list(ListingNode.objects.filter(node=node).values_list("listing_id", flat=True))
         if status == Node.Status.MAINTENANCE:
@@ -289,6 +310,13 @@ def node_set_status(*, node: Node, status: str) -> Node:
             node.status = status
             node.save(update_fields=["status"])
         listing_inventory_changed(listing_ids=affected_listings)
+        audit_record(
+            action=f"node_{status}",
+            target=node,
+            actor=actor,
+            actor_label=actor_label,
+            message=f"{previous} -> {status}",
+        )
     return node
 
 
@@ -409,44 +437,65 @@ def listing_create(
     return listing
 
 
+# The status changes listing_update allows, and the audit action each one records.
 _LISTING_TRANSITIONS = {
-    Listing.Status.PAUSED: {Listing.Status.ACTIVE},
-    Listing.Status.ACTIVE: {Listing.Status.PAUSED},
+    (Listing.Status.ACTIVE, Listing.Status.PAUSED): "listing_paused",
+    (Listing.Status.PAUSED, Listing.Status.ACTIVE): "listing_resumed",
 }
 
 
 def listing_update(
-    *, listing: Listing, price_per_gpu_hour: Decimal | None = None, status: str | None = None
+    *,
+    listing: Listing,
+    price_per_gpu_hour: Decimal | None = None,
+    status: str | None = None,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str = "",
 ) -> Listing:
     """Reprice, pause or resume a listing. Contracts already written keep their terms."""
     with transaction.atomic():
         listing = Listing.objects.select_for_update().get(pk=listing.pk)
         if listing.status == Listing.Status.WITHDRAWN:
             raise InvalidTransition("A withdrawn listing cannot change.")
+        changes: list[tuple[str, str]] = []  # (audit action, message)
         update_fields = ["updated_at"]
         if price_per_gpu_hour is not None:
             validate_price(price_per_gpu_hour, field="price_per_gpu_hour")
+            if price_per_gpu_hour != listing.price_per_gpu_hour:
+                changes.append(("listing_repriced", f"{listing.price_per_gpu_hour} -> {price_per_gpu_hour}"))
             listing.price_per_gpu_hour = price_per_gpu_hour
             update_fields.append("price_per_gpu_hour")
         if status is not None and status != listing.status:
-            if status not in _LISTING_TRANSITIONS.get(listing.status, set()):
+            action = _LISTING_TRANSITIONS.get((listing.status, status))
+            if action is None:
                 raise InvalidTransition(
                     f"A listing cannot go from {listing.status} to {status}; use withdraw to end it.",
                     fields={"status": ["Use active or paused."]},
                 )
+            changes.append((action, f"{listing.status} -> {status}"))
             listing.status = status
             update_fields.append("status")
         listing.save(update_fields=update_fields)
+        for action, message in changes:
+            audit_record(action=action, target=listing, actor=actor, actor_label=actor_label, message=message)
     return listing
 
 
-def listing_withdraw(*, listing: Listing) -> Listing:
+def listing_withdraw(*, listing: Listing, actor: AbstractBaseUser | None = None, actor_label: str = "") -> Listing:
     """End a listing for good and release its unsold nodes. Sold nodes stay sold."""
     with transaction.atomic():
         listing = Listing.objects.select_for_update().get(pk=listing.pk)
         if listing.status == Listing.Status.WITHDRAWN:
             return listing
+        previous = listing.status
         listing.status = Listing.Status.WITHDRAWN
         listing.save(update_fields=["status", "updated_at"])
-        listing.listing_nodes.holding().update(released=True)
+        released = listing.listing_nodes.holding().update(released=True)
+        audit_record(
+            action="listing_withdrawn",
+            target=listing,
+            actor=actor,
+            actor_label=actor_label,
+            message=f"{previous} -> {listing.status}; {released} reservations released",
+        )
     return listing

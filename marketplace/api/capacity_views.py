@@ -88,7 +88,10 @@ class ClusterViewSet(viewsets.GenericViewSet):
         node = get_object_or_404(Node, cluster=cluster, pk=node_id)
         serializer = NodeUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return Response(NodeSerializer(node_set_status(node=node, status=serializer.validated_data["status"])).data)
+        node = node_set_status(
+            node=node, status=serializer.validated_data["status"], actor_label=request.user.audit_label
+        )
+        return Response(NodeSerializer(node).data)
 
 
 class ListingViewSet(viewsets.GenericViewSet):
@@ -149,11 +152,11 @@ class ListingViewSet(viewsets.GenericViewSet):
         listing = self._own_listing(pk)
         serializer = ListingUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        listing = listing_update(listing=listing, **serializer.validated_data)
+        listing = listing_update(listing=listing, **serializer.validated_data, actor_label=request.user.audit_label)
         return Response(ListingSerializer(self._with_availability(self.get_queryset().get(pk=listing.pk))).data)
 
     @extend_schema(request=None, responses=ListingSerializer)
     @action(detail=True, methods=["post"])
     def withdraw(self, request: Request, pk: str) -> Response:
-        listing = listing_withdraw(listing=self._own_listing(pk))
+        listing = listing_withdraw(listing=self._own_listing(pk), actor_label=request.user.audit_label)
         return Response(ListingSerializer(self._with_availability(self.get_queryset().get(pk=listing.pk))).data)

@@ -35,7 +35,11 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     def create(self, request: Request) -> Response:
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        issued = api_key_create(organization=request.user.organization, name=serializer.validated_data["name"])
+        issued = api_key_create(
+            organization=request.user.organization,
+            name=serializer.validated_data["name"],
+            actor_label=request.user.audit_label,
+        )
         data = IssuedApiKeySerializer(issued.api_key).data | {"secret": issued.secret}
         return Response(data, status=status.HTTP_201_CREATED)
 
@@ -43,7 +47,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str) -> Response:
         api_key = get_object_or_404(self.get_queryset(), pk=pk)
-        return Response(ApiKeySerializer(api_key_revoke(api_key=api_key)).data)
+        return Response(ApiKeySerializer(api_key_revoke(api_key=api_key, actor_label=request.user.audit_label)).data)
 
 
 class GpuModelViewSet(viewsets.ReadOnlyModelViewSet):

@@ -14,7 +14,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, name: str, role: str, key_name: str, **options):
         try:
-            organization, issued = organization_create(name=name, role=role, key_name=key_name)
+            organization, issued = organization_create(
+                name=name, role=role, key_name=key_name, actor_label="manage.py create_organization"
+            )
         except DomainError as exc:
             raise CommandError(exc.message)
         self.stdout.write(f"Created organization {organization.name!r} (id {organization.pk}, role {role}).")
