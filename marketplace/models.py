@@ -239,9 +239,9 @@ class ListingNodeQuerySet(models.QuerySet):
 class ListingNode(models.Model):
     """A node reserved for a listing over the listing's window.
 
-    On PostgreSQL an exclusion constraint keeps a node in at most one unreleased listing
-    for any hour, so a provider can never list more nodes than it has. Contracts allocate
-    nodes through these rows only, so a listing can never sell more than its node_count.
+    An exclusion constraint keeps a node in at most one unreleased listing for any hour,
+    so a provider can never list more nodes than it has. Contracts allocate nodes through
+    these rows only, so a listing can never sell more than its node_count.
     """
 
     listing = models.ForeignKey(Listing, on_delete=models.CASCADE, related_name="listing_nodes")

@@ -1,11 +1,11 @@
-"""Factories for organizations, clusters and listings, and ``sell`` to simulate sold capacity.
+"""Factories for organizations, clusters, listings and contracts, and ``sell`` to simulate
+sold capacity; the fixed clock the tests run at.
 
 Listings are created through ``listing_create`` so their ListingNode reservations exist, as
 they would in production. ``sell`` writes a contract with allocations directly, standing in
-for the broker's services until they exist.
+for the broker's booking.
 """
 
-import importlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -15,19 +15,19 @@ from django.db.models import Exists, OuterRef
 
 from broker.models import Allocation, Contract
 from core.timeutils import hours_between, next_hour
-from marketplace.models import BillingMode, Cluster, GpuModel, Interconnect, Listing, Node, Organization
+from marketplace.models import (
+    BillingMode,
+    Cluster,
+    GpuModel,
+    Interconnect,
+    Listing,
+    ListingNode,
+    Node,
+    Organization,
+)
 from marketplace.services import listing_create, listing_update, listing_withdraw
 
 DEFAULT_GPU_MODEL = "h100-sxm-80gb"
-_CATALOG_MIGRATION = importlib.import_module("marketplace.migrations.0002_gpu_catalog")
-
-
-def load_gpu_catalog() -> None:
-    """Reload the data migration's GPU catalog if it is missing: transactional tests flush it."""
-    from django.apps import apps
-
-    if GpuModel.objects.count() < len(_CATALOG_MIGRATION.CATALOG):
-        _CATALOG_MIGRATION.load_catalog(apps, None)
 
 
 def gpu_model(slug: str = DEFAULT_GPU_MODEL) -> GpuModel:
@@ -98,35 +98,41 @@ class ListingFactory(factory.django.DjangoModelFactory):
         return listing
 
 
+def contract_for(
+    listing: Listing, node_count: int, starts_at: datetime, ends_at: datetime, lab: Organization
+) -> Contract:
+    """A scheduled contract on the listing's terms, with no allocation yet."""
+    gpu_count = node_count * listing.cluster.gpus_per_node
+    price = listing.price_per_gpu_hour
+    committed = listing.billing_mode == BillingMode.COMMITTED
+    return Contract.objects.create(
+        listing=listing,
+        lab=lab,
+        provider_id=listing.provider_id,
+        cluster_id=listing.cluster_id,
+        gpu_count=gpu_count,
+        node_count=node_count,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        price_per_gpu_hour=price,
+        billing_mode=listing.billing_mode,
+        total_amount=gpu_count * hours_between(starts_at, ends_at) * price if committed else None,
+        status=Contract.Status.SCHEDULED,
+    )
+
+
 def sell(listing: Listing, node_count: int, starts_at: datetime, ends_at: datetime, lab: Organization) -> Contract:
     """Write a scheduled contract for ``node_count`` of the listing's reserved nodes over the window.
 
     Picks reservations of the listing, not released, whose in-service node has no allocation
     overlapping the window. Stands in for the broker's booking service in tests.
     """
-    cluster = listing.cluster
     sold = Allocation.objects.holding_during(starts_at, ends_at).filter(node_id=OuterRef("node_id"))
     free = list(listing.listing_nodes.sellable().exclude(Exists(sold)).order_by("id")[:node_count])
     if len(free) < node_count:
         raise ValueError(f"only {len(free)} free reserved nodes in listing {listing.pk} for that window")
-    gpu_count = node_count * cluster.gpus_per_node
-    price = listing.price_per_gpu_hour
-    committed = listing.billing_mode == BillingMode.COMMITTED
     with transaction.atomic():
-        contract = Contract.objects.create(
-            listing=listing,
-            lab=lab,
-            provider_id=listing.provider_id,
-            cluster=cluster,
-            gpu_count=gpu_count,
-            node_count=node_count,
-            starts_at=starts_at,
-            ends_at=ends_at,
-            price_per_gpu_hour=price,
-            billing_mode=listing.billing_mode,
-            total_amount=gpu_count * hours_between(starts_at, ends_at) * price if committed else None,
-            status=Contract.Status.SCHEDULED,
-        )
+        contract = contract_for(listing, node_count, starts_at, ends_at, lab)
         Allocation.objects.bulk_create(
             Allocation(
                 contract=contract,
@@ -139,6 +145,11 @@ def sell(listing: Listing, node_count: int, starts_at: datetime, ends_at: dateti
             for binding in free
         )
     return contract
+
+
+def reserved_nodes(listing_id: int) -> set[int]:
+    """The nodes a listing's reservations hold (released ones left out)."""
+    return set(ListingNode.objects.filter(listing_id=listing_id, released=False).values_list("node_id", flat=True))
 
 
 # A fixed instant in the middle of an hour: the current hour is 09:00 UTC.

@@ -3,22 +3,14 @@
 import json
 
 import pytest
-import time_machine
 
-from marketplace.models import Cluster, ListingNode, Node
+from marketplace.models import Cluster, Node
 from tests.conftest import assert_error
-from tests.marketplace.factories import NOW, ClusterFactory, ListingFactory, hour, iso, load_gpu_catalog, sell
+from tests.marketplace.factories import ClusterFactory, ListingFactory, hour, iso, reserved_nodes, sell
 
 pytestmark = pytest.mark.django_db
 
 CLUSTERS = "/api/v1/clusters"
-
-
-@pytest.fixture(autouse=True)
-def frozen_time(db):
-    load_gpu_catalog()
-    with time_machine.travel(NOW, tick=False) as traveller:
-        yield traveller
 
 
 def cluster_payload(**overrides) -> dict:
@@ -385,10 +377,7 @@ class TestNodes:
         leaving = min(reserved)
         path = f"{CLUSTERS}/{cluster.pk}/nodes/{leaving}"
         assert provider_client.patch(path, {"status": "maintenance"}, format="json").status_code == 200
-        now_reserved = set(
-            ListingNode.objects.filter(listing=listing, released=False).values_list("node_id", flat=True)
-        )
-        assert now_reserved == (reserved - {leaving}) | {spare}
+        assert reserved_nodes(listing.pk) == (reserved - {leaving}) | {spare}
         found = lab_client.get("/api/v1/listings").json()["results"]
         assert [(item["id"], item["available_nodes"]) for item in found] == [(listing.pk, 2)]
         own = provider_client.get(f"/api/v1/listings/{listing.pk}").json()

@@ -4,26 +4,26 @@ import threading
 from decimal import Decimal
 
 import pytest
-import time_machine
 from django.db import IntegrityError, connection, transaction
 from rest_framework.test import APIClient
 
 from broker.models import Allocation, Contract
 from marketplace.models import Listing, ListingNode, Node
 from marketplace.services import organization_set_status
-from tests.conftest import assert_error, requires_postgres
-from tests.marketplace.factories import NOW, ClusterFactory, ListingFactory, hour, iso, load_gpu_catalog, sell
+from tests.conftest import assert_error
+from tests.marketplace.factories import (
+    ClusterFactory,
+    ListingFactory,
+    contract_for,
+    hour,
+    iso,
+    reserved_nodes,
+    sell,
+)
 
 pytestmark = pytest.mark.django_db
 
 LISTINGS = "/api/v1/listings"
-
-
-@pytest.fixture(autouse=True)
-def frozen_time(db):
-    load_gpu_catalog()
-    with time_machine.travel(NOW, tick=False) as traveller:
-        yield traveller
 
 
 @pytest.fixture
@@ -54,27 +54,6 @@ def assert_refused(client, cluster, field: str, /, **overrides) -> dict:
     assert field in error["fields"], error
     assert (Listing.objects.count(), ListingNode.objects.count()) == (listings, reservations)
     return error
-
-
-def bare_contract(listing: Listing, lab) -> Contract:
-    """A contract with no allocation yet, to attach raw allocations to."""
-    return Contract.objects.create(
-        listing=listing,
-        lab=lab,
-        provider_id=listing.provider_id,
-        cluster_id=listing.cluster_id,
-        gpu_count=8,
-        node_count=1,
-        starts_at=hour(1),
-        ends_at=hour(2),
-        price_per_gpu_hour=listing.price_per_gpu_hour,
-        billing_mode=listing.billing_mode,
-        total_amount=Decimal("20.00"),
-    )
-
-
-def reserved_nodes(listing_id: int) -> set[int]:
-    return set(ListingNode.objects.filter(listing_id=listing_id, released=False).values_list("node_id", flat=True))
 
 
 class TestCreate:
@@ -455,7 +434,6 @@ class TestWithdraw:
         assert provider_client.post(f"{LISTINGS}/{listing.pk}/withdraw").json()["status"] == "withdrawn"
 
 
-@requires_postgres
 class TestDatabaseInvariants:
     """PostgreSQL refuses double listing and double selling whatever the code does."""
 
@@ -478,7 +456,7 @@ class TestDatabaseInvariants:
     def test_a_node_cannot_be_sold_twice_for_one_hour(self, cluster, lab_client):
         listing = ListingFactory(cluster=cluster, node_count=1)
         allocation = sell(listing, 1, hour(1), hour(5), lab_client.organization).allocations.get()
-        second = bare_contract(listing, lab_client.organization)
+        second = contract_for(listing, 1, hour(1), hour(2), lab_client.organization)
         with pytest.raises(IntegrityError), transaction.atomic():
             Allocation.objects.create(
                 contract=second,
@@ -498,7 +476,7 @@ class TestDatabaseInvariants:
             ends_at=hour(8),
         )
         Allocation.objects.create(
-            contract=bare_contract(listing, lab_client.organization),
+            contract=contract_for(listing, 1, hour(1), hour(2), lab_client.organization),
             listing_node_id=allocation.listing_node_id,
             node_id=allocation.node_id,
             listing=listing,
@@ -508,7 +486,7 @@ class TestDatabaseInvariants:
 
     def test_an_allocation_must_be_on_the_node_its_listing_reserved(self, cluster, lab_client):
         listing = ListingFactory(cluster=cluster, node_count=1)
-        contract = bare_contract(listing, lab_client.organization)
+        contract = contract_for(listing, 1, hour(1), hour(2), lab_client.organization)
         binding = listing.listing_nodes.get()
         other_node = cluster.nodes.exclude(pk=binding.node_id).first()
         with pytest.raises(IntegrityError), transaction.atomic():

@@ -5,7 +5,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-import time_machine
 from django.db import connection
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
@@ -15,14 +14,12 @@ from marketplace.models import BillingMode, Interconnect, Listing, Node
 from marketplace.services import organization_set_status
 from tests.conftest import assert_error
 from tests.marketplace.factories import (
-    NOW,
     ClusterFactory,
     ListingFactory,
     OrganizationFactory,
     gpu_model,
     hour,
     iso,
-    load_gpu_catalog,
     sell,
 )
 
@@ -31,13 +28,6 @@ pytestmark = pytest.mark.django_db
 LISTINGS = "/api/v1/listings"
 # Authentication, the search itself and the page's rows; nothing per listing.
 QUERIES_PER_SEARCH = 3
-
-
-@pytest.fixture(autouse=True)
-def frozen_time(db):
-    load_gpu_catalog()
-    with time_machine.travel(NOW, tick=False) as traveller:
-        yield traveller
 
 
 def search(client, **params) -> dict:
