@@ -91,7 +91,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "core.middleware.IdempotencyMiddleware",
+    "marketplace.idempotency.IdempotencyMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -179,7 +179,7 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "celery")
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
-    "purge-idempotency-keys": {"task": "core.tasks.purge_idempotency_keys", "schedule": crontab(minute=17)},
+    "purge-idempotency-keys": {"task": "marketplace.tasks.purge_idempotency_keys", "schedule": crontab(minute=17)},
     "rematch-open-requests": {"task": "broker.tasks.rematch_open_requests", "schedule": 30.0},
     "advance-lifecycle": {"task": "broker.tasks.advance_lifecycle", "schedule": 60.0},
     "close-previous-month": {

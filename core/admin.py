@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from core.errors import DomainError
-from core.models import AuditEvent, IdempotencyRecord
+from core.models import AuditEvent
 from core.services import audit_record
 
 admin.site.site_header = "GPU brokerage operations"
@@ -152,12 +152,3 @@ class LogEntryAdmin(ReadOnlyAdmin):
     search_fields = ["object_repr", "change_message", "user__username"]
     date_hierarchy = "action_time"
     list_select_related = ["user", "content_type"]
-
-
-@admin.register(IdempotencyRecord)
-class IdempotencyRecordAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "organization", "key", "response_status"]
-    list_select_related = ["organization"]
-    search_fields = ["key", "organization__name"]
-    date_hierarchy = "created_at"
-    show_full_result_count = False

@@ -1,17 +1,13 @@
-import hashlib
-import json
+"""Request middleware that knows nothing of the apps."""
+
 from collections.abc import Callable
-from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils import timezone
 
 from core.errors import error_body
 
 API_PREFIX = "/api/"
-MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class ApiBodySizeLimitMiddleware:
@@ -31,80 +27,3 @@ class ApiBodySizeLimitMiddleware:
                 message = f"Request body exceeds {settings.API_MAX_BODY_BYTES} bytes."
                 return JsonResponse(error_body("payload_too_large", message), status=413)
         return self.get_response(request)
-
-
-def _fingerprint(request: HttpRequest) -> str:
-    body = request.body
-    try:
-        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except (ValueError, UnicodeDecodeError):
-        canonical = body
-    digest = hashlib.sha256()
-    for part in (request.method.encode(), request.path.encode(), canonical):
-        digest.update(part)
-        digest.update(b"\x00")
-    return digest.hexdigest()
-
-
-class IdempotencyMiddleware:
-    """Honour ``Idempotency-Key`` on every mutating API call.
-
-    The record is inserted in the same transaction as the work. A concurrent retry with
-    the same key blocks on the unique index until the first commits, then replays its
-    response; if the first failed, its rollback removes the record and the retry runs.
-    Only successful (2xx) responses are kept, like Stripe.
-    """
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        key = request.headers.get("Idempotency-Key")
-        if key is None or request.method not in MUTATING_METHODS or not request.path.startswith(API_PREFIX):
-            return self.get_response(request)
-        key = key.strip()
-        if not key or len(key) > 255:
-            return JsonResponse(
-                error_body(
-                    "invalid", "Idempotency-Key must be 1 to 255 characters.", {"Idempotency-Key": ["Invalid."]}
-                ),
-                status=400,
-            )
-        from marketplace.selectors import api_key_from_authorization_header
-
-        api_key = api_key_from_authorization_header(request.headers.get("Authorization", ""))
-        if api_key is None:
-            return self.get_response(request)  # the view answers 401 in the error shape
-
-        from core.models import IdempotencyRecord
-
-        fingerprint = _fingerprint(request)
-        with transaction.atomic():
-            expired_before = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
-            IdempotencyRecord.objects.filter(
-                organization_id=api_key.organization_id, key=key, created_at__lt=expired_before
-            ).delete()
-            record, created = IdempotencyRecord.objects.get_or_create(
-                organization_id=api_key.organization_id, key=key, defaults={"fingerprint": fingerprint}
-            )
-            if not created:
-                if record.fingerprint != fingerprint:
-                    return JsonResponse(
-                        error_body(
-                            "idempotency_key_reused",
-                            "This Idempotency-Key was used with a different request.",
-                        ),
-                        status=409,
-                    )
-                replay = JsonResponse(record.response_body, status=record.response_status, safe=False)
-                replay["Idempotent-Replayed"] = "true"
-                return replay
-
-            response = self.get_response(request)
-            if 200 <= response.status_code < 300 and response.get("Content-Type", "").startswith("application/json"):
-                record.response_status = response.status_code
-                record.response_body = json.loads(response.content) if response.content else None
-                record.save(update_fields=["response_status", "response_body"])
-            else:
-                transaction.set_rollback(True)
-            return response

@@ -4,9 +4,18 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from core.admin import AuditedAdmin
+from core.admin import AuditedAdmin, ReadOnlyAdmin
 from core.errors import DomainError
-from marketplace.models import ApiKey, Cluster, GpuModel, Listing, Membership, Node, Organization
+from marketplace.models import (
+    ApiKey,
+    Cluster,
+    GpuModel,
+    IdempotencyRecord,
+    Listing,
+    Membership,
+    Node,
+    Organization,
+)
 from marketplace.services import (
     api_key_create,
     api_key_revoke,
@@ -233,3 +242,12 @@ class ListingAdmin(NoDeleteMixin, AuditedAdmin):
     @admin.action(permissions=["operate"], description="Withdraw selected listings (sold capacity stays sold)")
     def withdraw(self, request, queryset):
         self._apply(request, queryset, listing_withdraw)
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "organization", "key", "response_status"]
+    list_select_related = ["organization"]
+    search_fields = ["key", "organization__name"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False

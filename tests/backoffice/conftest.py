@@ -14,10 +14,9 @@ from backoffice.demo import LAB, seed_demo_market
 from billing.models import Invoice, PayoutStatement
 from billing.services import billing_period_close, credit_note_create, invoice_record_payment
 from broker.services import contracts_advance
-from core.models import IdempotencyRecord
 from core.services import audit_record
 from core.timeutils import next_hour
-from marketplace.models import Organization
+from marketplace.models import IdempotencyRecord, Organization
 from marketplace.services import membership_add
 from tests.backoffice import factories
 

@@ -22,7 +22,7 @@ REGISTERED = sorted(admin.site._registry, key=lambda model: model._meta.label)
 def test_the_business_models_are_all_registered(db):  # db: ordered with the other demo_market tests
     labels = {model._meta.label for model in REGISTERED}
     assert labels >= {
-        "core.AuditEvent", "core.IdempotencyRecord", "admin.LogEntry",
+        "core.AuditEvent", "marketplace.IdempotencyRecord", "admin.LogEntry",
         "marketplace.Organization", "marketplace.ApiKey", "marketplace.Membership", "marketplace.GpuModel",
         "marketplace.Cluster", "marketplace.Node", "marketplace.Listing",
         "broker.ComputeRequest", "broker.Contract", "broker.Allocation",

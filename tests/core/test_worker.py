@@ -5,9 +5,9 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from core.models import IdempotencyRecord
-from core.tasks import purge_idempotency_keys
+from marketplace.models import IdempotencyRecord
 from marketplace.services import organization_create
+from marketplace.tasks import purge_idempotency_keys
 from tests.conftest import requires_worker, wait_until
 
 

@@ -4,7 +4,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from core.models import IdempotencyRecord
+from marketplace.models import IdempotencyRecord
 
 
 @shared_task
