@@ -20,7 +20,7 @@ from broker.services import compute_request_create
 from broker.terms import contract_total
 from core.timeutils import HOUR, current_hour, month_of, period_bounds, previous_month
 from marketplace.models import ApiKey, Cluster, GpuModel, Listing, ListingNode, Organization
-from marketplace.services import api_key_create, cluster_create, listing_create, organization_create
+from marketplace.services import api_key_create, api_key_revoke, cluster_create, listing_create, organization_create
 
 DEMO_KEY_NAME = "demo"
 PROVIDER, CLOUD, LAB, BOTH = "Colossus Compute", "Nimbus GPU Cloud", "Frontier Lab", "Orbital AI"
@@ -60,10 +60,9 @@ def _organization_with_fresh_key(name: str, role: str) -> tuple[Organization, st
     if organization is None:
         organization, issued = organization_create(name=name, role=role, key_name=DEMO_KEY_NAME)
         return organization, issued.secret
-    ApiKey.objects.filter(organization=organization, name=DEMO_KEY_NAME, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
-    return organization, api_key_create(organization=organization, name=DEMO_KEY_NAME).secret
+    for old in ApiKey.objects.active().filter(organization=organization, name=DEMO_KEY_NAME):
+        api_key_revoke(api_key=old, actor_label="seed_demo")
+    return organization, api_key_create(organization=organization, name=DEMO_KEY_NAME, actor_label="seed_demo").secret
 
 
 def _past_contract(*, cluster: Cluster, lab: Organization, nodes: int, hours: int, price: str, mode: str) -> Contract:

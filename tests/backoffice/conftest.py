@@ -53,7 +53,7 @@ def demo_market(django_db_setup, django_db_blocker):
         credit_note_create(invoice=invoice, reason="goodwill", amount=Decimal("50.00"))
         membership_add(organization=lab, username="lab-owner", role="owner")
         IdempotencyRecord.objects.create(organization=lab, key="k-1", fingerprint="0" * 64, response_status=201)
-        audit_record(action="seeded", target=lab, actor_label="demo")
+        audit_record(action="seeded", target=lab, actor_label="demo-seed")
         Group.objects.create(name="Support")
         clerk = get_user_model().objects.create_user("ops-bob", is_staff=True)
         LogEntry.objects.log_actions(user_id=clerk.pk, queryset=[lab], action_flag=CHANGE, change_message="seeded")

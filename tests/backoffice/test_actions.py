@@ -110,7 +110,7 @@ def test_add_an_api_key_in_the_admin_shows_a_working_secret_once(operator_client
     assert response.status_code == 200 and response.json()["name"] == market.lab.name
     # Shown once: the key's page never shows the secret again.
     assert secrets[0] not in operator_client.get(change_url(key)).content.decode()
-    event = last_event("admin_add")
+    event = last_event("api_key_issued")
     assert (event.target_type, event.target_id, event.actor.username) == ("marketplace.apikey", str(key.pk), OPERATOR)
 
 

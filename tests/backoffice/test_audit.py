@@ -124,7 +124,8 @@ def test_revoking_and_issuing_keys_in_the_admin_are_audited(operator_client, mar
     key = market.lab.api_keys.get()
     run_action(operator_client, ApiKey, "revoke", [key])
     assert events(target_type="marketplace.apikey", target_id=str(key.pk)) == [
-        (OPERATOR, OPERATOR, "api_key_revoked", "marketplace.apikey", str(key.pk), NOW)
+        (None, "system", "api_key_issued", "marketplace.apikey", str(key.pk), NOW),
+        (OPERATOR, OPERATOR, "api_key_revoked", "marketplace.apikey", str(key.pk), NOW),
     ]
 
     run_action(operator_client, Organization, "issue_api_key", [market.lab])

@@ -113,7 +113,7 @@ def test_search_and_filter_nodes_listings_and_invoices(operator_client):
 
 
 def test_search_the_audit_trail(operator_client):
-    events = _results(operator_client, AuditEvent, "q=demo")
+    events = _results(operator_client, AuditEvent, "q=demo-seed")
     assert [event.action for event in events] == ["seeded"]
     assert _results(operator_client, AuditEvent, "action=seeded") == events
     assert len(_results(operator_client, LogEntry, "q=seeded")) == 1

@@ -1,7 +1,7 @@
 import pytest
 import time_machine
 
-from tests.broker.factories import NOW
+from tests.marketplace.factories import NOW
 
 
 @pytest.fixture

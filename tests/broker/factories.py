@@ -8,105 +8,17 @@ database and lists every way capacity was sold twice (it should always return ``
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
-import factory
 from django.db import connections
-from django.db.models import F
 
 from broker.booking import listing_book
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.services import compute_request_create
-from core.timeutils import HOUR, next_hour
-from marketplace.models import BillingMode, Cluster, GpuModel, Interconnect, Listing, Organization
-from marketplace.services import cluster_create, listing_create, listing_update, listing_withdraw
-
-# A fixed instant in the middle of an hour: the current hour is 09:00 UTC.
-NOW = datetime(2031, 3, 10, 9, 17, 23, tzinfo=UTC)
-CURRENT_HOUR = datetime(2031, 3, 10, 9, tzinfo=UTC)
-DEFAULT_GPU_MODEL = "h100-sxm-80gb"
-_CATALOG = {
-    "h100-sxm-80gb": ("H100 SXM 80GB", "NVIDIA", 80, 989),
-    "a100-sxm-80gb": ("A100 SXM 80GB", "NVIDIA", 80, 312),
-}
-
-
-def hour(offset: int) -> datetime:
-    """The whole UTC hour ``offset`` hours after the current hour of ``NOW``."""
-    return CURRENT_HOUR + timedelta(hours=offset)
-
-
-def iso(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def gpu_model(slug: str = DEFAULT_GPU_MODEL) -> GpuModel:
-    """A catalog GPU model. Transactional tests flush the migrated catalog, so create it if missing."""
-    name, vendor, memory_gb, tflops = _CATALOG[slug]
-    model, _ = GpuModel.objects.get_or_create(
-        slug=slug, defaults={"name": name, "vendor": vendor, "memory_gb": memory_gb, "bf16_tflops": tflops}
-    )
-    return model
-
-
-class OrganizationFactory(factory.django.DjangoModelFactory):
-    """A provider by default; ``OrganizationFactory(lab=True)`` or ``(both=True)`` for the others."""
-
-    class Meta:
-        model = Organization
-
-    class Params:
-        lab = factory.Trait(is_provider=False, is_lab=True)
-        both = factory.Trait(is_provider=True, is_lab=True)
-
-    name = factory.Sequence(lambda n: f"Broker Org {n}")
-    is_provider = True
-    is_lab = False
-
-
-class ClusterFactory(factory.django.DjangoModelFactory):
-    """A cluster registered with ``cluster_create``: 4 nodes of 8 GPUs by default."""
-
-    class Meta:
-        model = Cluster
-
-    provider = factory.SubFactory(OrganizationFactory)
-    name = factory.Sequence(lambda n: f"bc-{n}")
-    gpu_model = factory.LazyFunction(gpu_model)
-    region = "us-south-1"
-    interconnect = Interconnect.INFINIBAND
-    gpus_per_node = 8
-    node_count = 4
-
-    @classmethod
-    def _create(cls, model_class, *args, **kwargs) -> Cluster:
-        return cluster_create(**kwargs)
-
-
-class ListingFactory(factory.django.DjangoModelFactory):
-    """A listing made by ``listing_create`` (it reserves nodes), then paused or withdrawn if asked."""
-
-    class Meta:
-        model = Listing
-
-    cluster = factory.SubFactory(ClusterFactory)
-    provider = factory.SelfAttribute("cluster.provider")
-    node_count = 2
-    starts_at = factory.LazyFunction(next_hour)
-    ends_at = factory.LazyAttribute(lambda listing: listing.starts_at + timedelta(hours=24))
-    price_per_gpu_hour = Decimal("2.5000")
-    min_duration_hours = 1
-    billing_mode = BillingMode.COMMITTED
-
-    @classmethod
-    def _create(cls, model_class, *args, status: str = Listing.Status.ACTIVE, **kwargs) -> Listing:
-        listing = listing_create(**kwargs)
-        if status == Listing.Status.PAUSED:
-            listing = listing_update(listing=listing, status=status)
-        elif status == Listing.Status.WITHDRAWN:
-            listing = listing_withdraw(listing=listing)
-        return listing
+from core.timeutils import HOUR
+from marketplace.models import BillingMode, Listing, Organization
+from tests.marketplace.factories import DEFAULT_GPU_MODEL, OrganizationFactory, gpu_model
 
 
 def make_lab(name: str | None = None) -> Organization:
@@ -151,8 +63,8 @@ def book(*, lab: Organization, listing: Listing, nodes: int, starts_at: datetime
 def sold_nodes(listing: Listing, starts_at: datetime, ends_at: datetime) -> int:
     """How many of the listing's nodes are sold for some hour of [starts_at, ends_at)."""
     return (
-        Allocation.objects.filter(contract__listing=listing, starts_at__lt=ends_at, ends_at__gt=starts_at)
-        .filter(ends_at__gt=F("starts_at"))
+        Allocation.objects.holding_during(starts_at, ends_at)
+        .filter(contract__listing=listing)
         .values("node_id")
         .distinct()
         .count()
@@ -168,7 +80,7 @@ def oversell_violations() -> list[str]:
     contract's allocations match its node_count.
     """
     problems: list[str] = []
-    rows = Allocation.objects.filter(ends_at__gt=F("starts_at")).values_list(
+    rows = Allocation.objects.holding().values_list(
         "id",
         "node_id",
         "starts_at",

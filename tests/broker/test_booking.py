@@ -8,8 +8,9 @@ from django.db import connection
 from broker.models import Allocation, Contract
 from marketplace.models import Listing
 from marketplace.services import listing_update, listing_withdraw, node_set_status, organization_set_status
-from tests.broker.factories import ClusterFactory, ListingFactory, hour, iso, oversell_violations
+from tests.broker.factories import oversell_violations
 from tests.conftest import assert_error
+from tests.marketplace.factories import ClusterFactory, ListingFactory, hour, iso
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 

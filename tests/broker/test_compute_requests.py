@@ -6,8 +6,8 @@ import pytest
 
 from broker.matching import segment_match
 from broker.models import ComputeRequest
-from tests.broker.factories import ListingFactory, gpu_model, hour, iso
 from tests.conftest import assert_error
+from tests.marketplace.factories import ListingFactory, gpu_model, hour, iso
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 

@@ -8,20 +8,9 @@ from django.db import IntegrityError, connection, transaction
 from broker.matching import segment_match
 from broker.models import Allocation, ComputeRequest, Contract
 from marketplace.models import ListingNode, Node
-from tests.broker.factories import (
-    ClusterFactory,
-    ListingFactory,
-    book,
-    gpu_model,
-    hour,
-    iso,
-    make_lab,
-    oversell_violations,
-    request_create,
-    run_at_once,
-    sold_nodes,
-)
+from tests.broker.factories import book, make_lab, oversell_violations, request_create, run_at_once, sold_nodes
 from tests.conftest import make_client
+from tests.marketplace.factories import ClusterFactory, ListingFactory, gpu_model, hour, iso
 
 pytestmark = pytest.mark.usefixtures("frozen")
 

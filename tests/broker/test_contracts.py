@@ -13,18 +13,9 @@ from broker.services import contract_cancel, contract_terminate
 from broker.tasks import advance_lifecycle
 from core.errors import InvalidInput, InvalidTransition
 from marketplace.services import listing_withdraw
-from tests.broker.factories import (
-    ClusterFactory,
-    ListingFactory,
-    book,
-    gpu_model,
-    hour,
-    iso,
-    make_lab,
-    oversell_violations,
-    request_create,
-)
+from tests.broker.factories import book, make_lab, oversell_violations, request_create
 from tests.conftest import assert_error
+from tests.marketplace.factories import ClusterFactory, ListingFactory, gpu_model, hour, iso
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 

@@ -8,17 +8,8 @@ from broker.matching import segment_match
 from broker.models import Allocation, ComputeRequest, Contract
 from marketplace.models import Interconnect, Listing
 from marketplace.services import listing_update, listing_withdraw, node_set_status
-from tests.broker.factories import (
-    ClusterFactory,
-    ListingFactory,
-    OrganizationFactory,
-    book,
-    gpu_model,
-    hour,
-    make_lab,
-    oversell_violations,
-    request_create,
-)
+from tests.broker.factories import book, make_lab, oversell_violations, request_create
+from tests.marketplace.factories import ClusterFactory, ListingFactory, OrganizationFactory, gpu_model, hour
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 

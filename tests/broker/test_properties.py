@@ -19,14 +19,8 @@ from core.errors import DomainError
 from core.timeutils import current_hour
 from marketplace.models import Listing, Node
 from marketplace.services import listing_create, listing_update, listing_withdraw, node_set_status
-from tests.broker.factories import (
-    NOW,
-    ClusterFactory,
-    OrganizationFactory,
-    gpu_model,
-    oversell_violations,
-    request_create,
-)
+from tests.broker.factories import oversell_violations, request_create
+from tests.marketplace.factories import NOW, ClusterFactory, OrganizationFactory, gpu_model
 
 PRICES = ["1.00", "1.50", "2.00"]
 MODES = ["committed", "metered"]

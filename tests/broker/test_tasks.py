@@ -5,17 +5,8 @@ import pytest
 from broker.matching import segment_match
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.tasks import advance_lifecycle, match_segment, rematch_open_requests
-from tests.broker.factories import (
-    ClusterFactory,
-    ListingFactory,
-    book,
-    gpu_model,
-    hour,
-    make_lab,
-    oversell_violations,
-    request_create,
-    run_at_once,
-)
+from tests.broker.factories import book, make_lab, oversell_violations, request_create, run_at_once
+from tests.marketplace.factories import ClusterFactory, ListingFactory, gpu_model, hour
 
 pytestmark = pytest.mark.usefixtures("frozen")
 

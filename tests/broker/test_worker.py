@@ -12,8 +12,9 @@ from django.db import transaction
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.tasks import match_segment
 from core.timeutils import next_hour
-from tests.broker.factories import ClusterFactory, ListingFactory, gpu_model, iso, make_lab, request_create
+from tests.broker.factories import make_lab, request_create
 from tests.conftest import requires_worker, wait_until
+from tests.marketplace.factories import ClusterFactory, ListingFactory, gpu_model, iso
 
 
 def broker_drained():

@@ -22,10 +22,9 @@ from marketplace.models import (
     Interconnect,
     Listing,
     ListingNode,
-    Node,
     Organization,
 )
-from marketplace.services import listing_create, listing_update, listing_withdraw
+from marketplace.services import cluster_create, listing_create, listing_update, listing_withdraw
 
 DEFAULT_GPU_MODEL = "h100-sxm-80gb"
 
@@ -50,11 +49,10 @@ class OrganizationFactory(factory.django.DjangoModelFactory):
 
 
 class ClusterFactory(factory.django.DjangoModelFactory):
-    """A cluster with ``node_count`` in-service nodes (4 by default), bulk-created."""
+    """A cluster registered with ``cluster_create``: ``node_count`` in-service nodes (4 by default)."""
 
     class Meta:
         model = Cluster
-        skip_postgeneration_save = True
 
     provider = factory.SubFactory(OrganizationFactory)
     name = factory.Sequence(lambda n: f"cluster-{n}")
@@ -62,14 +60,11 @@ class ClusterFactory(factory.django.DjangoModelFactory):
     region = "us-south-1"
     interconnect = Interconnect.INFINIBAND
     gpus_per_node = 8
+    node_count = 4
 
-    @factory.post_generation
-    def node_count(cluster: Cluster, create: bool, extracted: int | None, **kwargs) -> None:
-        count = 4 if extracted is None else extracted
-        if create and count:
-            Node.objects.bulk_create(
-                Node(cluster=cluster, hostname=f"{cluster.name}-n{index:05d}") for index in range(1, count + 1)
-            )
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs) -> Cluster:
+        return cluster_create(**kwargs)
 
 
 class ListingFactory(factory.django.DjangoModelFactory):
