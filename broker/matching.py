@@ -28,7 +28,7 @@ from django.utils import timezone
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.terms import contract_total
 from core.timeutils import HOUR, current_hour
-from marketplace.models import BillingMode, Listing, ListingNode, Node, Organization
+from marketplace.models import BillingMode, Listing, ListingNode
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,8 @@ class OrderBook:
     def load(self) -> None:
         now = timezone.now()
         rows = (
-            Listing.objects.filter(
-                cluster__gpu_model_id=self.gpu_model_id,
-                status=Listing.Status.ACTIVE,
-                ends_at__gt=now,
-            )
-            .exclude(provider__status=Organization.Status.SUSPENDED)
+            Listing.objects.on_offer()
+            .filter(cluster__gpu_model_id=self.gpu_model_id, ends_at__gt=now)
             .order_by("price_per_gpu_hour", "created_at", "id")
             .values_list(
                 "id",
@@ -144,7 +140,7 @@ class OrderBook:
         for listing_id in listing_ids:
             self.listings[listing_id].bindings = []
         bindings = (
-            ListingNode.objects.filter(listing_id__in=listing_ids, released=False, node__status=Node.Status.IN_SERVICE)
+            ListingNode.objects.sellable().filter(listing_id__in=listing_ids)
             .order_by("node_id")
             .values_list("listing_id", "id", "node_id")
         )

@@ -145,7 +145,7 @@ class Allocation(models.Model):
 
     # (contract, node) is unique and (node, starts_at) indexed: no single-column indexes.
     contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="allocations", db_index=False)
-    # On PostgreSQL the composite key (listing_node, node) -> listing node (id, node) checks both
+    # The composite key (listing_node, node) -> listing node (id, node) checks both
     # columns at once (migration 0002), so the two single-column keys would check them again.
     listing_node = models.ForeignKey(
         ListingNode, on_delete=models.PROTECT, related_name="allocations", db_constraint=False
@@ -154,7 +154,7 @@ class Allocation(models.Model):
         Node, on_delete=models.PROTECT, related_name="allocations", db_index=False, db_constraint=False
     )
     # The listing of its listing node, kept here so search counts a listing's sold nodes from
-    # one index. On PostgreSQL the composite key (listing_node, listing) -> listing node
+    # one index. The composite key (listing_node, listing) -> listing node
     # (id, listing) holds it to that listing (migration 0005).
     listing = models.ForeignKey(
         Listing, on_delete=models.PROTECT, related_name="allocations", db_index=False, db_constraint=False
@@ -173,8 +173,7 @@ class Allocation(models.Model):
         indexes = [
             models.Index(fields=["node", "starts_at"]),
             # A listing's nodes sold in a window (search), read from the index alone. Led by the
-            # end, so sales that ended before the window (a listing's past) are not read. Plain
-            # key columns rather than INCLUDE: SQLite has no INCLUDE, and gets the same index.
+            # end, so sales that ended before the window (a listing's past) are not read.
             models.Index(fields=["listing", "ends_at", "starts_at", "listing_node"], name="allocation_listing_sold"),
         ]
 
