@@ -8,8 +8,11 @@ contract-month is billed for more than it could deliver or, for metered contract
 was reported. At the end every month is closed and each contract-month must have been billed
 exactly once: committed for its capacity, metered for min(reported, capacity).
 
-Each example runs in a savepoint that is rolled back, so examples start from an empty database
-on PostgreSQL and SQLite alike.
+Every close must issue exactly the lines the Python oracle (``tests.billing.oracle``) rates
+from the usage records, and exactly the lines the preview showed each lab just before it; a
+month just closed previews as its invoices.
+
+Each example runs in a savepoint that is rolled back, so examples start from an empty database.
 """
 
 from collections import Counter, defaultdict
@@ -20,7 +23,7 @@ from functools import wraps
 import pytest
 import time_machine
 from django.db import transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, Sum
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -44,9 +47,9 @@ from billing.models import (
     PayoutStatement,
     UsageRecord,
 )
-from billing.rating import rate_period
 from billing.services import (
     billing_period_close,
+    billing_period_preview,
     credit_note_create,
     invoice_record_payment,
     invoice_void,
@@ -59,6 +62,7 @@ from core.errors import InvalidTransition
 from core.money import ZERO, round_money
 from core.timeutils import HOUR, floor_hour, month_of, next_month, period_bounds
 from tests.billing.factories import COMMITTED, METERED, contract_create, make_lab, make_provider, record, utc
+from tests.billing.oracle import capacity_hours, rate_period, service_end
 
 pytestmark = pytest.mark.django_db
 
@@ -83,10 +87,9 @@ CONTRACT = st.fixed_dictionaries(
 
 def capacity(contract: Contract, period: date) -> Decimal:
     """GPU-hours the contract can deliver in the month (up to an early release)."""
-    start, end = period_bounds(period)
-    service_end = min(contract.ends_at, contract.released_at) if contract.released_at else contract.ends_at
-    lo, hi = max(contract.starts_at, start), min(service_end, end)
-    return Decimal(contract.gpu_count * max(0, int((hi - lo) // HOUR)))
+    return capacity_hours(
+        gpu_count=contract.gpu_count, starts_at=contract.starts_at, service_end=service_end(contract), period=period
+    )
 
 
 def months(first: date, last: date) -> list[date]:
@@ -96,6 +99,11 @@ def months(first: date, last: date) -> list[date]:
         out.append(first)
         first = next_month(first)
     return out
+
+
+def pick(data, items: list, label: str):
+    """One of ``items``, drawn by its position rather than by the rows' reprs (which carry ids)."""
+    return items[data.draw(st.integers(0, len(items) - 1), label=label)]
 
 
 def guarded(method):
@@ -182,26 +190,21 @@ class BillingBooks(RuleBasedStateMachine):
         return [
             c
             for c in self.contracts
-            if c.billing_mode == METERED
-            and self.service_end(c) >= c.starts_at + HOUR
-            and c.starts_at + HOUR <= self.now
+            if c.billing_mode == METERED and service_end(c) >= c.starts_at + HOUR and c.starts_at + HOUR <= self.now
         ]
-
-    def service_end(self, contract: Contract) -> datetime:
-        return min(contract.ends_at, contract.released_at) if contract.released_at else contract.ends_at
 
     @precondition(lambda self: self.reportable())
     @rule(data=st.data())
     @guarded
     def report_usage(self, data):
-        contract = data.draw(st.sampled_from(self.reportable()), label="contract")
-        last_hour = min(self.service_end(contract), floor_hour(self.now)) - HOUR
+        contract = pick(data, self.reportable(), "contract")
+        last_hour = min(service_end(contract), floor_hour(self.now)) - HOUR
         hours = int((last_hour - contract.starts_at) // HOUR)
         hostnames = list(contract.allocations.order_by("node_id").values_list("node__hostname", flat=True))
         batch = []
         for _ in range(data.draw(st.integers(1, 3), label="records")):
             start = contract.starts_at + data.draw(st.integers(0, hours), label="hour") * HOUR
-            node = data.draw(st.sampled_from([None, *hostnames]), label="node")
+            node = pick(data, [None, *hostnames], "node")
             gpus = contract.cluster.gpus_per_node if node else contract.gpu_count
             most = gpus * 3600 * 1000
             millis = data.draw(st.one_of(st.just(most), st.integers(0, most)), label="millis")
@@ -217,7 +220,7 @@ class BillingBooks(RuleBasedStateMachine):
     @rule(data=st.data())
     @guarded
     def resend_usage(self, data):
-        sent = data.draw(st.sampled_from(self.sent), label="record")
+        sent = pick(data, self.sent, "record")
         provider = next(c.provider for c in self.contracts if c.pk == sent["contract"])
         result = usage_ingest(provider=provider, records=[sent])
         assert (result.accepted, result.duplicates, result.rejected) == ([], [sent["id"]], [])
@@ -233,11 +236,21 @@ class BillingBooks(RuleBasedStateMachine):
         month_end = period_bounds(self.next_close)[1]
         if self.now < month_end:
             self.move_to(month_end + after_hours * HOUR + timedelta(seconds=1))
-        expected = reference_lines(self.next_close)
+        expected = oracle_lines(self.next_close)
+        previews = {lab.pk: preview_lines(lab, self.next_close) for lab in self.labs}
         result = billing_period_close(period=self.next_close)
         assert result.created
-        # On PostgreSQL the close rates in SQL; it must issue exactly the reference's lines.
+        # The close rates in SQL: it must issue exactly the oracle's lines, and each lab's
+        # invoice exactly what its preview showed; once closed, the month previews as issued.
         assert issued_lines(self.next_close) == expected
+        for lab in self.labs:
+            assert issued_lines(self.next_close, lab=lab) == previews[lab.pk]
+            assert preview_lines(lab, self.next_close) == previews[lab.pk]
+        # A statement left with a negative net (credits beyond its month's sales) is never paid.
+        for owed in PayoutStatement.objects.filter(period=self.next_close, net__lt=0):
+            with pytest.raises(InvalidTransition, match="negative net"):
+                payout_mark_paid(statement=owed)
+            EXERCISED["negative statement refused"] += 1
         self.issued_documents += result.invoices + result.statements
         if again:
             before = self.snapshot()
@@ -252,7 +265,7 @@ class BillingBooks(RuleBasedStateMachine):
     @rule(data=st.data())
     @guarded
     def release_early(self, data):
-        contract = data.draw(st.sampled_from(self.releasable()), label="contract")
+        contract = pick(data, self.releasable(), "contract")
         released = contract_terminate(contract=contract, lab=contract.lab)
         contract.released_at = released.released_at
 
@@ -263,7 +276,7 @@ class BillingBooks(RuleBasedStateMachine):
         open_invoices = self.open_invoices()
         if not open_invoices:
             return
-        invoice, due = data.draw(st.sampled_from(open_invoices), label="invoice")
+        invoice, due = pick(data, open_invoices, "invoice")
         amount = due if full else data.draw(st.integers(1, int(due / CENT)), label="cents") * CENT
         invoice_record_payment(invoice=invoice, amount=amount, reference="property")
         invoice.refresh_from_db()
@@ -276,7 +289,7 @@ class BillingBooks(RuleBasedStateMachine):
         open_invoices = self.open_invoices()
         if not open_invoices:
             return
-        invoice, due = data.draw(st.sampled_from(open_invoices), label="invoice")
+        invoice, due = pick(data, open_invoices, "invoice")
         amount = None if everything else data.draw(st.integers(1, int(due / CENT)), label="cents") * CENT
         note = credit_note_create(invoice=invoice, reason="property", amount=amount)
         assert note.amount == (due if amount is None else amount)
@@ -288,7 +301,7 @@ class BillingBooks(RuleBasedStateMachine):
         unpaid = [(invoice, due) for invoice, due in self.open_invoices() if not invoice.payments.exists()]
         if not unpaid:
             return
-        invoice, due = data.draw(st.sampled_from(unpaid), label="invoice")
+        invoice, due = pick(data, unpaid, "invoice")
         note = invoice_void(invoice=invoice, reason="property")
         invoice.refresh_from_db()
         assert (invoice.status, note.amount) == (Invoice.Status.VOID, due)
@@ -300,7 +313,7 @@ class BillingBooks(RuleBasedStateMachine):
         statements = list(PayoutStatement.objects.filter(status=PayoutStatement.Status.ISSUED).order_by("pk"))
         if not statements:
             return
-        chosen = data.draw(st.sampled_from(statements), label="statement")
+        chosen = pick(data, statements, "statement")
         if chosen.net < 0:  # the provider owes it: never paid, carried into the next statement
             with pytest.raises(InvalidTransition):
                 payout_mark_paid(statement=chosen)
@@ -321,7 +334,7 @@ class BillingBooks(RuleBasedStateMachine):
         return dues
 
     def issued_invoices(self) -> list[Invoice]:
-        return list(Invoice.objects.exclude(status=Invoice.Status.DRAFT).order_by("pk"))
+        return list(Invoice.objects.non_draft().order_by("pk"))
 
     def open_invoices(self) -> list[tuple[Invoice, Decimal]]:
         invoices = self.issued_invoices()
@@ -358,11 +371,9 @@ class BillingBooks(RuleBasedStateMachine):
             self.dirty = False
 
     def check_books(self) -> dict:
-        # Every ledger transaction balances (summed in Decimal here: SQLite stores REALs).
-        by_transaction: dict = defaultdict(lambda: ZERO)
-        for txn, amount in LedgerEntry.objects.values_list("transaction_id", "amount"):
-            by_transaction[txn] += amount
-        assert {txn: total for txn, total in by_transaction.items() if total != 0} == {}
+        # Every ledger transaction balances.
+        unbalanced = LedgerEntry.objects.values("transaction_id").annotate(total=Sum("amount")).exclude(total=0)
+        assert list(unbalanced) == []
 
         # Each lab's receivable is the sum of what its invoices still ask for.
         invoices = self.issued_invoices()
@@ -474,32 +485,41 @@ class BillingBooks(RuleBasedStateMachine):
 EXERCISED: Counter = Counter()
 
 
-def reference_lines(period: date) -> list[tuple]:
-    """The lines ``billing.rating.rate_period`` (the Python reference) rates for the next close."""
-    latest = BillingPeriod.objects.order_by("-period").first()
-    upto = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
-    lines = rate_period(period=period, usage_upto=upto, late_after=latest.usage_watermark if latest else 0)
-    return sorted(
-        (
-            line.lab_id,
-            line.contract_id,
-            line.provider_id,
-            line.kind,
-            line.service_period,
-            line.description,
-            line.quantity.quantize(QUANTUM, rounding=ROUND_HALF_UP),
-            line.unit_price,
-            line.amount,
-            line.fee_rate,
-            line.fee_amount,
-        )
-        for line in lines
+def line_tuple(line) -> tuple:
+    """A rated line as ``issued_lines`` reads one back (its quantity stored to 6 places)."""
+    return (
+        line.lab_id,
+        line.contract_id,
+        line.provider_id,
+        line.kind,
+        line.service_period,
+        line.description,
+        line.quantity.quantize(QUANTUM, rounding=ROUND_HALF_UP),
+        line.unit_price,
+        line.amount,
+        line.fee_rate,
+        line.fee_amount,
     )
 
 
-def issued_lines(period: date) -> list[tuple]:
+def oracle_lines(period: date) -> list[tuple]:
+    """The lines the oracle rates for the next close, from the usage records it will see."""
+    latest = BillingPeriod.objects.order_by("-period").first()
+    upto = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
+    lines = rate_period(period=period, usage_upto=upto, late_after=latest.usage_watermark if latest else 0)
+    return sorted(map(line_tuple, lines))
+
+
+def preview_lines(lab, period: date) -> list[tuple]:
+    return sorted(map(line_tuple, billing_period_preview(lab=lab, period=period)))
+
+
+def issued_lines(period: date, lab=None) -> list[tuple]:
+    lines = InvoiceLine.objects.filter(invoice__period=period)
+    if lab is not None:
+        lines = lines.filter(invoice__lab=lab)
     return sorted(
-        InvoiceLine.objects.filter(invoice__period=period).values_list(
+        lines.values_list(
             "invoice__lab_id",
             "contract_id",
             "provider_id",

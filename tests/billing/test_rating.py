@@ -11,7 +11,6 @@ import pytest
 import time_machine
 
 from billing.models import Invoice, InvoiceLine
-from billing.rating import rate_period
 from billing.services import usage_ingest
 from core.errors import InvalidInput
 from core.timeutils import parse_period
@@ -74,11 +73,14 @@ class TestCommitted:
             nodes=3,
             price="1.9999",
         )
-        assert rate_period(period=SEPTEMBER, usage_upto=None, late_after=0) == []
-        assert rate_period(period=NOVEMBER, usage_upto=None, late_after=0) == []
-        (line,) = rate_period(period=OCTOBER, usage_upto=None, late_after=0)
+        close(SEPTEMBER)
+        close(OCTOBER)
+        close(NOVEMBER)
+        assert list(Invoice.objects.values_list("period", flat=True)) == [OCTOBER]
         # 24 GPUs x 30 h = 720 GPU-h x 1.9999 = 1439.928 -> 1439.93.
-        assert (line.contract_id, line.quantity, line.amount) == (c.pk, D("720"), D("1439.93"))
+        assert line_figures(invoice_of(lab_client.organization, OCTOBER)) == [
+            (c.pk, "committed", OCTOBER, D("720"), D("1.9999"), D("1439.93"))
+        ]
 
     def test_an_operators_cancellation_ends_the_block_at_the_release(self, provider_client, lab_client):
         from broker.services import contract_cancel

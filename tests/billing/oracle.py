@@ -1,18 +1,23 @@
-"""Rating: turning contracts and usage into invoice lines for a calendar month.
+"""The rating rules in plain Python: the oracle the property test checks every close against.
+
+The application rates with one SQL statement (``billing.close_sql.RATE_LINES``). This is an
+independent reading of the same rules, from the usage records themselves rather than from
+the usage totals the trigger keeps:
 
 - A committed contract bills the GPU-hours of its window (up to an early release) that
   fall in the month, times its price, whatever was used.
 - A metered contract bills the GPU-seconds reported for the month / 3,600, times its price,
   never more than the contract could deliver in that month.
-- Usage that arrives after its month was closed is billed as an adjustment line on the
-  next invoice. Which close bills a usage record follows from the record's month and its
-  id against each close's watermark (the highest record id that close saw): a record of
-  month P is billed by the first close N >= P whose watermark covers it. Closes happen in
-  order, so that close bills ``period == N and id <= W(N)`` plus ``period < N and
-  W(N-1) < id <= W(N)``, computed with one aggregate query and no per-record update.
+- Usage that arrives after its month was closed is billed as an adjustment line by the next
+  close. Which close bills a usage record follows from the record's month and its id
+  against each close's watermark (the highest record id that close saw): a record of month
+  P is billed by the first close N >= P whose watermark covers it. Closes happen in order,
+  so that close bills ``period == N and id <= W(N)`` plus ``period < N and W(N-1) < id <=
+  W(N)``.
+- Lines already on issued invoices are subtracted, so rating twice never bills twice.
 
 All arithmetic is Decimal; each line's amount (and its platform-fee share) is rounded
-half-up to cents once, here.
+half-up to cents once.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.db.models import Q, Sum
 
-from billing.models import Invoice, InvoiceLine, UsageRecord
+from billing.close_sql import RatedLine
+from billing.models import InvoiceLine, UsageRecord
 from broker.models import Contract
 from core.money import ZERO, round_money
 from core.timeutils import HOUR, period_bounds
@@ -34,9 +40,18 @@ from marketplace.models import BillingMode, Organization
 SECONDS_PER_HOUR = Decimal(3600)
 
 
-def fee_rate_for(provider: Organization) -> Decimal:
-    rate = provider.platform_fee_rate
-    return settings.PLATFORM_FEE_RATE if rate is None else rate
+def capacity_hours(*, gpu_count: int, starts_at: datetime, service_end: datetime, period: date) -> Decimal:
+    """GPU-hours a contract can deliver inside the month."""
+    start, end = period_bounds(period)
+    lo, hi = max(starts_at, start), min(service_end, end)
+    if hi <= lo:
+        return ZERO
+    return Decimal(gpu_count * int((hi - lo) // HOUR))
+
+
+def service_end(contract: Contract) -> datetime:
+    """The end of a contract's window, or its early release."""
+    return min(contract.ends_at, contract.released_at) if contract.released_at else contract.ends_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,27 +67,9 @@ class ContractTerms:
     gpu_model: str
 
     def capacity_hours(self, period: date) -> Decimal:
-        """GPU-hours the contract can deliver inside the month."""
-        start, end = period_bounds(period)
-        lo, hi = max(self.starts_at, start), min(self.service_end, end)
-        if hi <= lo:
-            return ZERO
-        return Decimal(self.gpu_count * int((hi - lo) // HOUR))
-
-
-@dataclass(slots=True)
-class RatedLine:
-    lab_id: int
-    contract_id: int
-    provider_id: int
-    kind: str
-    service_period: date
-    description: str
-    quantity: Decimal  # exact GPU-hours
-    unit_price: Decimal
-    amount: Decimal
-    fee_rate: Decimal
-    fee_amount: Decimal
+        return capacity_hours(
+            gpu_count=self.gpu_count, starts_at=self.starts_at, service_end=self.service_end, period=period
+        )
 
 
 _TERMS_FIELDS = (
@@ -107,12 +104,15 @@ def _terms(rows) -> dict[int, ContractTerms]:
 
 
 def _already_billed(contracts, extra=()) -> dict[tuple[int, date], Decimal]:
-    """GPU-hours already on issued invoices, per (contract, month): a subquery, not a long IN list."""
-    lines = InvoiceLine.objects.filter(Q(contract_id__in=contracts) | Q(contract_id__in=list(extra))).exclude(
-        invoice__status=Invoice.Status.DRAFT
-    )
+    """GPU-hours already on issued invoices, per (contract, month)."""
+    lines = InvoiceLine.objects.non_draft().filter(Q(contract_id__in=contracts) | Q(contract_id__in=list(extra)))
     sums = lines.order_by().values_list("contract_id", "service_period").annotate(Sum("quantity"))
     return {(contract_id, period): quantity for contract_id, period, quantity in sums}
+
+
+def _fee_rate(provider: Organization) -> Decimal:
+    rate = provider.platform_fee_rate
+    return settings.PLATFORM_FEE_RATE if rate is None else rate
 
 
 def _line(terms: ContractTerms, kind: str, period: date, quantity: Decimal, fee_rates, label: str) -> RatedLine:
@@ -133,34 +133,14 @@ def _line(terms: ContractTerms, kind: str, period: date, quantity: Decimal, fee_
     )
 
 
-def rate_period(
-    *,
-    period: date,
-    usage_upto: int | None,
-    late_after: int,
-    lab_id: int | None = None,
-    late_through: date | None = None,
-) -> list[RatedLine]:
-    """The lines a close of ``period`` bills (or a preview shows), for one lab or all.
-
-    ``usage_upto`` is the close's watermark (None: every record received so far);
-    ``late_after`` the previous close's watermark; ``late_through`` the last month whose
-    usage may be billed late here (None: every earlier month). Lines already on issued
-    invoices are subtracted, so rating twice never bills twice.
-    """
+def rate_period(*, period: date, usage_upto: int, late_after: int) -> list[RatedLine]:
+    """The lines a close of ``period`` bills: ``usage_upto`` is its watermark, ``late_after``
+    the previous close's."""
     start, end = period_bounds(period)
     overlapping = Contract.objects.filter(starts_at__lt=end, ends_at__gt=start).exclude(
         released_at__isnull=False, released_at__lte=start
     )
-    late = Q(period__lt=period, id__gt=late_after)
-    if late_through is not None:
-        late &= Q(period__lte=late_through)
-    usage = UsageRecord.objects.filter(Q(period=period) | late)
-    if usage_upto is not None:
-        usage = usage.filter(id__lte=usage_upto)
-    if lab_id is not None:
-        overlapping = overlapping.filter(lab_id=lab_id)
-        usage = usage.filter(contract__lab_id=lab_id)
+    usage = UsageRecord.objects.filter(Q(period=period) | Q(period__lt=period, id__gt=late_after), id__lte=usage_upto)
     # Committed contracts' usage is dropped below, without a join here.
     usage_sums = list(usage.order_by().values_list("contract_id", "period").annotate(Sum("gpu_seconds")))
     terms = _terms(overlapping.values_list(*_TERMS_FIELDS))
@@ -170,7 +150,7 @@ def rate_period(
     usage_sums = [row for row in usage_sums if terms[row[0]].billing_mode == BillingMode.METERED]
     billed = _already_billed(overlapping.values("id"), extra=missing)
     providers = {t.provider_id for t in terms.values()}
-    fee_rates = {org.pk: fee_rate_for(org) for org in Organization.objects.filter(pk__in=providers)}
+    fee_rates = {org.pk: _fee_rate(org) for org in Organization.objects.filter(pk__in=providers)}
 
     lines: list[RatedLine] = []
     for contract in sorted(terms.values(), key=lambda t: t.id):
