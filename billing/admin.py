@@ -125,16 +125,13 @@ class PayoutStatementAdmin(ReadOnlyAdmin):
 
     @admin.action(permissions=["operate"], description="Mark selected payouts as sent")
     def mark_paid(self, request, queryset):
-        from core.services import audit_record
-
         paid = 0
         for statement in queryset:
             try:
-                payout_mark_paid(statement=statement)
+                payout_mark_paid(statement=statement, actor=request.user)
             except DomainError as exc:
                 self.message_user(request, str(exc), level=messages.ERROR)
                 continue
-            audit_record(action="payout_paid", target=statement, actor=request.user, message=f"net {statement.net}")
             paid += 1
         self.message_user(request, f"{paid} payout(s) marked paid.")
 

@@ -32,6 +32,7 @@ from billing.models import (
 from broker.models import Contract
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
+from core.services import audit_record
 from core.timeutils import month_of, next_month, period_bounds, previous_month
 from marketplace.models import Organization
 
@@ -454,8 +455,6 @@ def invoice_record_payment(
 ) -> Payment:
     """Record money received from the lab (default: all that is due); the invoice is paid
     once nothing is due."""
-    from core.services import audit_record
-
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if invoice.status != Invoice.Status.ISSUED:
@@ -513,8 +512,6 @@ def credit_note_create(
     """Correct an issued invoice: credit ``amount`` (default: all that is left), spread over
     its lines (or only the lines of ``contract``), with each provider's share reversed.
     An invoice left with nothing due is settled (if partly paid) or void."""
-    from core.services import audit_record
-
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("A credit note needs a reason.", fields={"reason": ["This field is required."]})
@@ -619,8 +616,8 @@ def contract_credit_invoiced(*, contract: Contract, reason: str, actor=None, act
     return notes
 
 
-def payout_mark_paid(*, statement: PayoutStatement) -> PayoutStatement:
-    """Record that the provider's net was sent."""
+def payout_mark_paid(*, statement: PayoutStatement, actor=None, actor_label: str = "") -> PayoutStatement:
+    """Record that the provider's net was sent (once: marking a paid statement again does nothing)."""
     with transaction.atomic():
         statement = PayoutStatement.objects.select_for_update().get(pk=statement.pk)
         if statement.status == PayoutStatement.Status.PAID:
@@ -645,4 +642,7 @@ def payout_mark_paid(*, statement: PayoutStatement) -> PayoutStatement:
         statement.status = PayoutStatement.Status.PAID
         statement.paid_at = timezone.now()
         statement.save(update_fields=["status", "paid_at"])
+        audit_record(
+            action="payout_paid", target=statement, actor=actor, actor_label=actor_label, message=f"net {statement.net}"
+        )
     return statement

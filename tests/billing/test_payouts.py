@@ -11,7 +11,8 @@ from django.db import connection
 from django.test import override_settings
 
 from billing.models import CreditNote, PayoutStatement
-from billing.services import credit_note_create, usage_ingest
+from billing.services import credit_note_create, payout_mark_paid, usage_ingest
+from core.models import AuditEvent
 from tests.billing.factories import (
     METERED,
     close,
@@ -128,6 +129,18 @@ class TestStatements:
         assert statements() == [("Provider One", SEPTEMBER, D("12.40"), D("0.62"), D("11.78"), "issued")]
 
 
+class TestPayoutSent:
+    def test_the_service_audits_the_payout_once(self, provider_client, lab_client, spanning_contract):
+        close(SEPTEMBER)
+        statement = PayoutStatement.objects.get()
+        payout_mark_paid(statement=statement, actor_label="treasury job")
+        payout_mark_paid(statement=statement, actor_label="treasury job")  # already paid: nothing happens
+        # 263.20 - 13.16 = 250.04 sent.
+        assert list(
+            AuditEvent.objects.filter(action="payout_paid").values_list("actor_label", "target_id", "message")
+        ) == [("treasury job", str(statement.pk), "net 250.04")]
+
+
 class TestApi:
     def test_a_provider_reads_its_own_statements(self, provider_client, other_provider_client, two_providers):
         close(SEPTEMBER)
@@ -199,7 +212,6 @@ class TestNegativeNet:
     """Credits larger than a month's sales: the provider owes; the next statement deducts it."""
 
     def test_a_negative_net_is_carried_into_the_next_statement(self, db):
-        from billing.services import payout_mark_paid
         from core.errors import InvalidTransition
 
         provider, lab = make_provider("Owing Provider"), make_lab("Refunded Lab")
