@@ -13,7 +13,7 @@ from decimal import Decimal
 import time_machine
 
 from billing.models import BillingPeriod, Invoice, InvoiceLine, LedgerEntry, PayoutStatement
-from billing.services import billing_period_close
+from billing.services import billing_period_close, usage_ingest
 from broker.booking import listing_book
 from broker.models import Contract
 from core.timeutils import HOUR
@@ -28,6 +28,10 @@ _sequence = itertools.count(1)
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+
+
+AUGUST, SEPTEMBER, OCTOBER, NOVEMBER, DECEMBER = (date(2026, month, 1) for month in range(8, 13))
+REPORTED_AT = utc(2026, 10, 20, 12)  # after the fixtures' contracts (tests/billing/conftest.py)
 
 
 def iso(value: datetime) -> str:
@@ -112,6 +116,13 @@ def record(
     if node is not None:
         body["node"] = node
     return body
+
+
+def ingest(provider: Organization, *records: dict, at: datetime = REPORTED_AT) -> None:
+    """Report usage as the provider does, at ``at``; every record must be accepted."""
+    with time_machine.travel(at, tick=False):
+        result = usage_ingest(provider=provider, records=list(records))
+    assert (len(result.accepted), result.duplicates, result.rejected) == (len(records), [], []), result
 
 
 def close(period: date) -> None:

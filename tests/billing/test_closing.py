@@ -17,12 +17,18 @@ from billing.tasks import close_previous_month
 from core.errors import InvalidTransition
 from tests.billing.conftest import METERED_START
 from tests.billing.factories import (
+    AUGUST,
     COMMITTED,
+    DECEMBER,
     METERED,
+    NOVEMBER,
+    OCTOBER,
+    SEPTEMBER,
     billing_snapshot,
     close,
     contract_create,
     hours_later,
+    ingest,
     invoice_of,
     line_figures,
     make_lab,
@@ -30,18 +36,10 @@ from tests.billing.factories import (
     record,
     utc,
 )
-from tests.conftest import requires_postgres
 
 pytestmark = pytest.mark.django_db
 
-AUGUST, SEPTEMBER, OCTOBER, NOVEMBER, DECEMBER = (date(2026, month, 1) for month in range(8, 13))
 D = Decimal
-
-
-def ingest(provider, *records, at) -> None:
-    with time_machine.travel(at, tick=False):
-        result = usage_ingest(provider=provider, records=list(records))
-    assert len(result.accepted) == len(records), result
 
 
 def run_close(period: str, at) -> str:
@@ -298,7 +296,6 @@ class TestLateUsage:
         ]
 
 
-@requires_postgres
 @pytest.mark.django_db(transaction=True)
 class TestConcurrentClose:
     def test_two_closes_of_the_same_month_at_once_issue_one_set_of_documents(self):

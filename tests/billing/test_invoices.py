@@ -8,15 +8,20 @@ import pytest
 import time_machine
 
 from billing.models import CreditNote, Invoice
-from billing.services import credit_note_create, invoice_record_payment, usage_ingest
+from billing.services import credit_note_create, invoice_record_payment
 from core.errors import InvalidInput
 from tests.billing.conftest import METERED_START, NODE_NAMES
 from tests.billing.factories import (
+    DECEMBER,
     METERED,
+    NOVEMBER,
+    OCTOBER,
+    SEPTEMBER,
     billing_snapshot,
     close,
     contract_create,
     hours_later,
+    ingest,
     invoice_of,
     line_figures,
     record,
@@ -27,14 +32,7 @@ from tests.conftest import assert_error
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/invoices"
-SEPTEMBER, OCTOBER, NOVEMBER, DECEMBER = date(2026, 9, 1), date(2026, 10, 1), date(2026, 11, 1), date(2026, 12, 1)
 D = Decimal
-
-
-def ingest(provider, *records, at=None) -> None:
-    with time_machine.travel(at or utc(2026, 10, 20, 12), tick=False):
-        result = usage_ingest(provider=provider, records=list(records))
-    assert len(result.accepted) == len(records), result
 
 
 @pytest.fixture

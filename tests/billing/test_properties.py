@@ -59,8 +59,8 @@ from billing.services import (
 from broker.models import Contract
 from broker.services import contract_terminate
 from core.errors import InvalidTransition
-from core.money import ZERO, round_money
-from core.timeutils import HOUR, floor_hour, month_of, next_month, period_bounds
+from core.money import CENT, ZERO, round_money
+from core.timeutils import HOUR, floor_hour, month_of, next_month, period_bounds, previous_month
 from tests.billing.factories import COMMITTED, METERED, contract_create, make_lab, make_provider, record, utc
 from tests.billing.oracle import capacity_hours, rate_period, service_end
 
@@ -68,7 +68,6 @@ pytestmark = pytest.mark.django_db
 
 START = utc(2026, 9, 29, 21, 30)  # two days before a month's end
 MAX_CONTRACTS = 5
-CENT = Decimal("0.01")
 QUANTUM = Decimal("0.000001")  # invoice line quantities are stored to 6 places of a GPU-hour
 
 
@@ -453,7 +452,7 @@ class BillingBooks(RuleBasedStateMachine):
         # follows the last usage report and bills whatever arrived late.
         last_month = max(self.next_close, *(month_of(c.ends_at - HOUR) for c in self.contracts))
         self.move_to(max(self.now, period_bounds(last_month)[1] + timedelta(days=1)))
-        for period in months(self.next_close, previous_closable(self.now)):
+        for period in months(self.next_close, previous_month(month_of(self.now))):
             billing_period_close(period=period)
         billed = self.check_books()
         for contract in self.contracts:
@@ -533,12 +532,6 @@ def issued_lines(period: date, lab=None) -> list[tuple]:
             "fee_amount",
         )
     )
-
-
-def previous_closable(now: datetime) -> date:
-    """The last month that has ended by ``now``."""
-    month = month_of(now)
-    return date(month.year - (month.month == 1), (month.month - 2) % 12 + 1, 1)
 
 
 TALLIED = [

@@ -4,7 +4,6 @@ Every expected figure below is worked out in its comment; amounts are rounded ha
 cents once per invoice line, and an invoice's total is the sum of its rounded lines.
 """
 
-from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -17,9 +16,13 @@ from core.timeutils import parse_period
 from tests.billing.conftest import METERED_START, NODE_NAMES
 from tests.billing.factories import (
     METERED,
+    NOVEMBER,
+    OCTOBER,
+    SEPTEMBER,
     close,
     contract_create,
     hours_later,
+    ingest,
     invoice_of,
     line_figures,
     record,
@@ -28,15 +31,7 @@ from tests.billing.factories import (
 
 pytestmark = pytest.mark.django_db
 
-SEPTEMBER, OCTOBER, NOVEMBER = date(2026, 9, 1), date(2026, 10, 1), date(2026, 11, 1)
 D = Decimal
-
-
-def ingest(provider, *records) -> None:
-    with time_machine.travel(utc(2026, 10, 20, 12), tick=False):
-        result = usage_ingest(provider=provider, records=list(records))
-    assert result.rejected == [] and result.duplicates == [], result
-    assert len(result.accepted) == len(records)
 
 
 class TestCommitted:

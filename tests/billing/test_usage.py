@@ -16,7 +16,7 @@ from billing.services import usage_ingest, usage_totals_rebuild
 from core.db import bulk_insert
 from tests.billing.conftest import METERED_START, NODE_NAMES, SPANNING_START
 from tests.billing.factories import METERED, close, contract_create, hours_later, make_lab, record, utc
-from tests.conftest import assert_error, make_client, requires_postgres
+from tests.conftest import assert_error, make_client
 
 URL = "/api/v1/usage"
 NOW = utc(2026, 10, 20, 12, 30)
@@ -355,7 +355,6 @@ class TestDuplicates:
         assert UsageRecord.objects.count() == 5
 
 
-@requires_postgres
 class TestDatabaseKeys:
     """What the database itself refuses, whatever the service checks."""
 
@@ -539,7 +538,6 @@ class TestPermissions:
         assert result.accepted == [] and result.rejected[0]["code"] == "unknown_contract"
 
 
-@requires_postgres
 @pytest.mark.django_db(transaction=True)
 class TestConcurrentRetries:
     def test_two_retries_at_the_same_moment_store_the_batch_once(self, clock):
@@ -629,7 +627,6 @@ def make_client_for(client):
     return twin
 
 
-@requires_postgres
 class TestUsageTotals:
     """PostgreSQL keeps usage summed per (contract, month, closing month) for the month close."""
 
@@ -671,8 +668,16 @@ class TestUsageTotals:
         ]
         bulk_insert(
             UsageRecord,
-            ("provider_id", "event_id", "contract_id", "started_at", "ended_at", "gpu_seconds", "period",
-             "received_at"),
+            (
+                "provider_id",
+                "event_id",
+                "contract_id",
+                "started_at",
+                "ended_at",
+                "gpu_seconds",
+                "period",
+                "received_at",
+            ),
             [(*row, METERED_START) for row in rows],
         )
         assert self.totals() == [(metered_contract.pk, october, october, Decimal("6.000"), 3)]
@@ -687,7 +692,6 @@ class TestUsageTotals:
         assert self.totals()[0][3] == Decimal("10.000")
 
 
-@requires_postgres
 def test_an_invoice_line_names_its_contracts_own_provider(provider_client, metered_contract, foreign_contract, clock):
     from billing.models import Invoice, InvoiceLine
 
