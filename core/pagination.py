@@ -17,7 +17,7 @@ class StandardPagination(PageNumberPagination):
         """A page from a selector that returns ``(rows, total)`` for ``limit``/``offset`` in one go,
         with the same ``count``/``next``/``previous`` as every other list."""
         raw = request.query_params.get(self.page_query_param, "1")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
             raise ValidationError({self.page_query_param: ["A page number from 1."]})
         number, size = int(raw), self.get_page_size(request)
         rows, total = fetch(limit=size, offset=(number - 1) * size)

@@ -1,9 +1,11 @@
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import page_not_found, server_error
 
 from core.errors import error_body
 
 
+@csrf_exempt  # an unmatched API path is a 404 for every method, never a CSRF page
 def not_found(request: HttpRequest, exception: Exception | None = None):
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("not_found", "Not found."), status=404)

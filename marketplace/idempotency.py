@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from core.errors import error_body
 from core.middleware import API_PREFIX
+from core.parsers import BodyRefused, parse_json_body
 from marketplace.models import IdempotencyRecord
 from marketplace.selectors import api_key_from_authorization_header
 
@@ -25,9 +26,9 @@ MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 def _fingerprint(request: HttpRequest) -> str:
     body = request.body
     try:
-        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except (ValueError, UnicodeDecodeError):
-        canonical = body
+        canonical = json.dumps(parse_json_body(body), sort_keys=True, separators=(",", ":")).encode()
+    except BodyRefused:
+        canonical = body  # the view refuses it; the fingerprint of its bytes is enough
     digest = hashlib.sha256()
     for part in (request.method.encode(), request.path.encode(), canonical):
         digest.update(part)

@@ -1,8 +1,8 @@
-from rest_framework.routers import SimpleRouter
 
 from billing.api import views
+from core.routers import ApiRouter
 
-router = SimpleRouter(trailing_slash=False)
+router = ApiRouter()
 router.register("usage", views.UsageViewSet, basename="usage")
 router.register("invoices", views.InvoiceViewSet, basename="invoice")
 router.register("payouts", views.PayoutViewSet, basename="payout")

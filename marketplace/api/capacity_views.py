@@ -5,6 +5,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.routers import ID_PATTERN
 from marketplace.api.capacity import (
     ClusterCreateSerializer,
     ClusterSerializer,
@@ -82,7 +83,7 @@ class ClusterViewSet(viewsets.GenericViewSet):
         return Response(ClusterSerializer(self.get_queryset().get(pk=cluster.pk)).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=NodeUpdateSerializer, responses=NodeSerializer)
-    @action(detail=True, methods=["patch"], url_path=r"nodes/(?P<node_id>\d+)")
+    @action(detail=True, methods=["patch"], url_path=rf"nodes/(?P<node_id>{ID_PATTERN})")
     def node(self, request: Request, pk: str, node_id: str) -> Response:
         cluster = self.get_object()
         node = get_object_or_404(Node, cluster=cluster, pk=node_id)

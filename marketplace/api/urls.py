@@ -1,9 +1,9 @@
 from django.urls import path
-from rest_framework.routers import SimpleRouter
 
+from core.routers import ApiRouter
 from marketplace.api import capacity_views, views
 
-router = SimpleRouter(trailing_slash=False)
+router = ApiRouter()
 router.register("api-keys", views.ApiKeyViewSet, basename="api-key")
 router.register("gpu-models", views.GpuModelViewSet, basename="gpu-model")
 router.register("clusters", capacity_views.ClusterViewSet, basename="cluster")
