@@ -637,10 +637,11 @@ def main() -> None:
     from billing.models import Invoice, InvoiceLine, PayoutStatement
     from billing.services import billing_period_close
     from core.timeutils import previous_month
+    from marketplace.models import IdempotencyRecord
 
     rng = random.Random(args.seed)
     period, start, end = last_month(datetime.now(UTC))
-    truncate(["billing_usagerecord", *BILLING_OUTPUT_TABLES, "core_idempotencyrecord", *MARKET_TABLES])
+    truncate(["billing_usagerecord", *BILLING_OUTPUT_TABLES, IdempotencyRecord._meta.db_table, *MARKET_TABLES])
     log(f"building {period:%Y-%m}: {CONTRACTS} contracts, {USAGE_RECORDS} usage records")
     with stopwatch() as market_seconds:
         market = build_market(rng, start, end)

@@ -426,10 +426,11 @@ def main() -> None:
     from django.utils import timezone
 
     from billing.services import usage_ingest
+    from marketplace.models import IdempotencyRecord
 
     rng = random.Random(args.seed)
     period, period_start, period_end = last_month(timezone.now())
-    truncate([*BILLING_TABLES, "core_idempotencyrecord", *MARKET_TABLES])
+    truncate([*BILLING_TABLES, IdempotencyRecord._meta.db_table, *MARKET_TABLES])
     log(f"building the market; usage for {period:%Y-%m}")
     with stopwatch() as setup_seconds:
         provider, secret, market, hostnames = build_market(rng, period_start, period_end)
