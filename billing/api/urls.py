@@ -1,4 +1,3 @@
-
 from billing.api import views
 from core.routers import ApiRouter
 
