@@ -384,7 +384,7 @@ def main() -> None:
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    from core.timeutils import current_hour
+    from core.timeutils import next_hour
     from marketplace.models import Listing, Organization
     from marketplace.services import api_key_create
 
@@ -407,7 +407,7 @@ def main() -> None:
 
     lab = Organization.objects.get(name=LAB_NAME)
     client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key_create(organization=lab, name='bench').secret}")
-    base = max(Listing.objects.aggregate(first=Min("starts_at"))["first"], current_hour())
+    base = max(Listing.objects.aggregate(first=Min("starts_at"))["first"], next_hour())  # no search starts in the past
     searches = [random_search(rng, base) for _ in range(args.searches)]
 
     for params in searches[:20]:  # warm the connection, the caches and the key's last use

@@ -20,7 +20,7 @@ from django.db import IntegrityError, ProgrammingError, connection, transaction
 from django.utils import timezone
 
 from broker.models import Contract
-from broker.terms import contract_total, validate_duration, validate_start
+from broker.terms import contract_total, validate_window
 from core.errors import CapacityUnavailable, InvalidInput
 from core.timeutils import HOUR
 from marketplace.models import BillingMode, Listing, Node, Organization
@@ -142,8 +142,7 @@ def listing_book(
         raise InvalidInput("Only labs book capacity.")
     if listing.provider_id == lab.pk:
         raise InvalidInput("You cannot book your own listing.", fields={"listing": ["This is your own listing."]})
-    validate_start(starts_at)
-    validate_duration(duration_hours)
+    validate_window(starts_at, duration_hours)
     booking = _Booking(lab=lab, listing_id=listing.pk, gpu_count=gpu_count, starts_at=starts_at, hours=duration_hours)
     now = timezone.now()
     row = _run(booking, now)

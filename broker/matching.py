@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.terms import contract_total
-from core.timeutils import HOUR, current_hour
+from core.timeutils import HOUR
 from marketplace.models import BillingMode, Listing, ListingNode
 
 logger = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ def segment_match(*, gpu_model_id: int, wait: bool = False) -> MatchResult:
         book.load()
         request_ids = list(
             ComputeRequest.objects.filter(
-                gpu_model_id=gpu_model_id, status=ComputeRequest.Status.OPEN, starts_at__gte=current_hour()
+                gpu_model_id=gpu_model_id, status=ComputeRequest.Status.OPEN, starts_at__gte=timezone.now()
             )
             .order_by("created_at", "id")
             .values_list("id", flat=True)

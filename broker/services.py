@@ -8,7 +8,7 @@ from django.utils import timezone
 from billing.services import contract_credit_invoiced
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.tasks import match_segment
-from broker.terms import validate_duration, validate_start
+from broker.terms import validate_window
 from core.errors import InvalidInput, InvalidTransition
 from core.money import validate_price
 from core.services import audit_record
@@ -40,9 +40,8 @@ def compute_request_create(
     """Record a lab's order; the matching engine picks it up once it commits."""
     if not lab.is_lab:
         raise InvalidInput("Only labs request compute.")
-    validate_start(starts_at)
+    validate_window(starts_at, duration_hours)
     validate_price(max_price_per_gpu_hour, field="max_price_per_gpu_hour")
-    validate_duration(duration_hours)
     if billing_mode not in BillingMode.values:
         raise InvalidInput("Unknown billing mode.", fields={"billing_mode": ["Use committed or metered."]})
     with transaction.atomic():
@@ -86,11 +85,12 @@ def compute_request_rematch(*, request: ComputeRequest, actor=None, actor_label:
 
 
 def compute_requests_expire(*, now: datetime | None = None) -> int:
-    """Expire open requests whose start hour has passed. One statement; safe to run twice."""
+    """Expire open requests whose start has passed: filled later, they would charge for time
+    already past. One statement; safe to run twice."""
     now = now or timezone.now()
-    return ComputeRequest.objects.filter(
-        status=ComputeRequest.Status.OPEN, starts_at__lt=now.replace(minute=0, second=0, microsecond=0)
-    ).update(status=ComputeRequest.Status.EXPIRED, closed_at=now)
+    return ComputeRequest.objects.filter(status=ComputeRequest.Status.OPEN, starts_at__lt=now).update(
+        status=ComputeRequest.Status.EXPIRED, closed_at=now
+    )
 
 
 # --- Contract lifecycle --------------------------------------------------------------------

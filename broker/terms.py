@@ -4,9 +4,11 @@ services, so the booking, the matching engine and the demo all price a block the
 from datetime import datetime
 from decimal import Decimal
 
+from django.utils import timezone
+
 from core.errors import InvalidInput
 from core.money import round_money
-from core.timeutils import current_hour, is_whole_hour
+from core.timeutils import HORIZON, HORIZON_TEXT, HOUR, is_whole_hour, within_horizon
 
 MAX_DURATION_HOURS = 24 * 366 * 3
 
@@ -16,19 +18,27 @@ def contract_total(*, gpu_count: int, hours: int, price_per_gpu_hour: Decimal) -
     return round_money(gpu_count * hours * price_per_gpu_hour)
 
 
-def validate_start(starts_at: datetime) -> None:
-    """A trade starts on a whole UTC hour, not before the current one."""
+def validate_window(starts_at: datetime, duration_hours: int) -> None:
+    """A trade starts on a whole UTC hour that has not begun, and lasts 1 to MAX_DURATION_HOURS
+    whole hours inside the horizon.
+
+    Nothing is ever charged for time already past: at 12:55 the earliest start is 13:00 (an
+    hour counts from its start, so a start at exactly 13:00:00 is still allowed then).
+    """
+    if not within_horizon(starts_at):
+        raise InvalidInput(f"starts_at must be within {HORIZON_TEXT}.", fields={"starts_at": ["Out of range."]})
     if not is_whole_hour(starts_at):
         raise InvalidInput("starts_at must be a whole UTC hour.", fields={"starts_at": ["Must be a whole UTC hour."]})
-    if starts_at < current_hour():
+    if starts_at < timezone.now():
         raise InvalidInput(
-            "starts_at must not be before the current hour.",
-            fields={"starts_at": ["Must not be before the current hour."]},
+            "starts_at must not be in the past: the earliest start is the next whole hour.",
+            fields={"starts_at": ["Must not be in the past; the earliest start is the next whole hour."]},
         )
-
-
-def validate_duration(duration_hours: int) -> None:
     if not 1 <= duration_hours <= MAX_DURATION_HOURS:
         raise InvalidInput(
             f"duration_hours must be 1 to {MAX_DURATION_HOURS}.", fields={"duration_hours": ["Out of range."]}
+        )
+    if starts_at + duration_hours * HOUR > HORIZON:
+        raise InvalidInput(
+            f"The window must end within {HORIZON_TEXT}.", fields={"duration_hours": ["Ends past the horizon."]}
         )

@@ -31,10 +31,15 @@ def json_depth_within(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
     return True
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_json_body(body: bytes | str) -> object:
-    """The body's JSON value; BodyRefused if it is not JSON or nests deeper than MAX_JSON_DEPTH."""
+    """The body's JSON value; BodyRefused if it is not strict JSON (NaN and Infinity are not) or
+    nests deeper than MAX_JSON_DEPTH."""
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_no_constant)
     except RecursionError:
         raise BodyRefused(f"JSON nested deeper than {MAX_JSON_DEPTH} levels.")
     except (ValueError, UnicodeDecodeError) as exc:

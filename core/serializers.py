@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from core.timeutils import HORIZON_TEXT, within_horizon
+
 MAX_COUNT = 10_000_000
 
 
@@ -22,3 +24,13 @@ def count_field(*, max_value: int = MAX_COUNT, **kwargs) -> serializers.IntegerF
 def price_field(**kwargs) -> serializers.DecimalField:
     """A price per GPU-hour: positive, at most 4 decimal places."""
     return serializers.DecimalField(max_digits=12, decimal_places=4, **kwargs)
+
+
+def _inside_horizon(value) -> None:
+    if not within_horizon(value):
+        raise serializers.ValidationError(f"Must be within {HORIZON_TEXT}.")
+
+
+def time_field(**kwargs) -> serializers.DateTimeField:
+    """A moment given by a client: ISO 8601 with a zone, inside the market's horizon."""
+    return serializers.DateTimeField(validators=[_inside_horizon], **kwargs)

@@ -9,6 +9,16 @@ from core.errors import InvalidInput
 
 HOUR = timedelta(hours=1)
 
+# The dates the market deals in. Every time an API client gives must fall inside this
+# horizon, so no date arithmetic can overflow and nothing is listed to the year 9999.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+HORIZON = datetime(2100, 1, 1, tzinfo=UTC)
+HORIZON_TEXT = "2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z"
+
+
+def within_horizon(value: datetime) -> bool:
+    return EARLIEST <= value <= HORIZON
+
 
 def is_whole_hour(value: datetime) -> bool:
     return value.minute == 0 and value.second == 0 and value.microsecond == 0

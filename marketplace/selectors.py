@@ -8,6 +8,7 @@ from django.db import connection
 from django.db.models import Count, DateTimeField, F, Q, QuerySet, Value
 from django.db.models.functions import Greatest
 from django.db.models.lookups import GreaterThanOrEqual
+from django.utils import timezone
 
 from core.timeutils import current_hour
 from marketplace.models import ApiKey, Cluster, Listing, Node, Organization
@@ -252,7 +253,7 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
     its rows.
     """
     now_hour = current_hour()
-    if query.deliverable_only and query.starts_at is not None and query.starts_at < now_hour:
+    if query.deliverable_only and query.starts_at is not None and query.starts_at < timezone.now():
         return [], 0  # hours already begun or past cannot be delivered
     sql, params = listing_availability_statement(query=query, now_hour=now_hour, limit=limit, offset=offset)
     with connection.cursor() as cursor:

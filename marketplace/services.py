@@ -15,7 +15,7 @@ from broker.models import Allocation
 from core.errors import InvalidInput, InvalidTransition
 from core.money import validate_price
 from core.services import audit_record
-from core.timeutils import current_hour, hours_between, is_whole_hour
+from core.timeutils import HORIZON_TEXT, current_hour, hours_between, is_whole_hour, within_horizon
 from marketplace.models import (
     ApiKey,
     BillingMode,
@@ -365,11 +365,15 @@ def listing_inventory_changed(*, listing_ids) -> None:
 
 def _validate_window(*, starts_at: datetime, ends_at: datetime) -> None:
     fields = {}
-    if not is_whole_hour(starts_at):
+    if not within_horizon(starts_at):
+        fields["starts_at"] = [f"Must be within {HORIZON_TEXT}."]
+    elif not is_whole_hour(starts_at):
         fields["starts_at"] = ["Must be a whole UTC hour (minutes and seconds zero)."]
     elif starts_at < current_hour():
         fields["starts_at"] = ["Must not be before the current hour."]
-    if not is_whole_hour(ends_at):
+    if not within_horizon(ends_at):
+        fields["ends_at"] = [f"Must be within {HORIZON_TEXT}."]
+    elif not is_whole_hour(ends_at):
         fields["ends_at"] = ["Must be a whole UTC hour (minutes and seconds zero)."]
     elif ends_at <= starts_at:
         fields["ends_at"] = ["Must be after starts_at."]

@@ -1,14 +1,14 @@
 from rest_framework import serializers
 
 from broker.models import ComputeRequest, Contract
-from core.serializers import StrictSerializer, count_field, price_field
+from core.serializers import StrictSerializer, count_field, price_field, time_field
 from marketplace.models import REGION_VALIDATOR, BillingMode, GpuModel, Interconnect
 
 
 class ComputeRequestCreateSerializer(StrictSerializer):
     gpu_model = serializers.SlugRelatedField(slug_field="slug", queryset=GpuModel.objects.all())
     gpu_count = count_field(max_value=1_000_000)
-    starts_at = serializers.DateTimeField()
+    starts_at = time_field()
     duration_hours = count_field(max_value=24 * 366 * 3)
     max_price_per_gpu_hour = price_field()
     billing_mode = serializers.ChoiceField(choices=BillingMode.choices)
@@ -90,5 +90,5 @@ class ContractSerializer(serializers.ModelSerializer):
 
 class BookingSerializer(StrictSerializer):
     gpu_count = count_field(max_value=1_000_000)
-    starts_at = serializers.DateTimeField()
+    starts_at = time_field()
     duration_hours = count_field(max_value=24 * 366 * 3)

@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from core.serializers import StrictSerializer, count_field, price_field
+from core.serializers import StrictSerializer, count_field, price_field, time_field
 from marketplace.models import (
     HOSTNAME_VALIDATOR,
     REGION_VALIDATOR,
@@ -77,8 +77,8 @@ class NodeUpdateSerializer(StrictSerializer):
 class ListingCreateSerializer(StrictSerializer):
     cluster = serializers.PrimaryKeyRelatedField(queryset=Cluster.objects.none())
     node_count = count_field(max_value=MAX_NODES_PER_CALL)
-    starts_at = serializers.DateTimeField()
-    ends_at = serializers.DateTimeField()
+    starts_at = time_field()
+    ends_at = time_field()
     price_per_gpu_hour = price_field()
     min_duration_hours = count_field(max_value=100_000, default=1)
     billing_mode = serializers.ChoiceField(choices=BillingMode.choices)
@@ -144,8 +144,8 @@ class ListingSearchSerializer(serializers.Serializer):
     interconnect = serializers.ChoiceField(choices=Interconnect.choices, required=False)
     billing_mode = serializers.ChoiceField(choices=BillingMode.choices, required=False)
     min_gpus = count_field(required=False)
-    starts_at = serializers.DateTimeField(required=False)
-    ends_at = serializers.DateTimeField(required=False)
+    starts_at = time_field(required=False)
+    ends_at = time_field(required=False)
     max_price = price_field(required=False)
     cluster = serializers.IntegerField(required=False, min_value=1, max_value=2**62)
     status = serializers.ChoiceField(choices=Listing.Status.choices, required=False)

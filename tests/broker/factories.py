@@ -8,9 +8,10 @@ database and lists every way capacity was sold twice (it should always return ``
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+import time_machine
 from django.db import connections
 
 from broker.booking import listing_book
@@ -58,6 +59,13 @@ def book(*, lab: Organization, listing: Listing, nodes: int, starts_at: datetime
         starts_at=starts_at,
         duration_hours=hours,
     )
+
+
+def book_running(*, lab: Organization, listing: Listing, nodes: int, starts_at: datetime, hours: int) -> Contract:
+    """A contract that has already started: booked a minute before ``starts_at``, when a lab
+    still could (no booking starts in the past), then the clock goes back to where it was."""
+    with time_machine.travel(starts_at - timedelta(minutes=1), tick=False):
+        return book(lab=lab, listing=listing, nodes=nodes, starts_at=starts_at, hours=hours)
 
 
 def sold_nodes(listing: Listing, starts_at: datetime, ends_at: datetime) -> int:

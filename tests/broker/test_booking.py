@@ -83,6 +83,7 @@ def test_other_hours_of_sold_nodes_stay_bookable(lab_client, other_lab_client, l
         ({"duration_hours": 0}, "duration_hours"),
         ({"starts_at": "2031-03-10T11:30:00Z"}, "starts_at"),
         ({"starts_at": iso(hour(-1))}, "starts_at"),
+        ({"starts_at": "9999-12-31T23:00:00Z"}, "starts_at"),  # once an OverflowError
         ({"price": "1.00"}, "price"),
     ],
 )
@@ -157,3 +158,14 @@ def test_booking_survives_losing_its_prepared_statement(lab_client, other_lab_cl
     assert_error(post_book(other_lab_client, listing, gpu_count=8), 409, "capacity_unavailable")
     assert Contract.objects.count() == 2
     assert oversell_violations() == []
+
+
+def test_a_booking_never_starts_in_an_hour_already_begun(lab_client, provider_client, frozen):
+    """At 09:55 a booking of the 09:00 hour would charge a whole hour for 5 minutes; refused."""
+    opened_now = ListingFactory(
+        cluster=ClusterFactory(provider=provider_client.organization), node_count=1, starts_at=hour(0), ends_at=hour(4)
+    )
+    frozen.move_to(hour(0).replace(minute=55))
+    error = assert_error(post_book(lab_client, opened_now, gpu_count=8, starts_at=iso(hour(0)), duration_hours=2), 400)
+    assert "starts_at" in error["fields"]
+    assert post_book(lab_client, opened_now, gpu_count=8, starts_at=iso(hour(1)), duration_hours=2).status_code == 201

@@ -69,8 +69,11 @@ class TestCreate:
             "metered",
         )
 
-    def test_current_hour_is_accepted(self, lab_client):
-        assert create(lab_client, starts_at=iso(hour(0))).status_code == 201
+    def test_the_hour_already_begun_is_refused_the_next_is_accepted(self, lab_client):
+        # It is 09:17: a start at 09:00 would charge for 17 minutes already past.
+        error = assert_error(create(lab_client, starts_at=iso(hour(0))), 400, "invalid")
+        assert "starts_at" in error["fields"]
+        assert create(lab_client, starts_at=iso(hour(1))).status_code == 201
 
     def test_an_organization_with_both_roles_may_request(self, both_client):
         assert create(both_client).status_code == 201
@@ -97,6 +100,9 @@ class TestCreate:
         ({"starts_at": "2031-03-10T11:30:00Z"}, "starts_at"),
         ({"starts_at": "2031-03-10T11:00:01Z"}, "starts_at"),
         ({"starts_at": iso(hour(-1))}, "starts_at"),
+        ({"starts_at": iso(hour(0))}, "starts_at"),  # 09:00, already begun at 09:17
+        ({"starts_at": "9999-12-31T23:00:00Z"}, "starts_at"),  # once an OverflowError
+        ({"starts_at": "2099-12-31T23:00:00Z", "duration_hours": 2}, "duration_hours"),  # ends past the horizon
         ({"gpu_count": 0}, "gpu_count"),
         ({"gpu_count": -8}, "gpu_count"),
         ({"max_price_per_gpu_hour": "0"}, "max_price_per_gpu_hour"),

@@ -13,7 +13,7 @@ from broker.services import contract_cancel, contract_terminate
 from broker.tasks import advance_lifecycle
 from core.errors import InvalidInput, InvalidTransition
 from marketplace.services import listing_withdraw
-from tests.broker.factories import book, make_lab, oversell_violations, request_create
+from tests.broker.factories import book, book_running, make_lab, oversell_violations, request_create
 from tests.conftest import assert_error
 from tests.marketplace.factories import ClusterFactory, ListingFactory, gpu_model, hour, iso
 
@@ -154,12 +154,12 @@ class TestLifecycle:
         contract.refresh_from_db()
         assert contract.status == Contract.Status.COMPLETED
 
-    def test_open_request_expires_after_its_start_hour(self, lab_client, frozen):
+    def test_open_request_expires_once_its_start_has_passed(self, lab_client, frozen):
         request = request_create(lab=lab_client.organization, gpu_count=8, starts_at=hour(1))
         later = request_create(lab=lab_client.organization, gpu_count=8, starts_at=hour(2))
-        frozen.move_to(hour(1).replace(minute=59))
+        frozen.move_to(hour(1))
         assert advance_lifecycle.delay().get()["expired_requests"] == 0
-        frozen.move_to(hour(2))
+        frozen.move_to(hour(1) + timedelta(seconds=1))  # filled now, it would charge for a second past
         assert advance_lifecycle.delay().get()["expired_requests"] == 1
         request.refresh_from_db()
         later.refresh_from_db()
@@ -183,7 +183,9 @@ class TestLifecycle:
 
 class TestTerminate:
     def test_metered_contract_frees_its_nodes_from_the_next_hour(self, lab_client, other_lab_client, metered_listing):
-        contract = book(lab=lab_client.organization, listing=metered_listing, nodes=2, starts_at=hour(0), hours=6)
+        contract = book_running(
+            lab=lab_client.organization, listing=metered_listing, nodes=2, starts_at=hour(0), hours=6
+        )
         advance_lifecycle.delay()
         search = {"starts_at": iso(hour(1)), "ends_at": iso(hour(6)), "gpu_model": "h100-sxm-80gb"}
         assert other_lab_client.get("/api/v1/listings", search).json()["count"] == 0
@@ -209,7 +211,9 @@ class TestTerminate:
         assert oversell_violations() == []
 
     def test_terminated_capacity_is_matched_again(self, lab_client, metered_listing):
-        contract = book(lab=lab_client.organization, listing=metered_listing, nodes=2, starts_at=hour(0), hours=6)
+        contract = book_running(
+            lab=lab_client.organization, listing=metered_listing, nodes=2, starts_at=hour(0), hours=6
+        )
         request = request_create(
             lab=make_lab(), gpu_count=16, starts_at=hour(2), duration_hours=3, billing_mode="metered"
         )
@@ -260,7 +264,9 @@ class TestTerminate:
         )
 
     def test_terminating_twice_is_harmless(self, lab_client, metered_listing):
-        contract = book(lab=lab_client.organization, listing=metered_listing, nodes=1, starts_at=hour(0), hours=6)
+        contract = book_running(
+            lab=lab_client.organization, listing=metered_listing, nodes=1, starts_at=hour(0), hours=6
+        )
         first = lab_client.post(f"{URL}/{contract.pk}/terminate").json()
         second = lab_client.post(f"{URL}/{contract.pk}/terminate")
         assert second.status_code == 200
@@ -300,7 +306,7 @@ class TestCancel:
         assert contract.status == "scheduled"
 
     def test_cancel_with_reason_frees_nodes_from_the_next_hour(self, lab_client, listing):
-        contract = book(lab=lab_client.organization, listing=listing, nodes=2, starts_at=hour(0), hours=4)
+        contract = book_running(lab=lab_client.organization, listing=listing, nodes=2, starts_at=hour(0), hours=4)
         contract = contract_cancel(contract=contract, reason="  provider power outage ")
         assert (contract.status, contract.cancel_reason, contract.released_at) == (
             "cancelled",

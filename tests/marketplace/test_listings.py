@@ -231,8 +231,13 @@ class TestCreate:
     def test_wrong_types_are_400_naming_the_field(self, provider_client, cluster, field, value):
         assert_refused(provider_client, cluster, field, **{field: value})
 
-    def test_a_window_at_the_end_of_the_calendar_is_accepted(self, provider_client, cluster):
-        response = create(provider_client, cluster, starts_at="9999-12-31T21:00:00Z", ends_at="9999-12-31T23:00:00Z")
+    def test_a_window_past_the_horizon_is_refused(self, provider_client, cluster):
+        error = assert_refused(provider_client, cluster, "ends_at", ends_at="9999-12-31T23:00:00Z")
+        assert "2100-01-01" in error["message"]
+        assert_refused(provider_client, cluster, "starts_at", starts_at="9999-12-31T21:00:00Z")
+
+    def test_a_window_up_to_the_horizon_is_accepted(self, provider_client, cluster):
+        response = create(provider_client, cluster, starts_at="2099-12-31T22:00:00Z", ends_at="2100-01-01T00:00:00Z")
         assert response.status_code == 201, response.content
         assert response.json()["available_nodes"] == 2
 
