@@ -3,6 +3,8 @@ from functools import partial
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils.cache import add_never_cache_headers
 
 from core.admin import AuditedAdmin, ReadOnlyAdmin
 from core.errors import DomainError
@@ -17,6 +19,7 @@ from marketplace.models import (
     Organization,
 )
 from marketplace.services import (
+    IssuedApiKey,
     api_key_create,
     api_key_revoke,
     listing_update,
@@ -52,6 +55,29 @@ class ApiKeyInline(admin.TabularInline):
         return False
 
 
+def _keep_for_this_response(request: HttpRequest, issued: IssuedApiKey) -> None:
+    """Hold a new key's secret on the request only, for the page that answers it."""
+    request._issued_keys = [*getattr(request, "_issued_keys", []), issued]
+
+
+def _secrets_page(request: HttpRequest, *, continue_url: str) -> TemplateResponse:
+    """Show new keys' secrets once, on the answer itself: never in a message, whose cookie would
+    carry the secret to the next page, and never cached."""
+    secrets = [
+        {"organization": issued.api_key.organization, "name": issued.api_key.name, "secret": issued.secret}
+        for issued in request._issued_keys
+    ]
+    context = {
+        **admin.site.each_context(request),
+        "title": "New API key",
+        "secrets": secrets,
+        "continue_url": continue_url,
+    }
+    response = TemplateResponse(request, "admin/secret_shown_once.html", context)
+    add_never_cache_headers(response)
+    return response
+
+
 @admin.register(Organization)
 class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
     list_display = ["name", "role", "status", "platform_fee_rate", "created_at"]
@@ -68,12 +94,11 @@ class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
             organization_set_status(organization=obj, status=obj.status, actor=request.user)
         super().save_model(request, obj, form, change)
         if not change:
-            issued = api_key_create(organization=obj, actor=request.user)
-            self._show_secret(request, obj, issued.secret)
+            _keep_for_this_response(request, api_key_create(organization=obj, actor=request.user))
 
-    @staticmethod
-    def _show_secret(request: HttpRequest, organization: Organization, secret: str) -> None:
-        messages.warning(request, f"API key for {organization.name} (shown once, store it now): {secret}")
+    def response_add(self, request: HttpRequest, obj: Organization, post_url_continue=None):
+        response = super().response_add(request, obj, post_url_continue)
+        return _secrets_page(request, continue_url=response.url) if hasattr(request, "_issued_keys") else response
 
     def _set_status(self, request: HttpRequest, queryset: QuerySet, status: str) -> None:
         for organization in queryset:
@@ -95,8 +120,10 @@ class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
     @admin.action(permissions=["operate"], description="Issue a new API key")
     def issue_api_key(self, request, queryset):
         for organization in queryset:
-            issued = api_key_create(organization=organization, name="admin-issued", actor=request.user)
-            self._show_secret(request, organization, issued.secret)
+            _keep_for_this_response(
+                request, api_key_create(organization=organization, name="admin-issued", actor=request.user)
+            )
+        return _secrets_page(request, continue_url=request.get_full_path())
 
 
 @admin.register(ApiKey)
@@ -127,7 +154,11 @@ class ApiKeyAdmin(NoDeleteMixin, AuditedAdmin):
         obj.prefix = issued.api_key.prefix
         obj.key_hash = issued.api_key.key_hash
         obj.created_at = issued.api_key.created_at
-        messages.warning(request, f"API key for {obj.organization} (shown once, store it now): {issued.secret}")
+        _keep_for_this_response(request, issued)
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue=None):
+        response = super().response_add(request, obj, post_url_continue)
+        return _secrets_page(request, continue_url=response.url) if hasattr(request, "_issued_keys") else response
 
     def log_addition(self, request, obj, message):
         # api_key_create recorded the issue in the audit trail; only the admin's own log is left.

@@ -42,7 +42,9 @@ class IdempotencyMiddleware:
     The record is inserted in the same transaction as the work. A concurrent retry with
     the same key blocks on the unique index until the first commits, then replays its
     response; if the first failed, its rollback removes the record and the retry runs.
-    Only successful (2xx) responses are kept, like Stripe.
+    Only successful (2xx) responses are kept, like Stripe, and never one that carries a secret
+    (it says ``Cache-Control: no-store``): its retry is answered 409, since a secret is shown
+    once and stored nowhere.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
@@ -82,15 +84,34 @@ class IdempotencyMiddleware:
                         ),
                         status=409,
                     )
+                if record.withheld:
+                    return JsonResponse(
+                        error_body(
+                            "idempotent_replay_withheld",
+                            "The first request with this Idempotency-Key succeeded, and its response carried a "
+                            "secret, which is shown once and never stored. List what it created instead.",
+                        ),
+                        status=409,
+                    )
                 replay = JsonResponse(record.response_body, status=record.response_status, safe=False)
                 replay["Idempotent-Replayed"] = "true"
                 return replay
 
             response = self.get_response(request)
-            if 200 <= response.status_code < 300 and response.get("Content-Type", "").startswith("application/json"):
+            if not 200 <= response.status_code < 300 or not response.get("Content-Type", "").startswith(
+                "application/json"
+            ):
+                transaction.set_rollback(True)
+            elif _carries_secret(response):
+                record.response_status, record.withheld = response.status_code, True
+                record.save(update_fields=["response_status", "withheld"])
+            else:
                 record.response_status = response.status_code
                 record.response_body = json.loads(response.content) if response.content else None
                 record.save(update_fields=["response_status", "response_body"])
-            else:
-                transaction.set_rollback(True)
             return response
+
+
+def _carries_secret(response: HttpResponse) -> bool:
+    """A response that must not be stored anywhere says so (``Cache-Control: no-store``)."""
+    return "no-store" in response.get("Cache-Control", "")

@@ -1,4 +1,5 @@
 from django.shortcuts import get_object_or_404
+from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -41,7 +42,9 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
             actor_label=request.user.audit_label,
         )
         data = IssuedApiKeySerializer(issued.api_key).data | {"secret": issued.secret}
-        return Response(data, status=status.HTTP_201_CREATED)
+        response = Response(data, status=status.HTTP_201_CREATED)
+        add_never_cache_headers(response)  # no-store: the secret is kept nowhere, not even for a replay
+        return response
 
     @extend_schema(request=None, responses=ApiKeySerializer)
     @action(detail=True, methods=["post"])

@@ -110,11 +110,16 @@ def messages_of(response) -> list[str]:
     return [str(message) for message in response.context["messages"]]
 
 
-def secret_in(text: str) -> str:
-    """The API key a 'shown once' message carries."""
-    found = re.search(r"\b(\w+_\w{8}_[\w-]{20,})\b", text)
-    assert found, text
-    return found.group(1)
+def shown_secrets(response) -> list[str]:
+    """The API keys a 'shown once' page shows. The page is the answer itself, never cached, and
+    the secret travels in no message (a message's cookie would carry it to the next page)."""
+    assert "admin/secret_shown_once.html" in [template.name for template in response.templates]
+    assert "no-store" in response["Cache-Control"]
+    secrets = re.findall(r'<code class="api-key-secret">([\w-]+)</code>', response.content.decode())
+    cookies = " ".join(morsel.value for morsel in response.cookies.values())
+    messages = " ".join(str(message) for message in response.context["messages"])
+    assert secrets and not any(secret in cookies or secret in messages for secret in secrets)
+    return secrets
 
 
 def changeform_data(response) -> dict:

@@ -5,7 +5,7 @@ import json
 import pytest
 from django.test import override_settings
 
-from marketplace.models import ApiKey
+from marketplace.models import ApiKey, Cluster, IdempotencyRecord
 from tests.conftest import assert_error
 
 pytestmark = pytest.mark.django_db
@@ -109,12 +109,27 @@ class TestBadInput:
 
 
 class TestIdempotency:
-    def test_retry_returns_first_response_and_does_work_once(self, lab_client):
-        first = lab_client.post("/api/v1/api-keys", {"name": "retry"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
-        second = lab_client.post("/api/v1/api-keys", {"name": "retry"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    def test_retry_returns_first_response_and_does_work_once(self, provider_client):
+        cluster = {"name": "retry", "gpu_model": "h100-sxm-80gb", "region": "us-east-1",
+                   "interconnect": "infiniband", "gpus_per_node": 8, "node_count": 2}  # fmt: skip
+        first = provider_client.post("/api/v1/clusters", cluster, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+        second = provider_client.post("/api/v1/clusters", cluster, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
         assert first.status_code == second.status_code == 201
         assert first.json() == second.json()
         assert second["Idempotent-Replayed"] == "true"
+        assert Cluster.objects.filter(provider=provider_client.organization, name="retry").count() == 1
+
+    def test_a_response_carrying_a_secret_is_never_stored_and_its_retry_is_409(self, lab_client):
+        first = lab_client.post("/api/v1/api-keys", {"name": "retry"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+        assert first.status_code == 201 and first.json()["secret"]
+        assert "no-store" in first["Cache-Control"]
+        record = IdempotencyRecord.objects.get(organization=lab_client.organization, key="k-1")
+        assert (record.response_status, record.response_body, record.withheld) == (201, None, True)
+        assert not IdempotencyRecord.objects.filter(response_body__icontains=first.json()["secret"]).exists()
+
+        second = lab_client.post("/api/v1/api-keys", {"name": "retry"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+        error = assert_error(second, 409, "idempotent_replay_withheld")
+        assert first.json()["secret"] not in json.dumps(error)
         assert ApiKey.objects.filter(organization=lab_client.organization, name="retry").count() == 1
 
     def test_same_key_different_body_is_409(self, lab_client):
@@ -143,8 +158,8 @@ class TestIdempotency:
         with time_machine.travel("2030-01-01 00:00Z", tick=False):
             lab_client.post("/api/v1/api-keys", {"name": "old"}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
         with time_machine.travel("2030-01-02 23:00Z", tick=False):
-            replay = lab_client.post("/api/v1/api-keys", {"name": "old"}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
-            assert replay["Idempotent-Replayed"] == "true"
+            retry = lab_client.post("/api/v1/api-keys", {"name": "old"}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
+            assert_error(retry, 409, "idempotent_replay_withheld")  # remembered: the key's secret is not
         with time_machine.travel("2030-01-03 01:00Z", tick=False):
             fresh = lab_client.post("/api/v1/api-keys", {"name": "old"}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
             assert "Idempotent-Replayed" not in fresh
