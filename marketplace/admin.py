@@ -128,7 +128,7 @@ class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(NoDeleteMixin, AuditedAdmin):
-    list_display = ["prefix", "name", "organization", "created_at", "last_used_at", "revoked_at"]
+    list_display = ["prefix", "name", "scope", "organization", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["organization"]
     search_fields = ["prefix", "name", "organization__name"]
@@ -137,19 +137,19 @@ class ApiKeyAdmin(NoDeleteMixin, AuditedAdmin):
 
     def get_fields(self, request, obj=None):
         return (
-            ["organization", "name"]
+            ["organization", "name", "scope"]
             if obj is None
-            else ["organization", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+            else ["organization", "name", "scope", "prefix", "created_at", "last_used_at", "revoked_at"]
         )
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else ["organization", "prefix", "created_at", "last_used_at", "revoked_at"]
+        return [] if obj is None else ["organization", "scope", "prefix", "created_at", "last_used_at", "revoked_at"]
 
     def save_model(self, request, obj: ApiKey, form, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
-        issued = api_key_create(organization=obj.organization, name=obj.name, actor=request.user)
+        issued = api_key_create(organization=obj.organization, name=obj.name, scope=obj.scope, actor=request.user)
         obj.pk = issued.api_key.pk
         obj.prefix = issued.api_key.prefix
         obj.key_hash = issued.api_key.key_hash

@@ -76,8 +76,13 @@ class ApiKeyQuerySet(models.QuerySet):
 
 
 class ApiKey(models.Model):
+    class Scope(models.TextChoices):
+        FULL = "full", "Full"  # reads and writes, mints and revokes keys
+        READ_ONLY = "read_only", "Read-only"  # GET only: dashboards, monitoring, auditors
+
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, default="default")
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.FULL)
     prefix = models.CharField(max_length=16, unique=True, help_text="Public part of the key, shown in lists.")
     key_hash = models.CharField(max_length=64, help_text="SHA-256 of the whole key; the secret is never stored.")
     created_at = models.DateTimeField(auto_now_add=True)

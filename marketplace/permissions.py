@@ -1,11 +1,20 @@
-from rest_framework.permissions import BasePermission
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+
+from marketplace.models import ApiKey
 
 
 class IsOrganizationMember(BasePermission):
+    """An organization's API key; a read-only key may only read."""
+
     message = "Authentication with an organization's API key is required."
 
     def has_permission(self, request, view) -> bool:
-        return bool(request.user and getattr(request.user, "organization", None) is not None)
+        if not (request.user and getattr(request.user, "organization", None) is not None):
+            return False
+        if request.method not in SAFE_METHODS and request.auth.scope != ApiKey.Scope.FULL:
+            raise PermissionDenied("This API key is read-only: use a full key to change anything.")
+        return True
 
 
 class IsProvider(IsOrganizationMember):

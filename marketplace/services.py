@@ -45,6 +45,7 @@ def api_key_create(
     *,
     organization: Organization,
     name: str = "default",
+    scope: str = ApiKey.Scope.FULL,
     actor: AbstractBaseUser | None = None,
     actor_label: str = "",
 ) -> IssuedApiKey:
@@ -55,7 +56,7 @@ def api_key_create(
         try:
             with transaction.atomic():
                 api_key = ApiKey.objects.create(
-                    organization=organization, name=name, prefix=prefix, key_hash=hash_api_key(secret)
+                    organization=organization, name=name, scope=scope, prefix=prefix, key_hash=hash_api_key(secret)
                 )
                 audit_record(
                     action="api_key_issued",

@@ -17,12 +17,17 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "created_at", "last_used_at", "revoked_at", "is_active"]
-        read_only_fields = ["id", "prefix", "created_at", "last_used_at", "revoked_at", "is_active"]
+        fields = ["id", "name", "scope", "prefix", "created_at", "last_used_at", "revoked_at", "is_active"]
+        read_only_fields = ["id", "scope", "prefix", "created_at", "last_used_at", "revoked_at", "is_active"]
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, default="default")
+    scope = serializers.ChoiceField(
+        choices=ApiKey.Scope.choices,
+        default=ApiKey.Scope.FULL,
+        help_text="full: reads and writes; read_only: GET requests only. Fixed at creation.",
+    )
 
 
 class IssuedApiKeySerializer(ApiKeySerializer):

@@ -39,6 +39,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         issued = api_key_create(
             organization=request.user.organization,
             name=serializer.validated_data["name"],
+            scope=serializer.validated_data["scope"],
             actor_label=request.user.audit_label,
         )
         data = IssuedApiKeySerializer(issued.api_key).data | {"secret": issued.secret}

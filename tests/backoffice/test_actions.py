@@ -97,9 +97,11 @@ def test_issue_an_api_key_from_the_organization_list(operator_client, market):
 def test_add_an_api_key_in_the_admin_shows_a_working_secret_once(operator_client, market):
     form = operator_client.get(add_url(ApiKey))
     assert form.status_code == 200
-    assert list(form.context["adminform"].form.fields) == ["organization", "name"]
+    assert list(form.context["adminform"].form.fields) == ["organization", "name", "scope"]
 
-    response = operator_client.post(add_url(ApiKey), {"organization": market.lab.pk, "name": "ci runner"})
+    response = operator_client.post(
+        add_url(ApiKey), {"organization": market.lab.pk, "name": "ci runner", "scope": "full"}
+    )
     secrets = shown_secrets(response)
     assert len(secrets) == 1
     key = ApiKey.objects.get(organization=market.lab, name="ci runner")
