@@ -5,10 +5,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 
-from billing.models import Invoice, InvoiceLine
+from billing.models import InvoiceLine
 from broker.models import ComputeRequest, Contract
 from core.money import CENT, ZERO
 from core.timeutils import HOUR, floor_hour, month_of, period_bounds
@@ -82,10 +82,8 @@ def market_overview(*, now: datetime | None = None) -> list[SegmentOverview]:
 
     month_start, month_end = period_bounds(month_of(now))
     billed = (
-        InvoiceLine.objects.filter(
-            Q(invoice__issued_at__gte=month_start, invoice__issued_at__lt=month_end),
-            ~Q(invoice__status=Invoice.Status.DRAFT),
-        )
+        InvoiceLine.objects.non_draft()
+        .filter(invoice__issued_at__gte=month_start, invoice__issued_at__lt=month_end)
         .values_list("contract__cluster__gpu_model_id")
         .annotate(total=Sum("amount"))
         .order_by()

@@ -5,11 +5,6 @@ from rest_framework.test import APIClient
 from marketplace.services import organization_create
 
 
-def requires_postgres(test):  # removed once no test module uses it: every run is on PostgreSQL
-    return test
-
-
-
 class OrgClient(APIClient):
     """An API client authenticated as one organization."""
 
@@ -83,9 +78,7 @@ def _redis_unreachable() -> str:
 
 
 _no_redis = _redis_unreachable()
-requires_worker = pytest.mark.skipif(
-    bool(_no_redis), reason=f"needs Redis for a real Celery worker: {_no_redis}"
-)
+requires_worker = pytest.mark.skipif(bool(_no_redis), reason=f"needs Redis for a real Celery worker: {_no_redis}")
 
 
 def _worker_database_url() -> str:
