@@ -1,3 +1,4 @@
+import django_filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -13,6 +14,7 @@ from billing.api.serializers import (
     UsageIngestResultSerializer,
     UsageRecordSerializer,
 )
+from billing.models import UsageRecord
 from billing.selectors import invoice_list, payout_list, usage_list
 from billing.services import billing_period_preview, usage_ingest
 from core.errors import InvalidInput
@@ -21,12 +23,24 @@ from core.timeutils import parse_period
 from marketplace.permissions import IsLab, IsProvider
 
 
+class UsageFilter(django_filters.FilterSet):
+    # A plain id, not a choice of contracts: another organization's contract and one that does
+    # not exist filter to the same empty page, so the answer tells nothing about which ids exist.
+    contract = django_filters.NumberFilter(
+        field_name="contract_id", min_value=1, max_value=2**62, help_text="Only this contract's records."
+    )
+
+    class Meta:
+        model = UsageRecord
+        fields = ["contract"]
+
+
 class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """Providers report GPU-seconds used under their contracts."""
 
     permission_classes = [IsProvider]
     serializer_class = UsageRecordSerializer
-    filterset_fields = ["contract"]
+    filterset_class = UsageFilter
 
     def get_queryset(self):
         return usage_list(provider=self.request.user.organization)

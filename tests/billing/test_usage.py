@@ -203,6 +203,21 @@ class TestAcceptDuplicateReject:
         ]
         assert other_provider_client.get(URL).json()["results"] == []
 
+    def test_filtering_by_contract_reveals_no_other_organizations_ids(
+        self, provider_client, other_provider_client, metered_contract, clock
+    ):
+        post(provider_client, [record("mine", metered_contract, METERED_START, H1, 1.5)])
+        assert [r["id"] for r in provider_client.get(URL, {"contract": metered_contract.pk}).json()["results"]] == [
+            "mine"
+        ]
+        # Someone else's contract and one that does not exist: the same empty answer.
+        foreign = other_provider_client.get(URL, {"contract": metered_contract.pk})
+        missing = other_provider_client.get(URL, {"contract": metered_contract.pk + 10_000})
+        assert (foreign.status_code, foreign.json()) == (missing.status_code, missing.json())
+        assert (foreign.status_code, foreign.json()["results"]) == (200, [])
+        assert_error(other_provider_client.get(URL, {"contract": "abc"}), 400)
+        assert_error(other_provider_client.get(URL, {"contract": str(2**70)}), 400)
+
 
 class TestEachRecordAlone:
     def test_every_rejection_reason_is_reported_for_its_record_and_the_valid_ones_are_kept(
