@@ -1,3 +1,4 @@
+import logging
 from datetime import datetime
 from decimal import Decimal
 
@@ -16,9 +17,28 @@ from core.timeutils import HOUR, next_hour
 from marketplace.models import BillingMode, GpuModel, Organization
 from marketplace.services import listing_inventory_changed
 
+logger = logging.getLogger(__name__)
 
-def _enqueue_matching(gpu_model_id: int) -> None:
-    match_segment.delay_on_commit(gpu_model_id)
+
+def _enqueue_matching(*, gpu_model_id: int, request_id: int) -> None:
+    """Once the transaction commits, queue matching of the request's segment.
+
+    A failure to queue (Redis unreachable) is logged, never raised: the request is committed,
+    and a 500 now would make the client retry and buy the same capacity twice. The periodic
+    sweep (``rematch_open_requests``) matches it.
+    """
+
+    def enqueue() -> None:
+        try:
+            match_segment.delay(gpu_model_id)
+        except Exception:
+            logger.exception(
+                "could not queue matching for compute request %s (segment %s); the periodic sweep will match it",
+                request_id,
+                gpu_model_id,
+            )
+
+    transaction.on_commit(enqueue)
 
 
 # --- Compute requests --------------------------------------------------------------------
@@ -58,7 +78,7 @@ def compute_request_create(
             region=region,
             interconnect=interconnect,
         )
-        _enqueue_matching(gpu_model.pk)
+        _enqueue_matching(gpu_model_id=gpu_model.pk, request_id=request.pk)
     return request
 
 
@@ -81,7 +101,7 @@ def compute_request_rematch(*, request: ComputeRequest, actor=None, actor_label:
     if request.status != ComputeRequest.Status.OPEN:
         raise InvalidTransition(f"Only an open request is matched; this one is {request.status}.")
     audit_record(action="request_rematched", target=request, actor=actor, actor_label=actor_label)
-    transaction.on_commit(lambda: _enqueue_matching(request.gpu_model_id))
+    _enqueue_matching(gpu_model_id=request.gpu_model_id, request_id=request.pk)
 
 
 def compute_requests_expire(*, now: datetime | None = None) -> int:

@@ -1,11 +1,19 @@
 """POST/GET /api/v1/compute-requests and cancel: who may, what is refused, what it answers."""
 
+import logging
+from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
+from django.db import transaction
+from kombu.exceptions import OperationalError
 
 from broker.matching import segment_match
 from broker.models import ComputeRequest
+from broker.services import compute_request_rematch
+from broker.tasks import rematch_open_requests
+from core.models import AuditEvent
 from tests.conftest import assert_error
 from tests.marketplace.factories import ListingFactory, gpu_model, hour, iso
 
@@ -185,3 +193,52 @@ class TestReadAndCancel:
         assert detail["status"] == "filled"
         assert detail["filled_at"] is not None
         assert len(detail["contracts"]) == 1
+
+
+@contextmanager
+def broker_unreachable():
+    """Redis is down: tasks go to a real broker (not in-process), the pending marks are out of
+    reach, and every publish fails as kombu fails when it cannot connect."""
+    from config.celery import app
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(app.conf, "task_always_eager", False)
+        patch.setattr(app.tasks["broker.tasks.match_segment"], "apply_async", refuse)
+        patch.setattr(settings, "REDIS_URL", "redis://127.0.0.1:1/9")  # nothing listens on port 1
+        yield
+
+
+def enqueue_failures(caplog, request_id: int) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.levelno >= logging.WARNING and f"request {request_id}" in record.getMessage()
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+class TestBrokerUnreachable:
+    """A request that committed is a 201 even when matching cannot be queued: a 500 would
+    make the client retry and buy the same capacity twice. The periodic sweep matches it."""
+
+    def test_create_is_201_stored_once_logged_and_the_sweep_fills_it(self, lab_client, caplog):
+        with broker_unreachable(), caplog.at_level(logging.WARNING):
+            response = create(lab_client)
+        assert response.status_code == 201, response.content[:500]
+        request_id = response.json()["id"]
+        assert list(ComputeRequest.objects.values_list("id", "status")) == [(request_id, "open")]
+        assert enqueue_failures(caplog, request_id)
+
+        ListingFactory(node_count=2, starts_at=hour(1), ends_at=hour(24), price_per_gpu_hour=Decimal("2.00"))
+        rematch_open_requests.apply()
+        assert ComputeRequest.objects.get(pk=request_id).status == "filled"
+
+    def test_rematch_commits_its_audit_and_logs(self, lab_client, caplog):
+        request_id = create(lab_client).json()["id"]
+        with broker_unreachable(), caplog.at_level(logging.WARNING), transaction.atomic():
+            compute_request_rematch(request=ComputeRequest.objects.get(pk=request_id), actor_label="ops")
+        assert AuditEvent.objects.filter(action="request_rematched", target_id=str(request_id)).count() == 1
+        assert enqueue_failures(caplog, request_id)
