@@ -20,7 +20,7 @@ from django.db import IntegrityError, ProgrammingError, connection, transaction
 from django.utils import timezone
 
 from broker.models import Contract
-from broker.terms import contract_total, validate_window
+from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, InvalidInput
 from core.timeutils import HOUR
 from marketplace.models import BillingMode, Listing, Node, Organization
@@ -143,6 +143,7 @@ def listing_book(
     if listing.provider_id == lab.pk:
         raise InvalidInput("You cannot book your own listing.", fields={"listing": ["This is your own listing."]})
     validate_window(starts_at, duration_hours)
+    validate_size(gpu_count, duration_hours)
     booking = _Booking(lab=lab, listing_id=listing.pk, gpu_count=gpu_count, starts_at=starts_at, hours=duration_hours)
     now = timezone.now()
     row = _run(booking, now)

@@ -9,7 +9,7 @@ from django.utils import timezone
 from billing.services import contract_credit_invoiced
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.tasks import match_segment
-from broker.terms import validate_window
+from broker.terms import validate_size, validate_window
 from core.errors import InvalidInput, InvalidTransition
 from core.money import validate_price
 from core.services import audit_record
@@ -61,6 +61,7 @@ def compute_request_create(
     if not lab.is_lab:
         raise InvalidInput("Only labs request compute.")
     validate_window(starts_at, duration_hours)
+    validate_size(gpu_count, duration_hours)
     validate_price(max_price_per_gpu_hour, field="max_price_per_gpu_hour")
     if billing_mode not in BillingMode.values:
         raise InvalidInput("Unknown billing mode.", fields={"billing_mode": ["Use committed or metered."]})

@@ -7,15 +7,29 @@ from decimal import Decimal
 from django.utils import timezone
 
 from core.errors import InvalidInput
-from core.money import round_money
+from core.money import max_price_per_gpu_hour, round_money
 from core.timeutils import HORIZON, HORIZON_TEXT, HOUR, is_whole_hour, within_horizon
 
 MAX_DURATION_HOURS = 24 * 366 * 3
+# The most one trade may cost at the price ceiling: 10^13 is 220,000 GPUs for five years at
+# 1,000.00. Amount columns hold 10^14, and a month's invoice or statement would need over
+# 100 million GPUs at the ceiling to reach it.
+MAX_CONTRACT_TOTAL = Decimal(10**13)
 
 
 def contract_total(*, gpu_count: int, hours: int, price_per_gpu_hour: Decimal) -> Decimal:
     """The price of a committed block: GPUs x hours x price, to the cent."""
     return round_money(gpu_count * hours * price_per_gpu_hour)
+
+
+def validate_size(gpu_count: int, duration_hours: int) -> None:
+    """A trade's GPU-hours, priced at the ceiling, stay within MAX_CONTRACT_TOTAL."""
+    if gpu_count * duration_hours * max_price_per_gpu_hour() > MAX_CONTRACT_TOTAL:
+        most = int(MAX_CONTRACT_TOTAL / max_price_per_gpu_hour())
+        raise InvalidInput(
+            f"One trade may cover at most {most:,} GPU-hours; split it.",
+            fields={"gpu_count": [f"gpu_count x duration_hours must be at most {most}."]},
+        )
 
 
 def validate_window(starts_at: datetime, duration_hours: int) -> None:

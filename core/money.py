@@ -2,6 +2,7 @@
 
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.conf import settings
 from django.db import models
 
 from core.errors import InvalidInput
@@ -44,9 +45,25 @@ def RateField(**kwargs) -> models.DecimalField:  # noqa: N802
     return models.DecimalField(max_digits=RATE_MAX_DIGITS, decimal_places=RATE_PLACES, **kwargs)
 
 
+# Prices move in whole cents. Every committed line is then GPUs x whole hours x cents, exact
+# with no rounding, so what is sold is billed: six 1-hour blocks cost what one 6-hour block
+# costs, and no block rounds to 0.00. (Metered lines round once, per invoice line.)
+PRICE_TICK = CENT
+
+
+def max_price_per_gpu_hour() -> Decimal:
+    """The ceiling on any price per GPU-hour (setting MAX_PRICE_PER_GPU_HOUR, default 1,000.00)."""
+    return settings.MAX_PRICE_PER_GPU_HOUR
+
+
 def validate_price(price: Decimal, *, field: str) -> None:
-    """A price per GPU-hour: positive and at most 4 decimal places, or InvalidInput on ``field``."""
+    """A price per GPU-hour: positive, whole cents, at most the ceiling; or InvalidInput on ``field``."""
     if not price.is_finite() or price <= 0:
         raise InvalidInput("The price must be greater than zero.", fields={field: ["Must be greater than zero."]})
-    if price.as_tuple().exponent < -PRICE_PLACES:
-        raise InvalidInput("At most 4 decimal places.", fields={field: ["At most 4 decimal places."]})
+    if price % PRICE_TICK:
+        raise InvalidInput(
+            "Prices are in whole cents per GPU-hour.", fields={field: ["A multiple of 0.01 (whole cents)."]}
+        )
+    ceiling = max_price_per_gpu_hour()
+    if price > ceiling:
+        raise InvalidInput(f"The price may be at most {ceiling} per GPU-hour.", fields={field: [f"At most {ceiling}."]})

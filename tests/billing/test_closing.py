@@ -342,3 +342,36 @@ class TestConcurrentClose:
         assert LedgerTransaction.objects.count() == 2
         assert DocumentSequence.objects.get(name="invoice").last_value == 2
         assert sorted(Invoice.objects.values_list("number", flat=True)) == ["INV-202609-000001", "INV-202609-000002"]
+
+
+def test_the_close_stores_the_largest_amounts_allowed(provider_client, other_provider_client, lab_client):
+    """Two committed contracts of one lab, each the largest one trade may be at the price
+    ceiling, inside one month: the close writes invoice, lines, statements and ledger legs.
+    (Once, a listing at 99,999,999.9999 booked twice overflowed a column and jammed every
+    later close: such a price is now refused, and so is a trade over MAX_CONTRACT_TOTAL.)"""
+    from broker.models import Contract
+    from broker.terms import MAX_CONTRACT_TOTAL
+    from core.money import max_price_per_gpu_hour
+    from tests.billing.factories import contract_create, utc
+
+    ceiling = max_price_per_gpu_hour()
+    hours = 30 * 24
+    gpus = int(MAX_CONTRACT_TOTAL / (hours * ceiling))  # as many GPUs as one trade may buy
+    totals = []
+    for provider in (provider_client.organization, other_provider_client.organization):
+        small = contract_create(lab=lab_client.organization, provider=provider, starts_at=utc(2026, 9, 1), hours=hours)
+        # The database holds the terms as written; the rating reads GPUs, hours and price.
+        Contract.objects.filter(pk=small.pk).update(
+            gpu_count=gpus, price_per_gpu_hour=ceiling, total_amount=gpus * hours * ceiling
+        )
+        totals.append(Decimal(gpus * hours) * ceiling)
+    assert max(totals) <= MAX_CONTRACT_TOTAL
+
+    september = date(2026, 9, 1)
+    billing_period_close(period=september, now=utc(2026, 10, 1, 0, 30))
+
+    invoice = Invoice.objects.get(lab=lab_client.organization, period=september)
+    assert invoice.total == sum(totals) == Decimal("19999998720000.00")
+    assert sorted(PayoutStatement.objects.values_list("gross", flat=True)) == sorted(totals)
+    legs = LedgerTransaction.objects.get(source_key=f"invoice:{invoice.pk}").entries.values_list("amount", flat=True)
+    assert sum(legs) == 0 and max(legs) == invoice.total

@@ -79,7 +79,7 @@ CONTRACT = st.fixed_dictionaries(
         "starts_in": st.integers(0, 72),
         "hours": st.integers(1, 80),
         "nodes": st.integers(1, 2),
-        "price": st.integers(10_000, 45_000),  # per GPU-hour, in ten-thousandths
+        "price": st.integers(100, 450),  # per GPU-hour, in cents
     }
 )
 
@@ -179,7 +179,7 @@ class BillingBooks(RuleBasedStateMachine):
             hours=hours,
             nodes=nodes,
             gpus_per_node=4,
-            price=str(Decimal(price) / 10_000),
+            price=str(Decimal(price) / 100),
             mode=mode,
         )
         self.contracts.append(contract)

@@ -66,15 +66,15 @@ class TestCommitted:
             starts_at=utc(2026, 10, 10, 6),
             hours=30,
             nodes=3,
-            price="1.9999",
+            price="1.99",
         )
         close(SEPTEMBER)
         close(OCTOBER)
         close(NOVEMBER)
         assert list(Invoice.objects.values_list("period", flat=True)) == [OCTOBER]
-        # 24 GPUs x 30 h = 720 GPU-h x 1.9999 = 1439.928 -> 1439.93.
+        # 24 GPUs x 30 h = 720 GPU-h x 1.99 = 1432.80, exact: prices are whole cents.
         assert line_figures(invoice_of(lab_client.organization, OCTOBER)) == [
-            (c.pk, "committed", OCTOBER, D("720"), D("1.9999"), D("1439.93"))
+            (c.pk, "committed", OCTOBER, D("720"), D("1.99"), D("1432.80"))
         ]
 
     def test_an_operators_cancellation_ends_the_block_at_the_release(self, provider_client, lab_client):

@@ -169,3 +169,28 @@ def test_a_booking_never_starts_in_an_hour_already_begun(lab_client, provider_cl
     error = assert_error(post_book(lab_client, opened_now, gpu_count=8, starts_at=iso(hour(0)), duration_hours=2), 400)
     assert "starts_at" in error["fields"]
     assert post_book(lab_client, opened_now, gpu_count=8, starts_at=iso(hour(1)), duration_hours=2).status_code == 201
+
+
+def test_what_is_sold_is_billed_to_the_cent(lab_client, provider_client):
+    """Prices are whole cents: six 1-hour blocks cost exactly what one 6-hour block costs, and
+    the smallest block at the smallest price is 0.08, never 0.00."""
+    cheap = ListingFactory(
+        cluster=ClusterFactory(provider=provider_client.organization, node_count=2),
+        node_count=2,
+        starts_at=hour(1),
+        ends_at=hour(7),
+        price_per_gpu_hour=Decimal("0.01"),
+    )
+    hourly = [
+        post_book(lab_client, cheap, gpu_count=8, starts_at=iso(hour(1 + index)), duration_hours=1).json()
+        for index in range(6)
+    ]
+    block = post_book(lab_client, cheap, gpu_count=8, starts_at=iso(hour(1)), duration_hours=6).json()
+    assert [contract["total_amount"] for contract in hourly] == ["0.08"] * 6
+    assert block["total_amount"] == "0.48" == str(sum(Decimal(contract["total_amount"]) for contract in hourly))
+
+
+def test_one_trade_is_bounded_so_every_amount_fits(lab_client, listing):
+    # 10^13 at the 1,000.00 ceiling is 10^10 GPU-hours: 1,000,000 GPUs for 10,001 hours is over.
+    error = assert_error(post_book(lab_client, listing, gpu_count=1_000_000, duration_hours=10_001), 400, "invalid")
+    assert "GPU-hours" in error["message"]

@@ -112,6 +112,9 @@ class TestCreate:
         ({"starts_at": "9999-12-31T23:00:00Z"}, "starts_at"),  # once an OverflowError
         ({"starts_at": "2099-12-31T23:00:00Z", "duration_hours": 2}, "duration_hours"),  # ends past the horizon
         ({"gpu_count": 0}, "gpu_count"),
+        ({"gpu_count": 1_000_000, "duration_hours": 10_001}, "gpu_count"),  # over MAX_CONTRACT_TOTAL at the ceiling
+        ({"max_price_per_gpu_hour": "2.125"}, "max_price_per_gpu_hour"),  # not whole cents
+        ({"max_price_per_gpu_hour": "1000.01"}, "max_price_per_gpu_hour"),  # over the ceiling
         ({"gpu_count": -8}, "gpu_count"),
         ({"max_price_per_gpu_hour": "0"}, "max_price_per_gpu_hour"),
         ({"max_price_per_gpu_hour": "-1.00"}, "max_price_per_gpu_hour"),

@@ -54,7 +54,7 @@ class TestPrice:
         assert status_of(request) == "filled"
 
     def test_listing_above_max_price_is_not_used(self, lab):
-        listing("3.0001")
+        listing("3.01")
         request = request_create(lab=lab, gpu_count=8, starts_at=hour(2), max_price="3.00")
         match()
         assert status_of(request) == "open"

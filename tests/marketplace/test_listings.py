@@ -82,10 +82,22 @@ class TestCreate:
         response = create(provider_client, cluster, starts_at=iso(hour(0)))
         assert response.status_code == 201, response.content
 
-    def test_four_decimal_places_are_kept(self, provider_client, cluster):
-        response = create(provider_client, cluster, price_per_gpu_hour="2.1234")
-        assert response.json()["price_per_gpu_hour"] == "2.1234"
-        assert Listing.objects.get().price_per_gpu_hour == Decimal("2.1234")
+    def test_a_price_in_whole_cents_is_kept(self, provider_client, cluster):
+        response = create(provider_client, cluster, price_per_gpu_hour="2.12")
+        assert response.json()["price_per_gpu_hour"] == "2.1200"
+        assert Listing.objects.get().price_per_gpu_hour == Decimal("2.12")
+
+    @pytest.mark.parametrize("price", ["2.1234", "0.0049", "0.001"])
+    def test_a_price_below_the_cent_tick_is_refused(self, provider_client, cluster, price):
+        error = assert_refused(provider_client, cluster, "price_per_gpu_hour", price_per_gpu_hour=price)
+        assert "cents" in error["message"]
+
+    def test_a_price_above_the_ceiling_is_refused(self, provider_client, cluster, settings):
+        assert_refused(provider_client, cluster, "price_per_gpu_hour", price_per_gpu_hour="99999999.9999")
+        assert_refused(provider_client, cluster, "price_per_gpu_hour", price_per_gpu_hour="1000.01")
+        assert create(provider_client, cluster, price_per_gpu_hour="1000.00").status_code == 201
+        settings.MAX_PRICE_PER_GPU_HOUR = Decimal("5.00")
+        assert_refused(provider_client, cluster, "price_per_gpu_hour", price_per_gpu_hour="5.01")
 
     def test_an_offset_that_is_a_whole_utc_hour_is_accepted(self, provider_client, cluster):
         response = create(provider_client, cluster, starts_at="2031-03-10T15:30:00+05:30")
@@ -309,13 +321,13 @@ class TestUpdate:
         listing = ListingFactory(cluster=cluster, price_per_gpu_hour=Decimal("2.0000"))
         contract = sell(listing, 1, hour(2), hour(12), lab_client.organization)
         assert contract.total_amount == Decimal("160.00")  # 8 GPUs x 10 hours x 2.00
-        provider_client.patch(f"{LISTINGS}/{listing.pk}", {"price_per_gpu_hour": "9.9999"}, format="json")
+        provider_client.patch(f"{LISTINGS}/{listing.pk}", {"price_per_gpu_hour": "9.99"}, format="json")
         contract.refresh_from_db()
         assert (contract.price_per_gpu_hour, contract.total_amount) == (Decimal("2.0000"), Decimal("160.00"))
         assert contract.allocations.count() == 1
         # What is left is offered at the new price, what is sold stays out.
         found = lab_client.get(LISTINGS, {"starts_at": iso(hour(2)), "ends_at": iso(hour(12))}).json()["results"]
-        assert [(item["price_per_gpu_hour"], item["available_nodes"]) for item in found] == [("9.9999", 1)]
+        assert [(item["price_per_gpu_hour"], item["available_nodes"]) for item in found] == [("9.9900", 1)]
 
     @pytest.mark.parametrize("price", ["0", "-2", "2.00001", "NaN", "", None])
     def test_bad_price_is_400_and_changes_nothing(self, provider_client, cluster, price):

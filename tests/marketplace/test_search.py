@@ -104,12 +104,12 @@ class TestFilters:
         assert found(lab_client, billing_mode="metered") == [metered.pk]
 
     def test_max_price_is_inclusive(self, lab_client):
-        cheap = listing(price_per_gpu_hour=Decimal("1.9999"))
+        cheap = listing(price_per_gpu_hour=Decimal("1.99"))
         dear = listing(price_per_gpu_hour=Decimal("2.5000"))
         assert found(lab_client, max_price="2.5") == [cheap.pk, dear.pk]
-        assert found(lab_client, max_price="2.4999") == [cheap.pk]
-        assert found(lab_client, max_price="1.9999") == [cheap.pk]
-        assert found(lab_client, max_price="1.9998") == []
+        assert found(lab_client, max_price="2.49") == [cheap.pk]
+        assert found(lab_client, max_price="1.99") == [cheap.pk]
+        assert found(lab_client, max_price="1.98") == []
 
     def test_min_gpus_counts_whole_nodes(self, lab_client):
         eights = listing(node_count=2)  # 2 nodes x 8 GPUs
