@@ -26,6 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from broker.models import Allocation, ComputeRequest, Contract
+from broker.selectors import compute_requests_to_match
 from broker.terms import contract_total
 from core.timeutils import HOUR
 from marketplace.models import BillingMode, Listing, ListingNode
@@ -140,7 +141,8 @@ class OrderBook:
         for listing_id in listing_ids:
             self.listings[listing_id].bindings = []
         bindings = (
-            ListingNode.objects.sellable().filter(listing_id__in=listing_ids)
+            ListingNode.objects.sellable()
+            .filter(listing_id__in=listing_ids)
             .order_by("node_id")
             .values_list("listing_id", "id", "node_id")
         )
@@ -336,9 +338,8 @@ def segment_match(*, gpu_model_id: int, wait: bool = False) -> MatchResult:
         book = OrderBook(gpu_model_id)
         book.load()
         request_ids = list(
-            ComputeRequest.objects.filter(
-                gpu_model_id=gpu_model_id, status=ComputeRequest.Status.OPEN, starts_at__gte=timezone.now()
-            )
+            compute_requests_to_match()
+            .filter(gpu_model_id=gpu_model_id, starts_at__gte=timezone.now())
             .order_by("created_at", "id")
             .values_list("id", flat=True)
         )
@@ -364,8 +365,9 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
     with transaction.atomic():
         book.refresh()
         requests = list(
-            ComputeRequest.objects.select_for_update()
-            .filter(pk__in=request_ids, status=ComputeRequest.Status.OPEN)
+            compute_requests_to_match()
+            .select_for_update(of=("self",))
+            .filter(pk__in=request_ids)
             .order_by("created_at", "id")
         )
         held: list[tuple[int, tuple[int, int]]] = []

@@ -28,11 +28,17 @@ def contract_list(*, organization: Organization) -> QuerySet[Contract]:
     )
 
 
-def segments_with_open_requests() -> list[int]:
-    """The market segments (GPU models) with open requests, for the periodic re-match."""
-    return list(
-        ComputeRequest.objects.filter(status=ComputeRequest.Status.OPEN)
-        .values_list("gpu_model_id", flat=True)
-        .distinct()
-        .order_by("gpu_model_id")
+def compute_requests_to_match() -> QuerySet[ComputeRequest]:
+    """Open requests the matching engine may fill: not those of a suspended lab.
+
+    Suspension cancels a lab's open requests (``organization_set_status``); this keeps out
+    one committed in a race with it. Reactivated, the lab's remaining open requests match.
+    """
+    return ComputeRequest.objects.filter(status=ComputeRequest.Status.OPEN).exclude(
+        lab__status=Organization.Status.SUSPENDED
     )
+
+
+def segments_with_open_requests() -> list[int]:
+    """The market segments (GPU models) with requests to match, for the periodic re-match."""
+    return list(compute_requests_to_match().values_list("gpu_model_id", flat=True).distinct().order_by("gpu_model_id"))

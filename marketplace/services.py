@@ -11,7 +11,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 from django.utils.text import slugify
 
-from broker.models import Allocation
+from broker.models import Allocation, ComputeRequest
 from core.errors import InvalidInput, InvalidTransition
 from core.money import validate_price
 from core.services import audit_record
@@ -116,8 +116,15 @@ def organization_create(
 def organization_set_status(
     *, organization: Organization, status: str, actor: AbstractBaseUser | None = None, actor_label: str = ""
 ) -> Organization:
-    """Verify, suspend or reactivate an organization. A suspended one's keys stop working
-    and its listings leave search and matching."""
+    """Verify, suspend or reactivate an organization.
+
+    A suspended one's keys stop working and its listings leave search and matching. As a lab
+    it buys nothing more: its open compute requests are cancelled in the same transaction
+    (one statement, audited on the organization), and reactivation does not reopen them.
+    The matching engine also passes over any open request of a suspended lab
+    (``broker.selectors.compute_requests_to_match``), so one committed in a race with the
+    suspension is never filled while it lasts.
+    """
     if status not in Organization.Status.values:
         raise InvalidTransition(f"Unknown status {status!r}.")
     with transaction.atomic():
@@ -132,6 +139,20 @@ def organization_set_status(
                 actor_label=actor_label,
                 message=f"{previous} -> {status}",
             )
+        if previous != status and status == Organization.Status.SUSPENDED:
+            now = timezone.now()
+            cancelled = ComputeRequest.objects.filter(lab=organization, status=ComputeRequest.Status.OPEN).update(
+                status=ComputeRequest.Status.CANCELLED, closed_at=now
+            )
+            if cancelled:
+                audit_record(
+                    action="compute_requests_cancelled",
+                    target=organization,
+                    actor=actor,
+                    actor_label=actor_label,
+                    message=f"{cancelled} open compute request(s) cancelled by the suspension "
+                    f"(closed_at {now.isoformat()})",
+                )
     return organization
 
 
