@@ -1,9 +1,18 @@
+from django.contrib.postgres.fields import DateTimeRangeField
+from django.contrib.postgres.indexes import GistIndex
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import F, Func, Q
 
 from broker.models import Contract
 from core.money import AmountField, PriceField, QuantityField, RateField
 from marketplace.models import Node, Organization
+
+
+class TsTzRange(Func):
+    """PostgreSQL's ``tstzrange(start, end)``: the half-open interval [start, end)."""
+
+    function = "TSTZRANGE"
+    output_field = DateTimeRangeField()
 
 
 class UsageRecord(models.Model):
@@ -43,6 +52,9 @@ class UsageRecord(models.Model):
         indexes = [
             models.Index(fields=["period", "contract"]),
             models.Index(fields=["contract", "period"]),
+            # Ingestion reads a contract's records that overlap the batch's time (the
+            # capacity check), with the expression tstzrange(started_at, ended_at).
+            GistIndex(F("contract"), TsTzRange("started_at", "ended_at"), name="usage_contract_during"),
         ]
 
     def __str__(self) -> str:

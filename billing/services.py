@@ -6,7 +6,8 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from fractions import Fraction
 from operator import attrgetter
 
 from django.db import IntegrityError, connection, transaction
@@ -29,6 +30,7 @@ from billing.models import (
     PayoutStatement,
     UsageRecord,
 )
+from billing.usage_load import UsageLoad
 from broker.models import Contract
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
@@ -107,10 +109,13 @@ class _Candidate:
     gpu_seconds: Decimal
     period: date
     node_id: int | None = None
+    contract_gpus: int = 0
+    node_gpus: int = 0
 
 
 _RECORD_FIELDS = frozenset({"id", "contract", "node", "started_at", "ended_at", "gpu_seconds"})
 _MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
@@ -118,21 +123,24 @@ def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
 
     A record's ``id`` is the provider's event id: sent again (even by two retries at the
     same moment) it is stored once, by the database's unique constraint, and reported as a
-    duplicate. Each record is checked here, against its contract with two queries per
-    batch (the contracts, their allocated nodes); the valid ones are inserted by one
-    statement. The database holds the keys: the node exists and the contract is the
-    provider's (one composite key, see UsageRecord).
+    duplicate. Each record is first checked alone against its contract, with two queries per
+    batch (the contracts, their allocated nodes). Then, under a lock per contract, against
+    the usage already stored and the records accepted before it: a record's GPU-seconds are
+    spread evenly over its interval, and at no instant may a node's records use more than
+    the node's GPUs, nor a contract's records (with or without a node) more than the
+    contract's GPUs (``billing.usage_load``); a record that would is rejected as
+    ``exceeds_capacity``. The accepted ones are inserted by one statement. The database holds
+    the keys: the node exists and the contract is the provider's (one composite key, see
+    UsageRecord).
     """
     if not isinstance(records, list) or not 1 <= len(records) <= MAX_USAGE_BATCH:
         raise InvalidInput(
             f"Send 1 to {MAX_USAGE_BATCH} records.", fields={"records": [f"A list of 1 to {MAX_USAGE_BATCH}."]}
         )
     result = IngestResult()
-    rows = _within_contracts(provider, _well_formed(records, result), result)
-    if rows:
-        inserted = _insert_usage(provider, rows)
-        for row in rows:
-            (result.accepted if row.event_id in inserted else result.duplicates).append(row.event_id)
+    candidates = _within_contracts(provider, _well_formed(records, result), result)
+    if candidates:
+        _store_within_capacity(provider, candidates, result)
     return result
 
 
@@ -187,17 +195,17 @@ def _well_formed(records: list, result: IngestResult) -> list[_Candidate]:
 
 
 def _within_contracts(provider: Organization, candidates: list[_Candidate], result: IngestResult) -> list[_Candidate]:
-    """The candidates that fit their contract, each event id once (its first valid copy).
+    """The candidates that fit their contract alone; the others rejected.
 
     A fit is a contract of the provider's, inside its window (up to an early release), a
-    named node allocated to it, and no more GPU-seconds than the contract's GPUs (or the
-    node's) deliver in the interval. The others are rejected or reported as duplicates.
+    named node allocated to it and inside that allocation, and no more GPU-seconds than the
+    contract's GPUs (or the node's) deliver in the interval. Every copy of an event id is
+    kept: which one is stored is decided with the usage already reported.
     """
     contracts = _contract_terms(provider, {c.contract_id for c in candidates}) if candidates else {}
     named = {c.contract_id for c in candidates if c.node_name is not None and c.contract_id in contracts}
     nodes = _contract_nodes(named) if named else {}
-    rows: list[_Candidate] = []
-    seen: set[str] = set()
+    fitting: list[_Candidate] = []
     for candidate in candidates:
         contract = contracts.get(candidate.contract_id)
         if contract is None:
@@ -212,13 +220,24 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
                 f"{service_end:%Y-%m-%dT%H:%MZ}.",
             )  # fmt: skip
             continue
+        candidate.contract_gpus, candidate.node_gpus = gpu_count, gpus_per_node
         gpus = gpu_count
         if candidate.node_name is not None:
-            candidate.node_id = nodes.get((candidate.contract_id, candidate.node_name))
-            if candidate.node_id is None:
+            allocation = nodes.get((candidate.contract_id, candidate.node_name))
+            if allocation is None:
                 _reject(
                     result, candidate.index, candidate.event_id, "unknown_node", "That node is not in the contract."
                 )
+                continue
+            candidate.node_id, held_from, held_until = allocation
+            # Within its allocation, a node's records are its contract's alone: PostgreSQL never
+            # lets two allocations of a node overlap, so no other contract's record can overlap it.
+            if candidate.started_at < held_from or candidate.ended_at > held_until:
+                _reject(
+                    result, candidate.index, candidate.event_id, "outside_contract",
+                    f"Node {candidate.node_name} serves the contract from {held_from:%Y-%m-%dT%H:%MZ} to "
+                    f"{held_until:%Y-%m-%dT%H:%MZ}.",
+                )  # fmt: skip
                 continue
             gpus = gpus_per_node
         # Exact: GPU-seconds have at most 3 decimals, the interval is a whole number of microseconds.
@@ -230,12 +249,8 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
                 f"{Decimal(micros) / 1_000_000} seconds.",
             )  # fmt: skip
             continue
-        if candidate.event_id in seen:  # a second valid copy in the same batch
-            result.duplicates.append(candidate.event_id)
-            continue
-        seen.add(candidate.event_id)
-        rows.append(candidate)
-    return rows
+        fitting.append(candidate)
+    return fitting
 
 
 # The ids travel as one array parameter: building and quoting the ORM's IN list of a
@@ -246,7 +261,7 @@ FROM broker_contract c JOIN marketplace_cluster cl ON cl.id = c.cluster_id
 WHERE c.id = ANY(%s) AND c.provider_id = %s
 """
 _CONTRACT_NODES = """
-SELECT a.contract_id, n.hostname, a.node_id
+SELECT a.contract_id, n.hostname, a.node_id, a.starts_at, a.ends_at
 FROM broker_allocation a JOIN marketplace_node n ON n.id = a.node_id
 WHERE a.contract_id = ANY(%s)
 """
@@ -260,12 +275,165 @@ def _contract_terms(provider: Organization, contract_ids: set[int]) -> dict[int,
     return {contract_id: tuple(terms) for contract_id, *terms in rows}
 
 
-def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], int]:
-    """(contract id, hostname) -> node id of the nodes allocated to these contracts."""
+def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], tuple[int, datetime, datetime]]:
+    """(contract id, hostname) -> (node id, allocated from, allocated until) of these contracts' nodes.
+
+    A contract holds a node once ((contract, node) is unique in Allocation).
+    """
     with connection.cursor() as cursor:
         cursor.execute(_CONTRACT_NODES, [list(contract_ids)])
         rows = cursor.fetchall()
-    return {(contract_id, hostname): node_id for contract_id, hostname, node_id in rows}
+    return {
+        (contract_id, hostname): (node_id, starts_at, ends_at)
+        for contract_id, hostname, node_id, starts_at, ends_at in rows
+    }
+
+
+# The capacity check of a contract's usage takes this advisory lock (with the contract's
+# stripe as second key) until commit. Stripes bound the locks one batch holds (PostgreSQL's
+# lock table is shared and finite); two contracts of one stripe merely wait for each other.
+USAGE_CONTRACT_LOCK = 0x75736763  # "usgc"
+USAGE_CONTRACT_LOCK_STRIPES = 256
+
+# Taken in stripe order, so two batches never wait for each other in a cycle.
+_LOCK_CONTRACT_STRIPES = """
+SELECT pg_advisory_xact_lock(%s, stripe)
+FROM (SELECT DISTINCT stripe FROM unnest(%s::integer[]) AS stripe ORDER BY stripe) AS ordered
+"""
+_STORED_EVENTS = "SELECT event_id FROM billing_usagerecord WHERE provider_id = %s AND event_id = ANY(%s)"
+# The stored records of each contract that overlap a stretch of time, by the index
+# usage_contract_during on (contract, tstzrange(started_at, ended_at)).
+_STORED_USAGE_DURING = """
+SELECT u.id, u.contract_id, u.node_id, u.started_at, u.ended_at, u.gpu_seconds
+FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS span(contract_id, started_at, ended_at)
+JOIN billing_usagerecord u
+  ON u.contract_id = span.contract_id
+ AND tstzrange(u.started_at, u.ended_at) && tstzrange(span.started_at, span.ended_at)
+"""
+
+
+def _store_within_capacity(provider: Organization, candidates: list[_Candidate], result: IngestResult) -> None:
+    """Accept, in batch order, each record that fits with the stored usage and the records
+    accepted before it, and store the accepted ones; the others are duplicates or rejected.
+
+    A copy of an event id already stored, or accepted earlier in the batch, is a duplicate
+    and counts nothing; the first copy that fits wins. The usage lock is held shared (a
+    month close takes it alone) and the batch's contract locks are held until commit, so a
+    batch posted at the same moment for the same contracts checks against this one's
+    records once they are committed.
+    """
+    accepted: list[_Candidate] = []
+    taken: set[str] = set()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
+        stripes = [c.contract_id % USAGE_CONTRACT_LOCK_STRIPES for c in candidates]
+        cursor.execute(_LOCK_CONTRACT_STRIPES, [USAGE_CONTRACT_LOCK, stripes])
+        cursor.execute(_STORED_EVENTS, [provider.pk, list({c.event_id for c in candidates})])
+        stored = {event_id for (event_id,) in cursor.fetchall()}
+        contract_loads, node_loads = _usage_loads(cursor, candidates)
+        for candidate in candidates:
+            if candidate.event_id in stored or candidate.event_id in taken:
+                result.duplicates.append(candidate.event_id)
+                continue
+            start, end = _micros(candidate.started_at), _micros(candidate.ended_at)
+            millis = int(candidate.gpu_seconds.scaleb(3))
+            node_load = node_loads[candidate.node_id] if candidate.node_id is not None else None
+            contract_load = contract_loads[candidate.contract_id]
+            if node_load is not None and not node_load.fits(start, end, millis):
+                _reject_over_capacity(result, candidate, node_load, f"Node {candidate.node_name}", millis)
+                continue
+            if not contract_load.fits(start, end, millis):
+                _reject_over_capacity(result, candidate, contract_load, f"Contract {candidate.contract_id}", millis)
+                continue
+            if node_load is not None:
+                node_load.add(start, end, millis)
+            contract_load.add(start, end, millis)
+            taken.add(candidate.event_id)
+            accepted.append(candidate)
+        inserted = _insert_usage(cursor, provider, accepted) if accepted else set()
+    # Stored meanwhile by a batch for another contract (the id is the provider's, not the
+    # contract's): a duplicate, counted above against capacity it does not use.
+    for row in accepted:
+        (result.accepted if row.event_id in inserted else result.duplicates).append(row.event_id)
+
+
+def _usage_loads(cursor, candidates: list[_Candidate]) -> tuple[dict[int, UsageLoad], dict[int, UsageLoad]]:
+    """The loads of the batch's contracts and named nodes from the stored records that overlap
+    the batch's records, read by contract over the stretches of time the batch covers.
+
+    A node's stored records are all among its contract's: a record lies within its node's
+    allocation, and allocations of one node never overlap.
+    """
+    contract_loads: dict[int, UsageLoad] = {}
+    node_loads: dict[int, UsageLoad] = {}
+    intervals: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for candidate in candidates:
+        if candidate.contract_id not in contract_loads:
+            contract_loads[candidate.contract_id] = UsageLoad(candidate.contract_gpus)
+        if candidate.node_id is not None and candidate.node_id not in node_loads:
+            node_loads[candidate.node_id] = UsageLoad(candidate.node_gpus)
+        intervals[candidate.contract_id].append((candidate.started_at, candidate.ended_at))
+    contract_ids: list[int] = []
+    starts: list[datetime] = []
+    ends: list[datetime] = []
+    for contract_id, spans in intervals.items():
+        for start, end in _merged(spans):
+            contract_ids.append(contract_id)
+            starts.append(start)
+            ends.append(end)
+    cursor.execute(_STORED_USAGE_DURING, [contract_ids, starts, ends])
+    seen: set[int] = set()
+    for usage_id, contract_id, node_id, started_at, ended_at, gpu_seconds in cursor.fetchall():
+        if usage_id in seen:  # it overlaps two stretches
+            continue
+        seen.add(usage_id)
+        start, end, millis = _micros(started_at), _micros(ended_at), int(gpu_seconds.scaleb(3))
+        contract_loads[contract_id].add(start, end, millis)
+        if node_id in node_loads:
+            node_loads[node_id].add(start, end, millis)
+    return contract_loads, node_loads
+
+
+def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The union of half-open intervals, as disjoint intervals (touching ones joined)."""
+    spans.sort()
+    merged = [spans[0]]
+    for start, end in spans[1:]:
+        last_start, last_end = merged[-1]
+        if start > last_end:
+            merged.append((start, end))
+        elif end > last_end:
+            merged[-1] = (last_start, end)
+    return merged
+
+
+@functools.lru_cache(maxsize=4096)  # a batch and the usage it overlaps repeat a few times
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _reject_over_capacity(result: IngestResult, candidate: _Candidate, load: UsageLoad, holder: str, millis: int):
+    """Reject a record that does not fit, saying what is already reported for its node or contract."""
+    start, end = _micros(candidate.started_at), _micros(candidate.ended_at)
+    _reject(
+        result, candidate.index, candidate.event_id, "exceeds_capacity",
+        f"{holder} has {load.capacity} GPUs. From {_moment(candidate.started_at)} to {_moment(candidate.ended_at)}, "
+        f"{_figure(load.used(start, end), 3)} GPU-seconds are already reported for it, up to "
+        f"{_figure(load.peak(start, end), 6)} GPUs at once; {_figure(Fraction(millis, 1000), 3)} more GPU-seconds "
+        f"({_figure(Fraction(1000 * millis, end - start), 6)} GPUs throughout) would use more GPUs than it has.",
+    )  # fmt: skip
+
+
+def _moment(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _figure(value: Fraction, places: int) -> str:
+    """A figure to ``places`` decimals at most, "about" when rounded."""
+    exact = Decimal(value.numerator) / Decimal(value.denominator)
+    rounded = exact.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
+    text = format(rounded.normalize(), "f")
+    return text if Fraction(rounded) == value else f"about {text}"
 
 
 # One statement for the whole batch: the rows travel as one JSON text (psycopg adapts
@@ -281,10 +449,10 @@ RETURNING event_id
 """
 
 
-def _insert_usage(provider: Organization, rows: list[_Candidate]) -> set[str]:
+def _insert_usage(cursor, provider: Organization, rows: list[_Candidate]) -> set[str]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING: the event ids that were new.
 
-    The insert holds the usage lock shared; a month close takes it alone, so it reads its
+    Run under the usage lock, held shared; a month close takes it alone, so it reads its
     watermark only once the batches in flight have committed.
     """
     # A batch has few distinct times and months: each is formatted once.
@@ -307,11 +475,8 @@ def _insert_usage(provider: Organization, rows: list[_Candidate]) -> set[str]:
         ],
         separators=(",", ":"),
     )
-    params = {"provider": provider.pk, "now": timezone.now(), "rows": payload}
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
-        cursor.execute(_INSERT_USAGE_ROWS, params)
-        return {event_id for (event_id,) in cursor.fetchall()}
+    cursor.execute(_INSERT_USAGE_ROWS, {"provider": provider.pk, "now": timezone.now(), "rows": payload})
+    return {event_id for (event_id,) in cursor.fetchall()}
 
 
 def usage_totals_rebuild() -> None:

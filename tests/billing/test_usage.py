@@ -150,9 +150,9 @@ class TestAcceptDuplicateReject:
         records = [
             record("half-ok", metered_contract, METERED_START, half_hour, 28800),  # 16 GPUs x 1,800 s
             record("half-over", metered_contract, METERED_START, half_hour, "28800.001"),
-            record("node-ok", metered_contract, METERED_START, half_hour, 14400, node=NODE_NAMES[0]),
-            record("node-over", metered_contract, METERED_START, half_hour, "14400.001", node=NODE_NAMES[0]),
-            record("zero", metered_contract, METERED_START, half_hour, 0),
+            record("node-ok", metered_contract, half_hour, H1, 14400, node=NODE_NAMES[0]),  # 8 GPUs x 1,800 s
+            record("node-over", metered_contract, half_hour, H1, "14400.001", node=NODE_NAMES[0]),
+            record("zero", metered_contract, METERED_START, half_hour, 0),  # nothing more in a full half hour
         ]
         body = post(provider_client, records).json()
         assert sorted(body["accepted"]) == ["half-ok", "node-ok", "zero"]
@@ -600,7 +600,8 @@ class TestConcurrentRetries:
         contract = contract_create(
             lab=make_lab(), provider=provider_client.organization, starts_at=METERED_START, hours=24, mode=METERED
         )
-        records = [record(f"overlap-{i:03d}", contract, METERED_START, H1, i) for i in range(600)]
+        # 600 records of one hour, 11,700 GPU-seconds in all: within its 8 GPUs (28,800).
+        records = [record(f"overlap-{i:03d}", contract, METERED_START, H1, i % 40) for i in range(600)]
         batches = [records[:400], records[200:][::-1]]
         barrier = threading.Barrier(2)
         bodies: list = [None, None]
