@@ -34,6 +34,7 @@ print(json.dumps({
     "CELERY_TASK_ALWAYS_EAGER": s.CELERY_TASK_ALWAYS_EAGER,
     "SESSION_COOKIE_SECURE": s.SESSION_COOKIE_SECURE,
     "SESSION_COOKIE_HTTPONLY": s.SESSION_COOKIE_HTTPONLY,
+    "SESSION_COOKIE_AGE": s.SESSION_COOKIE_AGE,
     "CSRF_COOKIE_SECURE": s.CSRF_COOKIE_SECURE,
     "CSRF_COOKIE_HTTPONLY": s.CSRF_COOKIE_HTTPONLY,
     "SECURE_HSTS_SECONDS": s.SECURE_HSTS_SECONDS,
@@ -41,6 +42,8 @@ print(json.dumps({
     "SECURE_SSL_REDIRECT": s.SECURE_SSL_REDIRECT,
     "SECURE_PROXY_SSL_HEADER": s.SECURE_PROXY_SSL_HEADER,
     "SECURE_CONTENT_TYPE_NOSNIFF": s.SECURE_CONTENT_TYPE_NOSNIFF,
+    "AXES_FAILURE_LIMIT": s.AXES_FAILURE_LIMIT,
+    "AXES_COOLOFF_MINUTES": s.AXES_COOLOFF_TIME.total_seconds() / 60,
 }))
 """
 
@@ -179,6 +182,21 @@ class TestTasks:
 
     def test_the_embedded_mode_refuses_to_send_tasks_nowhere(self):
         assert "REDIS_URL" in refused({"CELERY_TASK_ALWAYS_EAGER": "false"}, embedded=True)
+
+
+class TestAdminLogin:
+    def test_a_handful_of_failures_locks_for_a_quarter_hour_and_a_session_lasts_four_hours(self):
+        configured = loaded(PRODUCTION)
+        assert configured["AXES_FAILURE_LIMIT"] == 5
+        assert configured["AXES_COOLOFF_MINUTES"] == 15
+        assert configured["SESSION_COOKIE_AGE"] == 4 * 3600
+
+    def test_the_environment_sets_them(self):
+        env = {"ADMIN_LOGIN_FAILURE_LIMIT": "3", "ADMIN_LOGIN_COOLOFF_MINUTES": "60", "SESSION_COOKIE_AGE": "1800"}
+        configured = loaded(PRODUCTION | env)
+        assert configured["AXES_FAILURE_LIMIT"] == 3
+        assert configured["AXES_COOLOFF_MINUTES"] == 60
+        assert configured["SESSION_COOKIE_AGE"] == 1800
 
 
 def check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess:
