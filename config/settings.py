@@ -62,6 +62,19 @@ def env_int(name: str, default: int) -> int:
     return value
 
 
+RATE = re.compile(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def env_rate(name: str, default: str) -> str | None:
+    """A rate in DRF's syntax ("6000/min"), or None for "none": no limit."""
+    raw = (os.environ.get(name) or default).strip().lower()
+    if raw == "none":
+        return None
+    if not RATE.fullmatch(raw):
+        raise ImproperlyConfigured(f"{name} must be a rate such as 6000/min or 100/s, or none; got {raw!r}")
+    return raw
+
+
 def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:
     """The request header by which the HTTPS proxy in front says a request came over HTTPS.
 
@@ -121,6 +134,20 @@ else:
     DATABASES = {
         "default": ensure_server(VAR_DIR / "postgres", "gpubroker") | {"CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True}
     }
+
+# The API's rate limits count in this cache: Redis, shared by every process, in the
+# production shape; in one process's memory in the embedded mode.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "gpubroker",
+            "OPTIONS": {"socket_connect_timeout": 5, "socket_timeout": 5},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 PLATFORM_FEE_RATE = env_decimal("PLATFORM_FEE_RATE", "0.05")
 
@@ -199,6 +226,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("ADMIN_LOGIN_COOLOFF_MINUTES", 15))
 AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "core.throttling.client_address"  # the address the API's limits count too
 AXES_ENABLE_ADMIN = False  # unlock with `manage.py axes_reset_username <name>` or `axes_reset`
 
 # An operator's session: a few hours from login, and over when the browser closes.
@@ -221,6 +249,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 50_000
 IDEMPOTENCY_KEY_TTL_HOURS = 48
 
+# Rate limits of the API, in DRF's syntax ("6000/min", "100/s"), or "none". Requests per API
+# key; and failed authentications (a bad or missing key) per client address, past which an
+# address gets 429 without its keys being looked up.
+API_RATE_LIMIT = env_rate("API_RATE_LIMIT", "6000/min")
+API_AUTH_FAILURE_RATE_LIMIT = env_rate("API_AUTH_FAILURE_RATE_LIMIT", "30/min")
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["marketplace.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["marketplace.permissions.IsOrganizationMember"],
@@ -230,6 +264,12 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.exception_handler.api_exception_handler",
+    # Per API key, API_RATE_LIMIT; failed authentications per address are limited by the
+    # authentication itself (marketplace.authentication), before any key is looked up.
+    "DEFAULT_THROTTLE_CLASSES": ["marketplace.throttling.ApiKeyRateThrottle"],
+    # How many reverse proxies append to X-Forwarded-For: the client address is the one the
+    # last of them saw. 0: REMOTE_ADDR, and a client cannot pose as another address.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
     "COERCE_DECIMAL_TO_STRING": True,
     "DATETIME_FORMAT": "%Y-%m-%dT%H:%M:%SZ",
     "UNAUTHENTICATED_USER": None,

@@ -8,6 +8,7 @@ from core.models import AuditEvent
 from marketplace.models import ApiKey, Organization
 from marketplace.selectors import api_key_lookup
 from marketplace.services import api_key_touch
+from marketplace.throttling import AuthFailureThrottle
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,13 @@ class ApiPrincipal:
 
 
 class ApiKeyAuthentication(BaseAuthentication):
+    """``Authorization: Bearer <api key>``. An address that failed too often is refused (429)
+    before its key is looked up; each 401 counts against it (``AuthFailureThrottle``)."""
+
     keyword = "bearer"
 
     def authenticate(self, request: Request):
+        AuthFailureThrottle().refuse_if_exceeded(request)
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
@@ -52,4 +57,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         return ApiPrincipal(organization=api_key.organization, api_key=api_key), api_key
 
     def authenticate_header(self, request: Request) -> str:
+        # DRF asks for this header exactly when it answers 401, for a bad key (raised above)
+        # as for a missing one (refused by the view's permissions): the one place that sees
+        # every failed authentication, once each.
+        AuthFailureThrottle().record_failure(request)
         return 'Bearer realm="api"'

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-only-" + "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"  # 54 characters, many distinct
 PRODUCTION = {
@@ -42,6 +44,9 @@ print(json.dumps({
     "SECURE_SSL_REDIRECT": s.SECURE_SSL_REDIRECT,
     "SECURE_PROXY_SSL_HEADER": s.SECURE_PROXY_SSL_HEADER,
     "SECURE_CONTENT_TYPE_NOSNIFF": s.SECURE_CONTENT_TYPE_NOSNIFF,
+    "CACHE": s.CACHES["default"]["BACKEND"].rsplit(".", 1)[-1],
+    "API_RATE_LIMIT": s.API_RATE_LIMIT,
+    "API_AUTH_FAILURE_RATE_LIMIT": s.API_AUTH_FAILURE_RATE_LIMIT,
     "AXES_FAILURE_LIMIT": s.AXES_FAILURE_LIMIT,
     "AXES_COOLOFF_MINUTES": s.AXES_COOLOFF_TIME.total_seconds() / 60,
 }))
@@ -179,6 +184,7 @@ class TestTasks:
         configured = loaded({}, embedded=True)
         assert configured["DEBUG"] is True
         assert configured["CELERY_TASK_ALWAYS_EAGER"] is True
+        assert configured["CACHE"] == "LocMemCache"
 
     def test_the_embedded_mode_refuses_to_send_tasks_nowhere(self):
         assert "REDIS_URL" in refused({"CELERY_TASK_ALWAYS_EAGER": "false"}, embedded=True)
@@ -199,6 +205,23 @@ class TestAdminLogin:
         assert configured["SESSION_COOKIE_AGE"] == 1800
 
 
+class TestRateLimits:
+    def test_production_counts_in_redis_with_the_default_rates(self):
+        configured = loaded(PRODUCTION)
+        assert configured["CACHE"] == "RedisCache"
+        assert configured["API_RATE_LIMIT"] == "6000/min"
+        assert configured["API_AUTH_FAILURE_RATE_LIMIT"] == "30/min"
+
+    def test_the_rates_are_read_from_the_environment(self):
+        configured = loaded(PRODUCTION | {"API_RATE_LIMIT": "none", "API_AUTH_FAILURE_RATE_LIMIT": "10/s"})
+        assert configured["API_RATE_LIMIT"] is None
+        assert configured["API_AUTH_FAILURE_RATE_LIMIT"] == "10/s"
+
+    @pytest.mark.parametrize("rate", ["fast", "0/min", "100/fortnight", "100"])
+    def test_a_rate_that_is_not_one_refuses_to_start(self, rate):
+        assert "API_RATE_LIMIT" in refused(PRODUCTION | {"API_RATE_LIMIT": rate})
+
+
 def check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess:
     return run(
         "from django.core.management import execute_from_command_line; "
@@ -211,3 +234,11 @@ def test_check_deploy_is_clean_in_production():
     done = check_deploy(PRODUCTION)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "System check identified no issues" in done.stdout
+
+
+def test_check_deploy_warns_when_the_rate_limits_are_per_process():
+    env = PRODUCTION | {"CELERY_TASK_ALWAYS_EAGER": "true"}
+    del env["REDIS_URL"]
+    done = check_deploy(env)
+    assert done.returncode != 0
+    assert "core.W001" in done.stderr
