@@ -150,6 +150,14 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 PLATFORM_FEE_RATE = env_decimal("PLATFORM_FEE_RATE", "0.05")
+# The ceiling on any price per GPU-hour. With it, and a bound on each trade's size
+# (broker.terms), every amount the close and the ledger store fits its column.
+try:
+    MAX_PRICE_PER_GPU_HOUR = Decimal(os.environ.get("MAX_PRICE_PER_GPU_HOUR") or "1000.00")
+except InvalidOperation:
+    raise ImproperlyConfigured("MAX_PRICE_PER_GPU_HOUR must be a decimal number.")
+if not (Decimal("0.01") <= MAX_PRICE_PER_GPU_HOUR <= Decimal("10000")) or MAX_PRICE_PER_GPU_HOUR % Decimal("0.01"):
+    raise ImproperlyConfigured("MAX_PRICE_PER_GPU_HOUR must be whole cents from 0.01 to 10000.00.")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
