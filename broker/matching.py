@@ -11,16 +11,23 @@ retried on freshly loaded state.
 Only one matcher runs per segment at a time (a PostgreSQL advisory lock), and a request is
 written as filled in the same transaction as its contracts, so a task delivered twice finds
 nothing left to do.
+
+On Celery workers, runs coalesce (``segment_match_queue`` in ``broker.services`` and
+``segment_match_coalesced`` here): a segment has at most one run in flight (the lock) and at
+most one pending (a mark in Redis), however many requests arrive.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import redis
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -35,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 2000  # requests per transaction; bookers of the segment's listings wait at most one chunk
 ADVISORY_LOCK_NAMESPACE = 0x6D617463  # "matc"
+PENDING_KEY = "gpubroker:match-pending:{gpu_model_id}"
+# A mark outlives any wait in the queue we expect; one left behind by a lost task only stops
+# new runs being queued for the segment until the sweep queues one regardless (30 s).
+PENDING_TTL_SECONDS = 600
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -76,7 +87,8 @@ class MatchResult:
     contracts_created: int = 0
     nodes_allocated: int = 0
     retries: int = 0
-    skipped_locked: bool = False
+    passes: int = 0  # times the segment's open requests were read and matched
+    skipped_locked: bool = False  # found another matcher holding the segment, and left
 
 
 class OrderBook:
@@ -328,37 +340,93 @@ def segment_match(*, gpu_model_id: int, wait: bool = False) -> MatchResult:
     """Fill what can be filled of the segment's open requests, oldest first.
 
     Returns with ``skipped_locked`` when another matcher holds the segment and ``wait`` is
-    false; the caller retries later.
+    false.
     """
     result = MatchResult(segment=gpu_model_id)
     if not _acquire_segment_lock(gpu_model_id, wait):
         result.skipped_locked = True
         return result
     try:
-        book = OrderBook(gpu_model_id)
-        book.load()
-        request_ids = list(
-            compute_requests_to_match()
-            .filter(gpu_model_id=gpu_model_id, starts_at__gte=timezone.now())
-            .order_by("created_at", "id")
-            .values_list("id", flat=True)
-        )
-        result.requests_seen = len(request_ids)
-        if not book.listings:
-            return result
-        for offset in range(0, len(request_ids), CHUNK_SIZE):
-            chunk = request_ids[offset : offset + CHUNK_SIZE]
-            try:
-                _match_chunk(book, chunk, result)
-            except IntegrityError:
-                # Someone sold a node our snapshot thought free: start from the database again.
-                logger.warning("matching segment %s: conflict, reloading and retrying a chunk", gpu_model_id)
-                result.retries += 1
-                book.load()
-                _match_chunk(book, chunk, result)
+        _match_locked(gpu_model_id, result)
     finally:
         _release_segment_lock(gpu_model_id)
     return result
+
+
+def _pending_marks() -> redis.Redis:
+    return _redis_client(settings.REDIS_URL)
+
+
+@functools.cache
+def _redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def segment_mark_pending(*, gpu_model_id: int, force: bool = False) -> bool:
+    """Mark the segment as wanting a matching run; True if the caller must queue one.
+
+    False means a run is already pending: it has not read the open requests yet, so it will
+    see whatever the caller committed. ``force`` marks and answers True whatever was there.
+    """
+    key = PENDING_KEY.format(gpu_model_id=gpu_model_id)
+    return bool(_pending_marks().set(key, 1, nx=not force, ex=PENDING_TTL_SECONDS))
+
+
+def segment_unmark_pending(*, gpu_model_id: int) -> None:
+    """Drop the mark of a run that could not be queued, so the next request queues one."""
+    _pending_marks().delete(PENDING_KEY.format(gpu_model_id=gpu_model_id))
+
+
+def segment_match_coalesced(*, gpu_model_id: int) -> MatchResult:
+    """A worker's matching run: one pass, then one more as long as the segment was marked
+    pending meanwhile; or none, leaving at once, if another run holds the segment.
+
+    Each pass takes the segment lock, clears the pending mark, and only then reads the open
+    requests, so a request committed (and marked) after that read leaves the mark set. After
+    releasing the lock the run looks again: the mark set means another pass. A run that finds
+    the lock held leaves without retrying, since the holder looks again after its pass. So a
+    request is always read by some pass that began after it was marked, or by the sweep.
+    """
+    result = MatchResult(segment=gpu_model_id)
+    marks = _pending_marks()
+    key = PENDING_KEY.format(gpu_model_id=gpu_model_id)
+    while _acquire_segment_lock(gpu_model_id, wait=False):
+        try:
+            # The first pass runs even unmarked: the task was queued for it (a mark may have
+            # expired, or the task was sent directly). Later passes run only for a new mark.
+            if not marks.delete(key) and result.passes:
+                return result
+            _match_locked(gpu_model_id, result)
+        finally:
+            _release_segment_lock(gpu_model_id)
+    result.skipped_locked = True
+    return result
+
+
+def _match_locked(gpu_model_id: int, result: MatchResult) -> None:
+    """One pass over the segment's open requests; the caller holds the segment lock."""
+    result.passes += 1
+    book = OrderBook(gpu_model_id)
+    book.load()
+    request_ids = list(
+        compute_requests_to_match()
+        .filter(gpu_model_id=gpu_model_id, starts_at__gte=timezone.now())
+        .order_by("created_at", "id")
+        .values_list("id", flat=True)
+    )
+    result.requests_seen += len(request_ids)
+    if not book.listings:
+        return
+    for offset in range(0, len(request_ids), CHUNK_SIZE):
+        chunk = request_ids[offset : offset + CHUNK_SIZE]
+        try:
+            _match_chunk(book, chunk, result)
+        except IntegrityError:
+            # Someone sold a node our snapshot thought free: start from the database again.
+            logger.warning("matching segment %s: conflict, reloading and retrying a chunk", gpu_model_id)
+            result.retries += 1
+            book.load()
+            _match_chunk(book, chunk, result)
 
 
 def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -> None:

@@ -1,3 +1,4 @@
+import contextlib
 import logging
 from datetime import datetime
 from decimal import Decimal
@@ -7,6 +8,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from billing.services import contract_credit_invoiced
+from broker.matching import segment_mark_pending, segment_unmark_pending
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.tasks import match_segment
 from broker.terms import validate_size, validate_window
@@ -20,7 +22,28 @@ from marketplace.services import listing_inventory_changed
 logger = logging.getLogger(__name__)
 
 
-def _enqueue_matching(*, gpu_model_id: int, request_id: int) -> None:
+def segment_match_queue(*, gpu_model_id: int, force: bool = False) -> None:
+    """Queue a matching run of the segment, unless one is already pending.
+
+    On workers a segment has at most one run pending: the first request marks the segment
+    (in Redis) and queues a run; those committed before that run starts find the mark and
+    queue nothing, since the run clears the mark before it reads the open requests. In-process
+    (eager) the run happens now. ``force`` (the sweep, an operator) queues one regardless.
+    """
+    if match_segment.app.conf.task_always_eager:
+        match_segment.delay(gpu_model_id)
+        return
+    if not segment_mark_pending(gpu_model_id=gpu_model_id, force=force):
+        return
+    try:
+        match_segment.delay(gpu_model_id)
+    except Exception:
+        with contextlib.suppress(Exception):  # best effort: Redis is likely down too
+            segment_unmark_pending(gpu_model_id=gpu_model_id)
+        raise
+
+
+def _enqueue_matching(*, gpu_model_id: int, request_id: int, force: bool = False) -> None:
     """Once the transaction commits, queue matching of the request's segment.
 
     A failure to queue (Redis unreachable) is logged, never raised: the request is committed,
@@ -30,7 +53,7 @@ def _enqueue_matching(*, gpu_model_id: int, request_id: int) -> None:
 
     def enqueue() -> None:
         try:
-            match_segment.delay(gpu_model_id)
+            segment_match_queue(gpu_model_id=gpu_model_id, force=force)
         except Exception:
             logger.exception(
                 "could not queue matching for compute request %s (segment %s); the periodic sweep will match it",
@@ -102,7 +125,7 @@ def compute_request_rematch(*, request: ComputeRequest, actor=None, actor_label:
     if request.status != ComputeRequest.Status.OPEN:
         raise InvalidTransition(f"Only an open request is matched; this one is {request.status}.")
     audit_record(action="request_rematched", target=request, actor=actor, actor_label=actor_label)
-    _enqueue_matching(gpu_model_id=request.gpu_model_id, request_id=request.pk)
+    _enqueue_matching(gpu_model_id=request.gpu_model_id, request_id=request.pk, force=True)
 
 
 def compute_requests_expire(*, now: datetime | None = None) -> int:

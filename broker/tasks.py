@@ -2,29 +2,34 @@
 can import the tasks they enqueue at the top (no import circle)."""
 
 from celery import shared_task
-from django.conf import settings
 
 
-@shared_task(bind=True, max_retries=None, acks_late=True)
+@shared_task(bind=True, acks_late=True)
 def match_segment(self, gpu_model_id: int) -> dict:
-    """Match one market segment. If another worker is matching it, try again shortly."""
-    from broker.matching import segment_match
+    """Match one market segment.
 
-    wait = settings.CELERY_TASK_ALWAYS_EAGER  # in-process: block instead of spinning
-    result = segment_match(gpu_model_id=gpu_model_id, wait=wait)
-    if result.skipped_locked:
-        raise self.retry(countdown=2)
-    return result.__dict__
+    On a worker, runs coalesce: a run that finds the segment locked leaves (the run holding it
+    takes another pass for whatever was marked meanwhile), so runs never pile up retrying.
+    In-process (eager) it waits for the lock and makes one pass, so each commit is matched
+    before its caller goes on. Queue it with ``broker.services.segment_match_queue``.
+    """
+    from broker.matching import segment_match, segment_match_coalesced
+
+    if self.request.is_eager:
+        return segment_match(gpu_model_id=gpu_model_id, wait=True).__dict__
+    return segment_match_coalesced(gpu_model_id=gpu_model_id).__dict__
 
 
 @shared_task
 def rematch_open_requests() -> list[int]:
-    """Queue matching for every segment with open requests (new listings, freed capacity)."""
+    """Queue matching for every segment with open requests (new listings, freed capacity,
+    requests whose run could not be queued), whatever their pending marks say."""
     from broker.selectors import segments_with_open_requests
+    from broker.services import segment_match_queue
 
     segments = segments_with_open_requests()
     for gpu_model_id in segments:
-        match_segment.delay(gpu_model_id)
+        segment_match_queue(gpu_model_id=gpu_model_id, force=True)
     return segments
 
 

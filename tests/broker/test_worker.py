@@ -3,7 +3,10 @@
 The worker runs on the real clock, so these tests do not freeze time.
 """
 
+import os
 from datetime import timedelta
+from decimal import Decimal
+from functools import partial
 
 import redis
 from django.conf import settings
@@ -11,8 +14,9 @@ from django.db import transaction
 
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.tasks import match_segment
+from config.celery import app
 from core.timeutils import next_hour
-from tests.broker.factories import make_lab, request_create
+from tests.broker.factories import make_lab, request_create, run_at_once
 from tests.conftest import requires_worker, wait_until
 from tests.marketplace.factories import ClusterFactory, ListingFactory, gpu_model, iso
 
@@ -94,3 +98,43 @@ def test_same_match_task_twice_on_the_worker_writes_one_set_of_contracts(real_wo
     wait_until(drained)
     assert Contract.objects.count() == 1
     assert Allocation.objects.count() == 2
+
+
+def match_segment_runs() -> int:
+    """How many match_segment tasks this session's worker has run (its own statistics)."""
+    replies = app.control.inspect(timeout=2).stats() or {}
+    [stats] = [stats for name, stats in replies.items() if name.startswith(f"test-{os.getpid()}@")]
+    return stats.get("total", {}).get("broker.tasks.match_segment", 0)
+
+
+@requires_worker
+def test_a_burst_of_requests_in_one_segment_is_matched_by_a_few_runs(real_worker):
+    """200 requests committed back to back: matching runs coalesce (one in flight, at most one
+    pending), and every request that capacity can fill is filled."""
+    window = next_hour() + timedelta(hours=1)
+    ListingFactory(
+        cluster=ClusterFactory(node_count=100),
+        node_count=100,
+        starts_at=window,
+        ends_at=window + timedelta(hours=8),
+        price_per_gpu_hour=Decimal("2.00"),
+    )
+    labs = [make_lab() for _ in range(10)]
+    drained = broker_drained()
+    runs_before = match_segment_runs()
+
+    def burst(lab) -> list[ComputeRequest]:
+        return [
+            request_create(lab=lab, gpu_count=8, starts_at=window + timedelta(hours=4 * (n % 2))) for n in range(20)
+        ]
+
+    fillable = [request for batch in run_at_once(*[partial(burst, lab) for lab in labs]) for request in batch]
+    too_cheap = [request_create(lab=labs[n], gpu_count=8, starts_at=window, max_price="1.00") for n in range(10)]
+
+    wait_until(lambda: ComputeRequest.objects.filter(status="filled").count() == len(fillable), timeout=60)
+    wait_until(drained, timeout=60)
+    assert ComputeRequest.objects.filter(pk__in=[r.pk for r in fillable], status="filled").count() == 200
+    assert ComputeRequest.objects.filter(pk__in=[r.pk for r in too_cheap], status="open").count() == 10
+    assert Contract.objects.count() == 200
+    runs = match_segment_runs() - runs_before
+    assert runs <= 40, runs  # before coalescing: one per request (210), plus lock-busy retries
