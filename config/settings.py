@@ -301,6 +301,10 @@ SPECTACULAR_SETTINGS = {
         "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "API key"}}
     },
     "SECURITY": [{"ApiKey": []}],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.schema.integer_path_ids",
+    ],
     # `check --deploy` is about the deployment's safety; the schema's own warnings (the docs'
     # quality) come from `manage.py spectacular --validate`.
     "ENABLE_DJANGO_DEPLOY_CHECK": False,

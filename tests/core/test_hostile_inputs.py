@@ -128,3 +128,18 @@ def test_a_chunked_body_over_the_limit_is_413():
     response = ApiBodySizeLimitMiddleware(lambda request: None)(_chunked_request(b"x" * 11))
     assert response.status_code == 413
     assert json.loads(response.content)["error"]["code"] == "payload_too_large"
+
+
+def test_the_schema_types_every_path_id_as_an_integer(anon_client):
+    import yaml
+
+    schema = yaml.safe_load(anon_client.get("/api/v1/schema/").content)
+    path_ids = {
+        (path, parameter["name"]): parameter["schema"]["type"]
+        for path, operations in schema["paths"].items()
+        for operation in operations.values()
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "path" and parameter["name"] != "slug"
+    }
+    assert len(path_ids) >= 14
+    assert set(path_ids.values()) == {"integer"}, path_ids
