@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,11 @@ def setup(*, default_database: str, prepare: bool = True, apps: tuple[str, ...] 
     # Tasks never leave the process; data set-up avoids enqueueing them at all.
     os.environ["CELERY_TASK_ALWAYS_EAGER"] = "true"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # Measured as production runs: DEBUG off (no per-query logging). The benchmark's own
+    # secret and plain HTTP on loopback are the only differences from the production shape.
+    os.environ.setdefault("DEBUG", "false")
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(48))
+    os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
     if prepare:
         create_database(url)
     import django
