@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
@@ -175,3 +177,39 @@ def _gpu_catalog(request):
                 slug=slug, defaults={"name": name, "vendor": vendor, "memory_gb": memory_gb, "bf16_tflops": tflops}
             )
     yield
+
+
+# --- A real browser: Debian's headless Chromium and its chromedriver, never a downloaded one ---
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+WAIT_SECONDS = 20
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_SECONDS)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -5,7 +5,6 @@ live server. Never Selenium Manager: it would download a browser. The clock is n
 (the live server runs in another thread), so the contract is written for the next hour.
 """
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,9 @@ from core.models import AuditEvent
 from core.timeutils import next_hour
 from tests.backoffice import factories
 from tests.backoffice.factories import change_url
+from tests.conftest import CHROMEDRIVER, CHROMIUM, WAIT_SECONDS
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 SCREENSHOT = Path(settings.BASE_DIR) / "artifacts" / "admin_contract_cancel.png"
-WAIT_SECONDS = 20
 PASSWORD = "a-long-operator-passphrase"
 
 pytestmark = [
@@ -34,35 +31,6 @@ pytestmark = [
     # earlier transactional test's flush already re-created.
     pytest.mark.django_db(transaction=True),
 ]
-
-
-@pytest.fixture
-def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--disable-sync",
-        "--window-size=1400,1000",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_SECONDS)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

@@ -6,12 +6,7 @@ import re
 import pytest
 from django.contrib.auth import get_user_model
 
-from tests.backoffice.test_browser import (
-    CHROMEDRIVER,
-    CHROMIUM,
-    WAIT_SECONDS,
-    browser,  # noqa: F401 - the fixture that starts Chromium
-)
+from tests.conftest import CHROMEDRIVER, CHROMIUM, WAIT_SECONDS
 
 TITLE = "GPU Compute Brokerage API"
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.IGNORECASE)
