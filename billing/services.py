@@ -109,6 +109,11 @@ class _Candidate:
     gpu_seconds: Decimal
     period: date
     node_id: int | None = None
+    # Set once the contract is known, for the capacity check: microseconds from 1970,
+    # GPU-seconds in thousandths, and the GPUs of the contract and of one of its nodes.
+    start: int = 0
+    end: int = 0
+    millis: int = 0
     contract_gpus: int = 0
     node_gpus: int = 0
 
@@ -220,6 +225,8 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
                 f"{service_end:%Y-%m-%dT%H:%MZ}.",
             )  # fmt: skip
             continue
+        candidate.start, candidate.end = _micros(candidate.started_at), _micros(candidate.ended_at)
+        candidate.millis = int(candidate.gpu_seconds.scaleb(3))
         candidate.contract_gpus, candidate.node_gpus = gpu_count, gpus_per_node
         gpus = gpu_count
         if candidate.node_name is not None:
@@ -232,17 +239,17 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
             candidate.node_id, held_from, held_until = allocation
             # Within its allocation, a node's records are its contract's alone: PostgreSQL never
             # lets two allocations of a node overlap, so no other contract's record can overlap it.
-            if candidate.started_at < held_from or candidate.ended_at > held_until:
+            if candidate.start < held_from or candidate.end > held_until:
                 _reject(
                     result, candidate.index, candidate.event_id, "outside_contract",
-                    f"Node {candidate.node_name} serves the contract from {held_from:%Y-%m-%dT%H:%MZ} to "
-                    f"{held_until:%Y-%m-%dT%H:%MZ}.",
+                    f"Node {candidate.node_name} serves the contract from {_from_micros(held_from):%Y-%m-%dT%H:%MZ} "
+                    f"to {_from_micros(held_until):%Y-%m-%dT%H:%MZ}.",
                 )  # fmt: skip
                 continue
             gpus = gpus_per_node
         # Exact: GPU-seconds have at most 3 decimals, the interval is a whole number of microseconds.
-        micros = (candidate.ended_at - candidate.started_at) // _MICROSECOND
-        if candidate.gpu_seconds * 1_000_000 > gpus * micros:
+        micros = candidate.end - candidate.start
+        if candidate.millis * 1000 > gpus * micros:
             _reject(
                 result, candidate.index, candidate.event_id, "exceeds_capacity",
                 f"{candidate.gpu_seconds} GPU-seconds is more than {gpus} GPUs deliver in "
@@ -260,8 +267,10 @@ SELECT c.id, c.starts_at, c.ends_at, c.released_at, c.gpu_count, cl.gpus_per_nod
 FROM broker_contract c JOIN marketplace_cluster cl ON cl.id = c.cluster_id
 WHERE c.id = ANY(%s) AND c.provider_id = %s
 """
+# Allocation windows in microseconds from 1970, as the records' times are compared.
 _CONTRACT_NODES = """
-SELECT a.contract_id, n.hostname, a.node_id, a.starts_at, a.ends_at
+SELECT a.contract_id, n.hostname, a.node_id,
+       (extract(epoch FROM a.starts_at) * 1000000)::bigint, (extract(epoch FROM a.ends_at) * 1000000)::bigint
 FROM broker_allocation a JOIN marketplace_node n ON n.id = a.node_id
 WHERE a.contract_id = ANY(%s)
 """
@@ -275,8 +284,8 @@ def _contract_terms(provider: Organization, contract_ids: set[int]) -> dict[int,
     return {contract_id: tuple(terms) for contract_id, *terms in rows}
 
 
-def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], tuple[int, datetime, datetime]]:
-    """(contract id, hostname) -> (node id, allocated from, allocated until) of these contracts' nodes.
+def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], tuple[int, int, int]]:
+    """(contract id, hostname) -> (node id, allocated from, until) of these contracts' nodes (microseconds).
 
     A contract holds a node once ((contract, node) is unique in Allocation).
     """
@@ -298,18 +307,33 @@ USAGE_CONTRACT_LOCK_STRIPES = 256
 # Taken in stripe order, so two batches never wait for each other in a cycle.
 _LOCK_CONTRACT_STRIPES = """
 SELECT pg_advisory_xact_lock(%s, stripe)
-FROM (SELECT DISTINCT stripe FROM unnest(%s::integer[]) AS stripe ORDER BY stripe) AS ordered
+FROM (SELECT stripe FROM unnest(%s::integer[]) AS stripe ORDER BY stripe) AS ordered
 """
-_STORED_EVENTS = "SELECT event_id FROM billing_usagerecord WHERE provider_id = %s AND event_id = ANY(%s)"
 # The stored records of each contract that overlap a stretch of time, by the index
-# usage_contract_during on (contract, tstzrange(started_at, ended_at)).
+# usage_contract_during on (contract, tstzrange(started_at, ended_at)); times in microseconds
+# from 1970 and GPU-seconds in thousandths, as the capacity check counts them. The
+# stretches travel as JSON text, as the insert's rows do.
 _STORED_USAGE_DURING = """
-SELECT u.id, u.contract_id, u.node_id, u.started_at, u.ended_at, u.gpu_seconds
-FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS span(contract_id, started_at, ended_at)
+SELECT u.id, u.contract_id, u.node_id,
+       (extract(epoch FROM u.started_at) * 1000000)::bigint,
+       (extract(epoch FROM u.ended_at) * 1000000)::bigint,
+       (u.gpu_seconds * 1000)::bigint,
+       u.event_id
+FROM json_to_recordset(%s::json) AS span(c bigint, s timestamptz, f timestamptz)
 JOIN billing_usagerecord u
-  ON u.contract_id = span.contract_id
- AND tstzrange(u.started_at, u.ended_at) && tstzrange(span.started_at, span.ended_at)
+  ON u.contract_id = span.c AND tstzrange(u.started_at, u.ended_at) && tstzrange(span.s, span.f)
 """
+_STORED_EVENTS = """
+SELECT event_id FROM billing_usagerecord
+WHERE provider_id = %s AND event_id = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))
+"""
+
+
+@dataclass
+class _Verdicts:
+    accepted: list[_Candidate] = field(default_factory=list)
+    duplicates: list[_Candidate] = field(default_factory=list)
+    rejected: list[tuple[_Candidate, str]] = field(default_factory=list)
 
 
 def _store_within_capacity(provider: Organization, candidates: list[_Candidate], result: IngestResult) -> None:
@@ -318,80 +342,120 @@ def _store_within_capacity(provider: Organization, candidates: list[_Candidate],
 
     A copy of an event id already stored, or accepted earlier in the batch, is a duplicate
     and counts nothing; the first copy that fits wins. The usage lock is held shared (a
-    month close takes it alone) and the batch's contract locks are held until commit, so a
-    batch posted at the same moment for the same contracts checks against this one's
-    records once they are committed.
+    month close takes it alone) and the batch's contract locks until commit, so a batch
+    posted at the same moment for the same contracts is checked against this one's records.
+
+    Stored copies are known from the stored records read for the check, which hold every
+    plain resend; a copy stored with another interval or contract shows up as a conflict of
+    the insert, or, if rejected, by one lookup of the rejected ids. Should such a copy have
+    been counted before a rejection, the check runs again without it (rolled back to a
+    savepoint), so no record is ever refused for room a duplicate took.
     """
-    accepted: list[_Candidate] = []
-    taken: set[str] = set()
+    # Usually every record is new and fits: the rows to insert are then the first copy of each
+    # id, prepared before taking the locks, to hold them no longer than needed.
+    first_copies: dict[str, _Candidate] = {}
+    for candidate in candidates:
+        first_copies.setdefault(candidate.event_id, candidate)
+    prepared = _insert_payload(list(first_copies.values()))
+    stripes = sorted({c.contract_id % USAGE_CONTRACT_LOCK_STRIPES for c in candidates})
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
-        stripes = [c.contract_id % USAGE_CONTRACT_LOCK_STRIPES for c in candidates]
         cursor.execute(_LOCK_CONTRACT_STRIPES, [USAGE_CONTRACT_LOCK, stripes])
-        cursor.execute(_STORED_EVENTS, [provider.pk, list({c.event_id for c in candidates})])
-        stored = {event_id for (event_id,) in cursor.fetchall()}
-        contract_loads, node_loads = _usage_loads(cursor, candidates)
-        for candidate in candidates:
-            if candidate.event_id in stored or candidate.event_id in taken:
-                result.duplicates.append(candidate.event_id)
+        stored_usage = _stored_usage_during(cursor, candidates)
+        stored = {row[-1] for row in stored_usage}
+        while True:
+            verdicts = _check_capacity(candidates, stored_usage, stored)
+            if verdicts.rejected:
+                cursor.execute(_STORED_EVENTS, [provider.pk, json.dumps([c.event_id for c, _ in verdicts.rejected])])
+                found = {event_id for (event_id,) in cursor.fetchall()} - stored
+                if found:
+                    stored |= found
+                    continue
+            savepoint = transaction.savepoint() if verdicts.rejected and verdicts.accepted else None
+            usual = len(verdicts.accepted) == len(first_copies) and all(
+                first_copies[c.event_id] is c for c in verdicts.accepted
+            )
+            payload = prepared if usual else _insert_payload(verdicts.accepted)
+            inserted = _insert_usage(cursor, provider, payload) if verdicts.accepted else set()
+            conflicted = {c.event_id for c in verdicts.accepted} - inserted
+            if conflicted and savepoint is not None:
+                transaction.savepoint_rollback(savepoint)
+                stored |= conflicted
                 continue
-            start, end = _micros(candidate.started_at), _micros(candidate.ended_at)
-            millis = int(candidate.gpu_seconds.scaleb(3))
-            node_load = node_loads[candidate.node_id] if candidate.node_id is not None else None
-            contract_load = contract_loads[candidate.contract_id]
-            if node_load is not None and not node_load.fits(start, end, millis):
-                _reject_over_capacity(result, candidate, node_load, f"Node {candidate.node_name}", millis)
-                continue
-            if not contract_load.fits(start, end, millis):
-                _reject_over_capacity(result, candidate, contract_load, f"Contract {candidate.contract_id}", millis)
-                continue
-            if node_load is not None:
-                node_load.add(start, end, millis)
-            contract_load.add(start, end, millis)
-            taken.add(candidate.event_id)
-            accepted.append(candidate)
-        inserted = _insert_usage(cursor, provider, accepted) if accepted else set()
-    # Stored meanwhile by a batch for another contract (the id is the provider's, not the
-    # contract's): a duplicate, counted above against capacity it does not use.
-    for row in accepted:
-        (result.accepted if row.event_id in inserted else result.duplicates).append(row.event_id)
+            if savepoint is not None:
+                transaction.savepoint_commit(savepoint)
+            break
+    for candidate, message in verdicts.rejected:
+        _reject(result, candidate.index, candidate.event_id, "exceeds_capacity", message)
+    # Accepted but not inserted: stored meanwhile, or before with another interval or contract.
+    stored_now = {c.index for c in verdicts.accepted if c.event_id in inserted}
+    duplicates = {c.index for c in verdicts.duplicates} | {c.index for c in verdicts.accepted} - stored_now
+    for candidate in candidates:
+        if candidate.index in stored_now:
+            result.accepted.append(candidate.event_id)
+        elif candidate.index in duplicates:
+            result.duplicates.append(candidate.event_id)
 
 
-def _usage_loads(cursor, candidates: list[_Candidate]) -> tuple[dict[int, UsageLoad], dict[int, UsageLoad]]:
-    """The loads of the batch's contracts and named nodes from the stored records that overlap
-    the batch's records, read by contract over the stretches of time the batch covers.
-
-    A node's stored records are all among its contract's: a record lies within its node's
-    allocation, and allocations of one node never overlap.
-    """
+def _check_capacity(candidates: list[_Candidate], stored_usage: list[tuple], stored: set[str]) -> _Verdicts:
+    """Each candidate in batch order: a duplicate (its id is stored or taken), accepted (it fits
+    with the stored usage and the candidates accepted before it), or rejected with a reason."""
     contract_loads: dict[int, UsageLoad] = {}
     node_loads: dict[int, UsageLoad] = {}
-    intervals: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
     for candidate in candidates:
         if candidate.contract_id not in contract_loads:
             contract_loads[candidate.contract_id] = UsageLoad(candidate.contract_gpus)
         if candidate.node_id is not None and candidate.node_id not in node_loads:
             node_loads[candidate.node_id] = UsageLoad(candidate.node_gpus)
-        intervals[candidate.contract_id].append((candidate.started_at, candidate.ended_at))
-    contract_ids: list[int] = []
-    starts: list[datetime] = []
-    ends: list[datetime] = []
-    for contract_id, spans in intervals.items():
-        for start, end in _merged(spans):
-            contract_ids.append(contract_id)
-            starts.append(start)
-            ends.append(end)
-    cursor.execute(_STORED_USAGE_DURING, [contract_ids, starts, ends])
-    seen: set[int] = set()
-    for usage_id, contract_id, node_id, started_at, ended_at, gpu_seconds in cursor.fetchall():
-        if usage_id in seen:  # it overlaps two stretches
-            continue
-        seen.add(usage_id)
-        start, end, millis = _micros(started_at), _micros(ended_at), int(gpu_seconds.scaleb(3))
+    for contract_id, node_id, start, end, millis, _ in stored_usage:
         contract_loads[contract_id].add(start, end, millis)
         if node_id in node_loads:
             node_loads[node_id].add(start, end, millis)
-    return contract_loads, node_loads
+    verdicts = _Verdicts()
+    taken: set[str] = set()
+    for candidate in candidates:
+        if candidate.event_id in stored or candidate.event_id in taken:
+            verdicts.duplicates.append(candidate)
+            continue
+        start, end, millis = candidate.start, candidate.end, candidate.millis
+        node_load = node_loads[candidate.node_id] if candidate.node_id is not None else None
+        contract_load = contract_loads[candidate.contract_id]
+        if node_load is not None and not node_load.fits(start, end, millis):
+            verdicts.rejected.append((candidate, _over_capacity(candidate, node_load, f"Node {candidate.node_name}")))
+            continue
+        if not contract_load.fits(start, end, millis):
+            holder = f"Contract {candidate.contract_id}"
+            verdicts.rejected.append((candidate, _over_capacity(candidate, contract_load, holder)))
+            continue
+        if node_load is not None:
+            node_load.add(start, end, millis)
+        contract_load.add(start, end, millis)
+        taken.add(candidate.event_id)
+        verdicts.accepted.append(candidate)
+    return verdicts
+
+
+def _stored_usage_during(cursor, candidates: list[_Candidate]) -> list[tuple]:
+    """The stored records of the batch's contracts that overlap the batch's records, read by
+    contract over the stretches of time the batch covers: (contract, node, start, end,
+    GPU-milliseconds, event id).
+
+    A node's stored records are all among its contract's: a record lies within its node's
+    allocation, and allocations of one node never overlap.
+    """
+    intervals: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for candidate in candidates:
+        intervals[candidate.contract_id].append((candidate.started_at, candidate.ended_at))
+    spans = [
+        {"c": contract_id, "s": start.isoformat(), "f": end.isoformat()}
+        for contract_id, stretches in intervals.items()
+        for start, end in _merged(stretches)
+    ]
+    cursor.execute(_STORED_USAGE_DURING, [json.dumps(spans, separators=(",", ":"))])
+    rows = cursor.fetchall()
+    if len(spans) == len(intervals):  # one stretch per contract: each record read once
+        return [row[1:] for row in rows]
+    return [row[1:] for row in {row[0]: row for row in rows}.values()]
 
 
 def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -407,21 +471,25 @@ def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, date
     return merged
 
 
-@functools.lru_cache(maxsize=4096)  # a batch and the usage it overlaps repeat a few times
+@functools.lru_cache(maxsize=4096)  # a batch repeats a few interval bounds many times
 def _micros(moment: datetime) -> int:
+    """Microseconds from 1970, as the capacity check counts time."""
     return (moment - _EPOCH) // _MICROSECOND
 
 
-def _reject_over_capacity(result: IngestResult, candidate: _Candidate, load: UsageLoad, holder: str, millis: int):
-    """Reject a record that does not fit, saying what is already reported for its node or contract."""
-    start, end = _micros(candidate.started_at), _micros(candidate.ended_at)
-    _reject(
-        result, candidate.index, candidate.event_id, "exceeds_capacity",
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + micros * _MICROSECOND
+
+
+def _over_capacity(candidate: _Candidate, load: UsageLoad, holder: str) -> str:
+    """Why a record does not fit: what is already reported for its node or contract then."""
+    start, end, millis = candidate.start, candidate.end, candidate.millis
+    return (
         f"{holder} has {load.capacity} GPUs. From {_moment(candidate.started_at)} to {_moment(candidate.ended_at)}, "
         f"{_figure(load.used(start, end), 3)} GPU-seconds are already reported for it, up to "
         f"{_figure(load.peak(start, end), 6)} GPUs at once; {_figure(Fraction(millis, 1000), 3)} more GPU-seconds "
-        f"({_figure(Fraction(1000 * millis, end - start), 6)} GPUs throughout) would use more GPUs than it has.",
-    )  # fmt: skip
+        f"({_figure(Fraction(1000 * millis, end - start), 6)} GPUs throughout) would use more GPUs than it has."
+    )
 
 
 def _moment(value: datetime) -> str:
@@ -449,16 +517,22 @@ RETURNING event_id
 """
 
 
-def _insert_usage(cursor, provider: Organization, rows: list[_Candidate]) -> set[str]:
+def _insert_usage(cursor, provider: Organization, payload: str) -> set[str]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING: the event ids that were new.
 
     Run under the usage lock, held shared; a month close takes it alone, so it reads its
     watermark only once the batches in flight have committed.
     """
+    cursor.execute(_INSERT_USAGE_ROWS, {"provider": provider.pk, "now": timezone.now(), "rows": payload})
+    return {event_id for (event_id,) in cursor.fetchall()}
+
+
+def _insert_payload(rows: list[_Candidate]) -> str:
+    """The rows to insert, as the JSON text _INSERT_USAGE_ROWS reads."""
     # A batch has few distinct times and months: each is formatted once.
     times: dict[datetime, str] = {}
     months: dict[date, str] = {}
-    payload = json.dumps(
+    return json.dumps(
         [
             {
                 "e": row.event_id,
@@ -475,8 +549,6 @@ def _insert_usage(cursor, provider: Organization, rows: list[_Candidate]) -> set
         ],
         separators=(",", ":"),
     )
-    cursor.execute(_INSERT_USAGE_ROWS, {"provider": provider.pk, "now": timezone.now(), "rows": payload})
-    return {event_id for (event_id,) in cursor.fetchall()}
 
 
 def usage_totals_rebuild() -> None:

@@ -33,19 +33,20 @@ class UsageLoad:
     ``_times[k + 1]``, between two sentinels, so every record's start and end fall inside.
     """
 
-    __slots__ = ("capacity", "_scale", "_times", "_loads")
+    __slots__ = ("capacity", "_scale", "_limit", "_times", "_loads")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._scale = 1
+        self._limit = capacity  # the capacity times the scale
         self._times = [_BEFORE, _AFTER]
         self._loads = [0]
 
     def fits(self, start: int, end: int, millis: int) -> bool:
         """Whether a record of ``millis`` GPU-milliseconds over [start, end) keeps the load within capacity."""
         rate = self._rate(end - start, millis)
-        first, stop = self._span(start, end)
-        return max(self._loads[first:stop]) + rate <= self.capacity * self._scale
+        times = self._times
+        return max(self._loads[bisect_right(times, start) - 1 : bisect_left(times, end)]) + rate <= self._limit
 
     def add(self, start: int, end: int, millis: int) -> None:
         """Count a record of ``millis`` GPU-milliseconds over [start, end)."""
@@ -75,11 +76,13 @@ class UsageLoad:
 
         A duration that does not divide the scale grows it (and every load) to a common multiple.
         """
-        if self._scale % micros:
-            factor = micros // gcd(self._scale, micros)
-            self._scale *= factor
+        scale = self._scale
+        if scale % micros:
+            factor = micros // gcd(scale, micros)
+            scale = self._scale = scale * factor
+            self._limit = self.capacity * scale
             self._loads = [load * factor for load in self._loads]
-        return 1000 * millis * (self._scale // micros)
+        return 1000 * millis * (scale // micros)
 
     def _span(self, start: int, end: int) -> tuple[int, int]:
         """The steps that overlap [start, end): from the one holding ``start`` to the last before ``end``."""
@@ -87,8 +90,9 @@ class UsageLoad:
 
     def _split(self, time: int) -> int:
         """The index of the step starting at ``time``, splitting the step that holds it if needed."""
-        index = bisect_left(self._times, time)
-        if self._times[index] != time:
-            self._times.insert(index, time)
+        times = self._times
+        index = bisect_left(times, time)
+        if times[index] != time:
+            times.insert(index, time)
             self._loads.insert(index, self._loads[index - 1])
         return index

@@ -279,6 +279,32 @@ class TestAcrossBatches:
         assert outcome(body) == ([], ["full", "full", "full"], [])
         assert stored_gpu_seconds() == Decimal(28800)
 
+    def test_a_copy_stored_with_another_interval_takes_no_room(self, provider_client, metered_contract, clock):
+        """x was stored for the second hour; sent again for the first, it is a duplicate, so y fills that hour."""
+        post(provider_client, [record("x", metered_contract, H1, hours_later(H1, 1), 28800, node=NODE)])
+        body = post(
+            provider_client,
+            [
+                record("x", metered_contract, METERED_START, H1, 28800, node=NODE),
+                record("y", metered_contract, METERED_START, H1, 28800, node=NODE),
+            ],
+        )
+        assert outcome(body) == (["y"], ["x"], [])
+        assert stored_gpu_seconds() == Decimal(57600)
+
+    def test_a_copy_stored_elsewhere_is_a_duplicate_even_where_there_is_no_room(
+        self, provider_client, metered_contract, clock
+    ):
+        post(
+            provider_client,
+            [
+                record("z", metered_contract, H1, hours_later(H1, 1), 100, node=NODE),
+                record("full", metered_contract, METERED_START, H1, 28800, node=NODE),
+            ],
+        )
+        body = post(provider_client, [record("z", metered_contract, METERED_START, H1, 28800, node=NODE)])
+        assert outcome(body) == ([], ["z"], [])
+
     def test_a_duplicate_in_a_batch_is_counted_once(self, provider_client, metered_contract, clock):
         """a (4 GPUs) twice, then b (4 GPUs): b fits only if a counts once."""
         a = record("a", metered_contract, METERED_START, H1, 14400, node=NODE)
