@@ -1,18 +1,16 @@
-from django.contrib.postgres.fields import DateTimeRangeField
-from django.contrib.postgres.indexes import GistIndex
+from datetime import timedelta
+
 from django.db import models
-from django.db.models import F, Func, Q
+from django.db.models import DurationField, ExpressionWrapper, F, Q
+from django.db.models.lookups import GreaterThan
 
 from broker.models import Contract
 from core.money import AmountField, PriceField, QuantityField, RateField
 from marketplace.models import Node, Organization
 
-
-class TsTzRange(Func):
-    """PostgreSQL's ``tstzrange(start, end)``: the half-open interval [start, end)."""
-
-    function = "TSTZRANGE"
-    output_field = DateTimeRangeField()
+# Usage records are mostly an hour or so; the few longer than this have an index of their own
+# (see UsageRecord's indexes), so a search by time stays within about this much of its stretch.
+LONG_USAGE = timedelta(days=1)
 
 
 class UsageRecord(models.Model):
@@ -52,9 +50,17 @@ class UsageRecord(models.Model):
         indexes = [
             models.Index(fields=["period", "contract"]),
             models.Index(fields=["contract", "period"]),
-            # Ingestion reads a contract's records that overlap the batch's time (the
-            # capacity check), with the expression tstzrange(started_at, ended_at).
-            GistIndex(F("contract"), TsTzRange("started_at", "ended_at"), name="usage_contract_during"),
+            # The capacity check reads a contract's records that overlap a stretch of time:
+            # those of up to LONG_USAGE end at most that long after it (a range of this
+            # index), and the few longer ones are all in the next.
+            models.Index(fields=["contract", "ended_at"], name="usage_contract_ended"),
+            models.Index(
+                fields=["contract", "ended_at"],
+                condition=Q(
+                    GreaterThan(ExpressionWrapper(F("ended_at") - F("started_at"), DurationField()), LONG_USAGE)
+                ),
+                name="usage_contract_long",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -18,6 +18,7 @@ from billing.close_sql import RatedLine, close_in_sql, rate_lines
 from billing.ledger import ledger_post
 from billing.locks import USAGE_LOCK
 from billing.models import (
+    LONG_USAGE,
     Account,
     BillingPeriod,
     CreditNote,
@@ -302,27 +303,42 @@ def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], tuple[int, 
 # stripe as second key) until commit. Stripes bound the locks one batch holds (PostgreSQL's
 # lock table is shared and finite); two contracts of one stripe merely wait for each other.
 USAGE_CONTRACT_LOCK = 0x75736763  # "usgc"
-USAGE_CONTRACT_LOCK_STRIPES = 256
+USAGE_CONTRACT_LOCK_STRIPES = 64
 
 # Taken in stripe order, so two batches never wait for each other in a cycle.
 _LOCK_CONTRACT_STRIPES = """
 SELECT pg_advisory_xact_lock(%s, stripe)
 FROM (SELECT stripe FROM unnest(%s::integer[]) AS stripe ORDER BY stripe) AS ordered
 """
-# The stored records of each contract that overlap a stretch of time, by the index
-# usage_contract_during on (contract, tstzrange(started_at, ended_at)); times in microseconds
-# from 1970 and GPU-seconds in thousandths, as the capacity check counts them. The
+# The stored records of each contract that overlap a stretch of time: one that lasts up to
+# LONG_USAGE ends within that long after the stretch (a range of the index on contract and
+# ended_at); a longer one is in the partial index usage_contract_long. OFFSET 0 keeps the two
+# index scans per stretch (unflattened, the planner may hash the whole table instead). The
 # stretches travel as JSON text, as the insert's rows do.
-_STORED_USAGE_DURING = """
+_USAGE_DURING_STRETCHES = """
+FROM json_to_recordset(%(stretches)s::json) AS span(c bigint, s timestamptz, f timestamptz)
+CROSS JOIN LATERAL (
+    SELECT * FROM billing_usagerecord u
+    WHERE u.contract_id = span.c AND u.ended_at > span.s AND u.ended_at < span.f + %(long)s
+      AND u.started_at < span.f AND u.ended_at - u.started_at <= %(long)s
+    UNION ALL
+    SELECT * FROM billing_usagerecord u
+    WHERE u.contract_id = span.c AND u.ended_at > span.s
+      AND u.started_at < span.f AND u.ended_at - u.started_at > %(long)s
+    OFFSET 0
+) u
+"""
+# Times in microseconds from 1970 and GPU-seconds in thousandths, as the check counts them.
+_STORED_USAGE_DURING = (
+    """
 SELECT u.id, u.contract_id, u.node_id,
        (extract(epoch FROM u.started_at) * 1000000)::bigint,
        (extract(epoch FROM u.ended_at) * 1000000)::bigint,
        (u.gpu_seconds * 1000)::bigint,
-       u.event_id
-FROM json_to_recordset(%s::json) AS span(c bigint, s timestamptz, f timestamptz)
-JOIN billing_usagerecord u
-  ON u.contract_id = span.c AND tstzrange(u.started_at, u.ended_at) && tstzrange(span.s, span.f)
-"""
+       u.event_id"""
+    + _USAGE_DURING_STRETCHES
+)
+_STORED_IDS_DURING = "SELECT u.id" + _USAGE_DURING_STRETCHES
 _STORED_EVENTS = """
 SELECT event_id FROM billing_usagerecord
 WHERE provider_id = %s AND event_id = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))
@@ -341,50 +357,62 @@ def _store_within_capacity(provider: Organization, candidates: list[_Candidate],
     accepted before it, and store the accepted ones; the others are duplicates or rejected.
 
     A copy of an event id already stored, or accepted earlier in the batch, is a duplicate
-    and counts nothing; the first copy that fits wins. The usage lock is held shared (a
-    month close takes it alone) and the batch's contract locks until commit, so a batch
-    posted at the same moment for the same contracts is checked against this one's records.
+    and counts nothing; the first copy that fits wins. Stored copies are known from the
+    stored records the check reads, which hold every plain resend; a copy stored with another
+    interval or contract shows up as a conflict of the insert, or, if rejected, by one lookup
+    of the rejected ids, and the check runs again without it, so no record is refused for
+    room a duplicate took.
 
-    Stored copies are known from the stored records read for the check, which hold every
-    plain resend; a copy stored with another interval or contract shows up as a conflict of
-    the insert, or, if rejected, by one lookup of the rejected ids. Should such a copy have
-    been counted before a rejection, the check runs again without it (rolled back to a
-    savepoint), so no record is ever refused for room a duplicate took.
+    Optimistic, so batches for the same contracts insert side by side: the check reads and
+    inserts without waiting, then takes the locks of the batch's contracts (until commit, in
+    one order) and reads again. A batch that committed meanwhile held those locks, so its
+    records are visible now; if with them a record of this batch no longer fits, the insert
+    is rolled back to a savepoint (which lets the locks go too) and the batch is checked
+    again. A rejection or a duplicate needs no lock: it rests on committed records, and
+    records are never deleted. No one waits for a row while holding these locks, so the
+    waits cannot form a cycle. The usage lock is held shared throughout (a close takes it
+    alone).
     """
     # Usually every record is new and fits: the rows to insert are then the first copy of each
-    # id, prepared before taking the locks, to hold them no longer than needed.
+    # id, prepared once.
     first_copies: dict[str, _Candidate] = {}
     for candidate in candidates:
         first_copies.setdefault(candidate.event_id, candidate)
     prepared = _insert_payload(list(first_copies.values()))
     stripes = sorted({c.contract_id % USAGE_CONTRACT_LOCK_STRIPES for c in candidates})
+    stretches = _stretches(candidates)
+    stored: set[str] = set()
+    inserted: dict[str, int] = {}
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USAGE_LOCK)
-        cursor.execute(_LOCK_CONTRACT_STRIPES, [USAGE_CONTRACT_LOCK, stripes])
-        stored_usage = _stored_usage_during(cursor, candidates)
-        stored = {row[-1] for row in stored_usage}
         while True:
-            verdicts = _check_capacity(candidates, stored_usage, stored)
+            seen = _stored_usage_during(cursor, stretches)
+            stored |= {row[-1] for row in seen}
+            verdicts = _check_capacity(candidates, seen, stored)
             if verdicts.rejected:
                 cursor.execute(_STORED_EVENTS, [provider.pk, json.dumps([c.event_id for c, _ in verdicts.rejected])])
                 found = {event_id for (event_id,) in cursor.fetchall()} - stored
                 if found:
                     stored |= found
                     continue
-            savepoint = transaction.savepoint() if verdicts.rejected and verdicts.accepted else None
+            if not verdicts.accepted:
+                break
+            savepoint = transaction.savepoint()
             usual = len(verdicts.accepted) == len(first_copies) and all(
                 first_copies[c.event_id] is c for c in verdicts.accepted
             )
-            payload = prepared if usual else _insert_payload(verdicts.accepted)
-            inserted = _insert_usage(cursor, provider, payload) if verdicts.accepted else set()
-            conflicted = {c.event_id for c in verdicts.accepted} - inserted
-            if conflicted and savepoint is not None:
+            inserted = _insert_usage(cursor, provider, prepared if usual else _insert_payload(verdicts.accepted))
+            conflicted = {c.event_id for c in verdicts.accepted} - inserted.keys()
+            if conflicted and verdicts.rejected:
                 transaction.savepoint_rollback(savepoint)
                 stored |= conflicted
                 continue
-            if savepoint is not None:
+            cursor.execute(_LOCK_CONTRACT_STRIPES, [USAGE_CONTRACT_LOCK, stripes])
+            if _still_fits(cursor, stretches, candidates, seen, inserted, verdicts.accepted):
                 transaction.savepoint_commit(savepoint)
-            break
+                break
+            transaction.savepoint_rollback(savepoint)
+            inserted = {}
     for candidate, message in verdicts.rejected:
         _reject(result, candidate.index, candidate.event_id, "exceeds_capacity", message)
     # Accepted but not inserted: stored meanwhile, or before with another interval or contract.
@@ -397,20 +425,67 @@ def _store_within_capacity(provider: Organization, candidates: list[_Candidate],
             result.duplicates.append(candidate.event_id)
 
 
-def _check_capacity(candidates: list[_Candidate], stored_usage: list[tuple], stored: set[str]) -> _Verdicts:
-    """Each candidate in batch order: a duplicate (its id is stored or taken), accepted (it fits
-    with the stored usage and the candidates accepted before it), or rejected with a reason."""
+def _still_fits(
+    cursor,
+    stretches: str,
+    candidates: list[_Candidate],
+    seen: list[tuple],
+    inserted: dict[str, int],
+    accepted: list[_Candidate],
+) -> bool:
+    """Whether the inserted records still fit, with the records stored since the check read
+    (read again, under the locks of the batch's contracts: first only the ids)."""
+    cursor.execute(_STORED_IDS_DURING, {"stretches": stretches, "long": LONG_USAGE})
+    known = {row[0] for row in seen}
+    known.update(inserted.values())
+    if all(usage_id in known for (usage_id,) in cursor.fetchall()):
+        return True
+    contract_loads, node_loads = _usage_loads(candidates, _stored_usage_during(cursor, stretches), every=True)
+    for candidate in accepted:
+        if candidate.event_id not in inserted:
+            continue
+        if candidate.node_id is not None and not node_loads[candidate.node_id].within(candidate.start, candidate.end):
+            return False
+        if not contract_loads[candidate.contract_id].within(candidate.start, candidate.end):
+            return False
+    return True
+
+
+def _usage_loads(
+    candidates: list[_Candidate], rows: list[tuple], *, every: bool = False
+) -> tuple[dict[int, UsageLoad], dict[int, UsageLoad]]:
+    """The loads of the batch's contracts and named nodes, counting these stored records.
+
+    Unless ``every`` is asked for, a contract or node that one candidate alone meets, with no
+    stored record, has none: that candidate was already checked alone against its GPUs.
+    """
+    contracts = Counter(c.contract_id for c in candidates)
+    nodes = Counter(c.node_id for c in candidates if c.node_id is not None)
+    if not every:
+        for _, contract_id, node_id, *_ in rows:
+            contracts[contract_id] += 1
+            if node_id in nodes:
+                nodes[node_id] += 1
     contract_loads: dict[int, UsageLoad] = {}
     node_loads: dict[int, UsageLoad] = {}
     for candidate in candidates:
-        if candidate.contract_id not in contract_loads:
+        if candidate.contract_id not in contract_loads and (every or contracts[candidate.contract_id] > 1):
             contract_loads[candidate.contract_id] = UsageLoad(candidate.contract_gpus)
-        if candidate.node_id is not None and candidate.node_id not in node_loads:
-            node_loads[candidate.node_id] = UsageLoad(candidate.node_gpus)
-    for contract_id, node_id, start, end, millis, _ in stored_usage:
-        contract_loads[contract_id].add(start, end, millis)
+        node_id = candidate.node_id
+        if node_id is not None and node_id not in node_loads and (every or nodes[node_id] > 1):
+            node_loads[node_id] = UsageLoad(candidate.node_gpus)
+    for _, contract_id, node_id, start, end, millis, _ in rows:
+        if contract_id in contract_loads:
+            contract_loads[contract_id].add(start, end, millis)
         if node_id in node_loads:
             node_loads[node_id].add(start, end, millis)
+    return contract_loads, node_loads
+
+
+def _check_capacity(candidates: list[_Candidate], seen: list[tuple], stored: set[str]) -> _Verdicts:
+    """Each candidate in batch order: a duplicate (its id is stored or taken), accepted (it fits
+    with the stored usage and the candidates accepted before it), or rejected with a reason."""
+    contract_loads, node_loads = _usage_loads(candidates, seen)
     verdicts = _Verdicts()
     taken: set[str] = set()
     for candidate in candidates:
@@ -418,49 +493,51 @@ def _check_capacity(candidates: list[_Candidate], stored_usage: list[tuple], sto
             verdicts.duplicates.append(candidate)
             continue
         start, end, millis = candidate.start, candidate.end, candidate.millis
-        node_load = node_loads[candidate.node_id] if candidate.node_id is not None else None
-        contract_load = contract_loads[candidate.contract_id]
+        node_load = node_loads.get(candidate.node_id)
+        contract_load = contract_loads.get(candidate.contract_id)
         if node_load is not None and not node_load.fits(start, end, millis):
             verdicts.rejected.append((candidate, _over_capacity(candidate, node_load, f"Node {candidate.node_name}")))
             continue
-        if not contract_load.fits(start, end, millis):
+        if contract_load is not None and not contract_load.fits(start, end, millis):
             holder = f"Contract {candidate.contract_id}"
             verdicts.rejected.append((candidate, _over_capacity(candidate, contract_load, holder)))
             continue
         if node_load is not None:
             node_load.add(start, end, millis)
-        contract_load.add(start, end, millis)
+        if contract_load is not None:
+            contract_load.add(start, end, millis)
         taken.add(candidate.event_id)
         verdicts.accepted.append(candidate)
     return verdicts
 
 
-def _stored_usage_during(cursor, candidates: list[_Candidate]) -> list[tuple]:
+def _stretches(candidates: list[_Candidate]) -> str:
+    """The stretches of time the batch covers, per contract, as the JSON the reads take."""
+    intervals: dict[int, set[tuple[datetime, datetime]]] = defaultdict(set)
+    for candidate in candidates:
+        intervals[candidate.contract_id].add((candidate.started_at, candidate.ended_at))
+    spans = [
+        {"c": contract_id, "s": start.isoformat(), "f": end.isoformat()}
+        for contract_id, stretches in intervals.items()
+        for start, end in _merged(sorted(stretches))
+    ]
+    return json.dumps(spans, separators=(",", ":"))
+
+
+def _stored_usage_during(cursor, stretches: str) -> list[tuple]:
     """The stored records of the batch's contracts that overlap the batch's records, read by
-    contract over the stretches of time the batch covers: (contract, node, start, end,
+    contract over the stretches of time the batch covers: (id, contract, node, start, end,
     GPU-milliseconds, event id).
 
     A node's stored records are all among its contract's: a record lies within its node's
     allocation, and allocations of one node never overlap.
     """
-    intervals: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
-    for candidate in candidates:
-        intervals[candidate.contract_id].append((candidate.started_at, candidate.ended_at))
-    spans = [
-        {"c": contract_id, "s": start.isoformat(), "f": end.isoformat()}
-        for contract_id, stretches in intervals.items()
-        for start, end in _merged(stretches)
-    ]
-    cursor.execute(_STORED_USAGE_DURING, [json.dumps(spans, separators=(",", ":"))])
-    rows = cursor.fetchall()
-    if len(spans) == len(intervals):  # one stretch per contract: each record read once
-        return [row[1:] for row in rows]
-    return [row[1:] for row in {row[0]: row for row in rows}.values()]
+    cursor.execute(_STORED_USAGE_DURING, {"stretches": stretches, "long": LONG_USAGE})
+    return list({row[0]: row for row in cursor.fetchall()}.values())  # a record may overlap two stretches
 
 
 def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
-    """The union of half-open intervals, as disjoint intervals (touching ones joined)."""
-    spans.sort()
+    """The union of half-open intervals given in order, as disjoint intervals (touching ones joined)."""
     merged = [spans[0]]
     for start, end in spans[1:]:
         last_start, last_end = merged[-1]
@@ -513,18 +590,18 @@ SELECT %(provider)s, r.e, r.c, r.n, r.s, r.f, r.g, r.p, %(now)s
 FROM json_to_recordset(%(rows)s::json)
      AS r(e text, c bigint, n bigint, s timestamptz, f timestamptz, g numeric, p date)
 ON CONFLICT (provider_id, event_id) DO NOTHING
-RETURNING event_id
+RETURNING event_id, id
 """
 
 
-def _insert_usage(cursor, provider: Organization, payload: str) -> set[str]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING: the event ids that were new.
+def _insert_usage(cursor, provider: Organization, payload: str) -> dict[str, int]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING: the event ids that were new, with their rows' ids.
 
     Run under the usage lock, held shared; a month close takes it alone, so it reads its
     watermark only once the batches in flight have committed.
     """
     cursor.execute(_INSERT_USAGE_ROWS, {"provider": provider.pk, "now": timezone.now(), "rows": payload})
-    return {event_id for (event_id,) in cursor.fetchall()}
+    return dict(cursor.fetchall())
 
 
 def _insert_payload(rows: list[_Candidate]) -> str:

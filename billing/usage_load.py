@@ -57,6 +57,11 @@ class UsageLoad:
         for index in range(first, stop):
             loads[index] += rate
 
+    def within(self, start: int, end: int) -> bool:
+        """Whether the load stays within capacity all through [start, end)."""
+        times = self._times
+        return max(self._loads[bisect_right(times, start) - 1 : bisect_left(times, end)]) <= self._limit
+
     def peak(self, start: int, end: int) -> Fraction:
         """The most GPUs in use at one instant of [start, end)."""
         first, stop = self._span(start, end)

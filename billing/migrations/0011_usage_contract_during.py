@@ -3,13 +3,19 @@
 Ingestion checks a batch against the stored records of its contracts that overlap it in
 time (a node's or a contract's records may never use more GPUs at once than it has): this
 GiST index (btree_gist, created by marketplace 0003) finds exactly those, whatever the
-records' lengths.
+records' lengths. Migration 0012 replaces it with cheaper B-tree indexes.
 """
 
 import django.contrib.postgres.indexes
+from django.contrib.postgres.fields import DateTimeRangeField
 from django.db import migrations, models
 
-import billing.models
+
+class TsTzRange(models.Func):
+    """PostgreSQL's ``tstzrange(start, end)``: the half-open interval [start, end)."""
+
+    function = "TSTZRANGE"
+    output_field = DateTimeRangeField()
 
 
 class Migration(migrations.Migration):
@@ -20,7 +26,7 @@ class Migration(migrations.Migration):
             model_name="usagerecord",
             index=django.contrib.postgres.indexes.GistIndex(
                 models.F("contract"),
-                billing.models.TsTzRange("started_at", "ended_at"),
+                TsTzRange("started_at", "ended_at"),
                 name="usage_contract_during",
             ),
         ),

@@ -270,6 +270,23 @@ class TestAcrossBatches:
             "Node gpu-m01 has 8 GPUs. From 2026-10-05T00:30:00Z to 2026-10-05T01:00:00Z, 14400 GPU-seconds"
         )
 
+    @pytest.mark.parametrize("hours", [24, 25, 47])  # a day (the longest kept in the main index) and more
+    def test_long_stored_records_count(self, provider_client, metered_contract, clock, hours):
+        """A stored record of the contract's 16 GPUs for ``hours`` hours leaves no room in any of them."""
+        end = hours_later(METERED_START, hours)
+        long = record("long", metered_contract, METERED_START, end, 57600 * hours)
+        assert post(provider_client, [long])["accepted"] == ["long"]
+        last_hour = hours_later(end, -1)
+        body = post(
+            provider_client,
+            [
+                record("first-hour", metered_contract, METERED_START, H1, 1),
+                record("last-hour", metered_contract, last_hour, end, 1, node=NODE),
+                record("after", metered_contract, end, hours_later(end, 1), 1),
+            ],
+        )
+        assert outcome(body) == (["after"], [], [("first-hour", "exceeds_capacity"), ("last-hour", "exceeds_capacity")])
+
     def test_a_record_sent_again_is_a_duplicate_and_counted_once(self, provider_client, metered_contract, clock):
         full = record("full", metered_contract, METERED_START, H1, 28800, node=NODE)
         assert post(provider_client, [full])["accepted"] == ["full"]
