@@ -51,7 +51,12 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         summary="Report usage (up to 1,000 records)",
         description=(
             "Each record is accepted, reported back as a duplicate (its `id` was seen before), or rejected "
-            "with a reason; valid records of a call are kept even when others are rejected."
+            "with a reason; valid records of a call are kept even when others are rejected. A record's "
+            "GPU-seconds are taken as spread evenly over its [started_at, ended_at): at no instant may the "
+            "records of a node use more GPUs than the node has, nor the records of a contract (with or without "
+            "a node) more than the contract's GPUs, counting the records already stored and those accepted "
+            "earlier in the call, in order. A record past that is rejected with code `exceeds_capacity` and a "
+            "message saying what is already reported for that node or contract over its interval."
         ),
     )
     def create(self, request: Request) -> Response:
