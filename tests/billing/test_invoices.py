@@ -382,23 +382,24 @@ class TestPreview:
         # November's usage arriving on December 5th: December's close bills it as an adjustment.
         ingest(
             provider_client.organization,
-            record("nov-late", contract, utc(2026, 11, 9), utc(2026, 11, 9, 1), "12345.6"),
+            record("nov-late", contract, utc(2026, 11, 9), utc(2026, 11, 9, 1), "5000"),
             at=utc(2026, 12, 5),
         )
-        # 12,345.6 s = 3.4293333... GPU-h x 1.70 = 5.8298666... -> 5.83; 2,128.67 + 5.83 = 2,134.50.
-        late = (contract.pk, "adjustment", "2026-11-01", "3.429333", "1.7000", "5.83")
+        # The node ran 6.52 of its 8 GPUs all along; 5,000 s in one hour is 1.39 GPUs more, which fits.
+        # 5,000 s = 1.3888... GPU-h x 1.70 = 2.3611... -> 2.36; 2,128.67 + 2.36 = 2,131.03.
+        late = (contract.pk, "adjustment", "2026-11-01", "1.388889", "1.7000", "2.36")
         with time_machine.travel(utc(2026, 12, 6), tick=False):
             november = self.preview_figures(lab_client, "2026-11")
             december = self.preview_figures(lab_client, "2026-12")
         assert november == (
-            "2134.50",
+            "2131.03",
             [(contract.pk, "metered", "2026-11-01", "1252.160000", "1.7000", "2128.67"), late],
         )
-        assert december == ("5.83", [late])
+        assert december == ("2.36", [late])
 
         close(DECEMBER)
         assert line_figures(invoice_of(lab_client.organization, DECEMBER)) == [
-            (contract.pk, "adjustment", NOVEMBER, D("3.429333"), D("1.7"), D("5.83"))
+            (contract.pk, "adjustment", NOVEMBER, D("1.388889"), D("1.7"), D("2.36"))
         ]
         # Billed now, on December's invoice: November's preview is its invoice again.
         with time_machine.travel(utc(2027, 1, 2), tick=False):

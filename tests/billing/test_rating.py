@@ -10,7 +10,6 @@ import pytest
 import time_machine
 
 from billing.models import Invoice, InvoiceLine
-from billing.services import usage_ingest
 from core.errors import InvalidInput
 from core.timeutils import parse_period
 from tests.billing.conftest import METERED_START, NODE_NAMES
@@ -26,6 +25,7 @@ from tests.billing.factories import (
     invoice_of,
     line_figures,
     record,
+    store_unchecked,
     utc,
 )
 
@@ -111,7 +111,8 @@ class TestMetered:
             record(f"n{i}", c, METERED_START, hours_later(METERED_START, 1), 28800, node=NODE_NAMES[i % 2])
             for i in range(4)
         ]
-        ingest(provider_client.organization, *full_hours, *extra)
+        ingest(provider_client.organization, *full_hours)
+        store_unchecked(provider_client.organization, *extra)  # ingestion refuses them: no GPU is free
         close(SEPTEMBER)
         close(OCTOBER)
 
@@ -174,14 +175,11 @@ class TestMetered:
             price="2.0000",
             mode=METERED,
         )
-        ingest(
-            provider_client.organization,
-            # September's 2 hours: 16 GPU-h at most; reported 16 + 8.
-            record("a", c, utc(2026, 9, 30, 22), utc(2026, 10, 1), 57600),
-            record("b", c, utc(2026, 9, 30, 22), utc(2026, 9, 30, 23), 28800),
-            # October's 2 hours: 1 GPU-h reported; September's excess does not spill over.
-            record("c", c, utc(2026, 10, 1), utc(2026, 10, 1, 1), 3600),
-        )
+        # September's 2 hours: 16 GPU-h at most; reported 16 + 8 (the 8 past what ingestion accepts).
+        ingest(provider_client.organization, record("a", c, utc(2026, 9, 30, 22), utc(2026, 10, 1), 57600))
+        store_unchecked(provider_client.organization, record("b", c, utc(2026, 9, 30, 22), utc(2026, 9, 30, 23), 28800))
+        # October's 2 hours: 1 GPU-h reported; September's excess does not spill over.
+        ingest(provider_client.organization, record("c", c, utc(2026, 10, 1), utc(2026, 10, 1, 1), 3600))
         close(SEPTEMBER)
         close(OCTOBER)
         assert line_figures(invoice_of(lab_client.organization, SEPTEMBER)) == [
@@ -240,12 +238,11 @@ class TestMetered:
             price="2.0000",
             mode=METERED,
         )
+        # 8 GPUs x 1 h, twice over: more than the first hour holds (the second copy past ingestion).
+        twice = [record(f"u{i}", c, utc(2026, 10, 10), utc(2026, 10, 10, 1), 28800) for i in range(2)]
+        ingest(provider_client.organization, twice[0], at=utc(2026, 10, 10, 1, 30))
+        store_unchecked(provider_client.organization, twice[1], at=utc(2026, 10, 10, 1, 30))
         with time_machine.travel(utc(2026, 10, 10, 1, 30), tick=False):
-            usage_ingest(
-                provider=provider_client.organization,
-                # 8 GPUs x 1 h, twice over: more than the first hour holds.
-                records=[record(f"u{i}", c, utc(2026, 10, 10), utc(2026, 10, 10, 1), 28800) for i in range(2)],
-            )
             contract_terminate(contract=c, lab=lab_client.organization)  # released at 02:00
         close(SEPTEMBER)
         close(OCTOBER)
