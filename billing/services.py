@@ -247,7 +247,7 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
                     f"to {_from_micros(held_until):%Y-%m-%dT%H:%MZ}.",
                 )  # fmt: skip
                 continue
-            gpus = gpus_per_node
+            gpus = min(gpus_per_node, gpu_count)  # a node record counts against both
         # Exact: GPU-seconds have at most 3 decimals, the interval is a whole number of microseconds.
         micros = candidate.end - candidate.start
         if candidate.millis * 1000 > gpus * micros:
