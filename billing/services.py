@@ -3,7 +3,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -456,23 +456,27 @@ def _usage_loads(
 ) -> tuple[dict[int, UsageLoad], dict[int, UsageLoad]]:
     """The loads of the batch's contracts and named nodes, counting these stored records.
 
-    Unless ``every`` is asked for, a contract or node that one candidate alone meets, with no
-    stored record, has none: that candidate was already checked alone against its GPUs.
+    Unless ``every`` is asked for, a contract or node none of whose records (the batch's and
+    the stored ones) overlap has none: at each instant one record at most is running on it,
+    and each was already checked alone against its GPUs.
     """
-    contracts = Counter(c.contract_id for c in candidates)
-    nodes = Counter(c.node_id for c in candidates if c.node_id is not None)
-    if not every:
-        for _, contract_id, node_id, *_ in rows:
-            contracts[contract_id] += 1
-            if node_id in nodes:
-                nodes[node_id] += 1
+    contract_spans: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    node_spans: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for candidate in candidates:
+        contract_spans[candidate.contract_id].append((candidate.start, candidate.end))
+        if candidate.node_id is not None:
+            node_spans[candidate.node_id].append((candidate.start, candidate.end))
+    for _, contract_id, node_id, start, end, *_ in rows:
+        contract_spans[contract_id].append((start, end))
+        if node_id in node_spans:
+            node_spans[node_id].append((start, end))
     contract_loads: dict[int, UsageLoad] = {}
     node_loads: dict[int, UsageLoad] = {}
     for candidate in candidates:
-        if candidate.contract_id not in contract_loads and (every or contracts[candidate.contract_id] > 1):
-            contract_loads[candidate.contract_id] = UsageLoad(candidate.contract_gpus)
-        node_id = candidate.node_id
-        if node_id is not None and node_id not in node_loads and (every or nodes[node_id] > 1):
+        contract_id, node_id = candidate.contract_id, candidate.node_id
+        if contract_id not in contract_loads and (every or _overlapping(contract_spans[contract_id])):
+            contract_loads[contract_id] = UsageLoad(candidate.contract_gpus)
+        if node_id is not None and node_id not in node_loads and (every or _overlapping(node_spans[node_id])):
             node_loads[node_id] = UsageLoad(candidate.node_gpus)
     for _, contract_id, node_id, start, end, millis, _ in rows:
         if contract_id in contract_loads:
@@ -480,6 +484,19 @@ def _usage_loads(
         if node_id in node_loads:
             node_loads[node_id].add(start, end, millis)
     return contract_loads, node_loads
+
+
+def _overlapping(spans: list[tuple[int, int]]) -> bool:
+    """Whether two of these half-open intervals overlap."""
+    if len(spans) < 2:
+        return False
+    spans.sort()
+    reach = spans[0][1]
+    for start, end in spans[1:]:
+        if start < reach:
+            return True
+        reach = end
+    return False
 
 
 def _check_capacity(candidates: list[_Candidate], seen: list[tuple], stored: set[str]) -> _Verdicts:
