@@ -338,7 +338,9 @@ SELECT u.id, u.contract_id, u.node_id,
        u.event_id"""
     + _USAGE_DURING_STRETCHES
 )
-_STORED_IDS_DURING = "SELECT u.id" + _USAGE_DURING_STRETCHES
+# The ids known to the check go as one array literal: PostgreSQL hashes a constant array
+# for <> ALL, so each record read is checked against it at once.
+_STORED_SINCE = "SELECT u.id" + _USAGE_DURING_STRETCHES + "WHERE u.id <> ALL(%(known)s::bigint[])"
 _STORED_EVENTS = """
 SELECT event_id FROM billing_usagerecord
 WHERE provider_id = %s AND event_id = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))
@@ -434,11 +436,12 @@ def _still_fits(
     accepted: list[_Candidate],
 ) -> bool:
     """Whether the inserted records still fit, with the records stored since the check read
-    (read again, under the locks of the batch's contracts: first only the ids)."""
-    cursor.execute(_STORED_IDS_DURING, {"stretches": stretches, "long": LONG_USAGE})
-    known = {row[0] for row in seen}
-    known.update(inserted.values())
-    if all(usage_id in known for (usage_id,) in cursor.fetchall()):
+    (read again, under the locks of the batch's contracts: first whether there are any)."""
+    known = [row[0] for row in seen]
+    known.extend(inserted.values())
+    literal = "{" + ",".join(map(str, known)) + "}"
+    cursor.execute(_STORED_SINCE, {"stretches": stretches, "long": LONG_USAGE, "known": literal})
+    if not cursor.fetchall():
         return True
     contract_loads, node_loads = _usage_loads(candidates, _stored_usage_during(cursor, stretches), every=True)
     for candidate in accepted:
@@ -456,28 +459,34 @@ def _usage_loads(
 ) -> tuple[dict[int, UsageLoad], dict[int, UsageLoad]]:
     """The loads of the batch's contracts and named nodes, counting these stored records.
 
-    Unless ``every`` is asked for, a contract or node none of whose records (the batch's and
-    the stored ones) overlap has none: at each instant one record at most is running on it,
-    and each was already checked alone against its GPUs.
+    Unless ``every`` is asked for, a contract or node keeps none when its records (the
+    batch's and the stored ones) cannot use more than its GPUs at any instant, whatever is
+    accepted (see _may_exceed).
     """
-    contract_spans: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    node_spans: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    contract_spans: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    node_spans: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    gpus: dict[tuple[str, int], int] = {}
     for candidate in candidates:
-        contract_spans[candidate.contract_id].append((candidate.start, candidate.end))
+        span = (candidate.start, candidate.end, candidate.millis)
+        contract_spans[candidate.contract_id].append(span)
+        gpus["contract", candidate.contract_id] = candidate.contract_gpus
         if candidate.node_id is not None:
-            node_spans[candidate.node_id].append((candidate.start, candidate.end))
-    for _, contract_id, node_id, start, end, *_ in rows:
-        contract_spans[contract_id].append((start, end))
+            node_spans[candidate.node_id].append(span)
+            gpus["node", candidate.node_id] = candidate.node_gpus
+    for _, contract_id, node_id, start, end, millis, _ in rows:
+        contract_spans[contract_id].append((start, end, millis))
         if node_id in node_spans:
-            node_spans[node_id].append((start, end))
-    contract_loads: dict[int, UsageLoad] = {}
-    node_loads: dict[int, UsageLoad] = {}
-    for candidate in candidates:
-        contract_id, node_id = candidate.contract_id, candidate.node_id
-        if contract_id not in contract_loads and (every or _overlapping(contract_spans[contract_id])):
-            contract_loads[contract_id] = UsageLoad(candidate.contract_gpus)
-        if node_id is not None and node_id not in node_loads and (every or _overlapping(node_spans[node_id])):
-            node_loads[node_id] = UsageLoad(candidate.node_gpus)
+            node_spans[node_id].append((start, end, millis))
+    contract_loads = {
+        contract_id: UsageLoad(gpus["contract", contract_id])
+        for contract_id, spans in contract_spans.items()
+        if every or _may_exceed(spans, gpus["contract", contract_id])
+    }
+    node_loads = {
+        node_id: UsageLoad(gpus["node", node_id])
+        for node_id, spans in node_spans.items()
+        if every or _may_exceed(spans, gpus["node", node_id])
+    }
     for _, contract_id, node_id, start, end, millis, _ in rows:
         if contract_id in contract_loads:
             contract_loads[contract_id].add(start, end, millis)
@@ -486,17 +495,28 @@ def _usage_loads(
     return contract_loads, node_loads
 
 
-def _overlapping(spans: list[tuple[int, int]]) -> bool:
-    """Whether two of these half-open intervals overlap."""
-    if len(spans) < 2:
-        return False
+def _may_exceed(spans: list[tuple[int, int, int]], gpus: int) -> bool:
+    """Whether records (start, end, GPU-milliseconds) might use more than ``gpus`` at once.
+
+    They fall in clusters that overlap one another in time; a record alone was checked
+    alone, and a cluster whose records have one duration cannot exceed ``gpus`` when their
+    rates add up to no more (a cluster of mixed durations is not added up here).
+    """
     spans.sort()
-    reach = spans[0][1]
-    for start, end in spans[1:]:
-        if start < reach:
-            return True
-        reach = end
-    return False
+    reach = spans[0][0]
+    size = total = duration = 0
+    mixed = False
+    for start, end, millis in spans:
+        if start >= reach:  # a new cluster: the last one is done
+            if size > 1 and (mixed or total * 1000 > gpus * duration):
+                return True
+            size, total, duration, mixed, reach = 1, millis, end - start, False, end
+        else:
+            size += 1
+            total += millis
+            mixed = mixed or end - start != duration
+            reach = max(reach, end)
+    return size > 1 and (mixed or total * 1000 > gpus * duration)
 
 
 def _check_capacity(candidates: list[_Candidate], seen: list[tuple], stored: set[str]) -> _Verdicts:
