@@ -629,6 +629,8 @@ FROM json_to_recordset(%(rows)s::json)
 ON CONFLICT (provider_id, event_id) DO NOTHING
 RETURNING event_id, id
 """
+# The usage records' deferred foreign keys (migrations 0005 and 0013).
+_USAGE_KEYS = "usage_contract_of_provider, usage_node_exists"
 
 
 def _insert_usage(cursor, provider: Organization, payload: str) -> dict[str, int]:
@@ -637,8 +639,13 @@ def _insert_usage(cursor, provider: Organization, payload: str) -> dict[str, int
     Run under the usage lock, held shared; a month close takes it alone, so it reads its
     watermark only once the batches in flight have committed.
     """
+    # The keys are checked by the insert, not at commit: until the commit, concurrent batches
+    # wait for this one (its capacity locks, its usage totals' rows), so it should do little.
+    cursor.execute(f"SET CONSTRAINTS {_USAGE_KEYS} IMMEDIATE")
     cursor.execute(_INSERT_USAGE_ROWS, {"provider": provider.pk, "now": timezone.now(), "rows": payload})
-    return dict(cursor.fetchall())
+    inserted = dict(cursor.fetchall())
+    cursor.execute(f"SET CONSTRAINTS {_USAGE_KEYS} DEFERRED")  # as declared, for the rest of the transaction
+    return inserted
 
 
 def _insert_payload(rows: list[_Candidate]) -> str:

@@ -488,3 +488,28 @@ def test_random_batches_never_exceed_capacity_and_every_rejection_is_justified(m
             answers.append((result.accepted, result.duplicates, [r["id"] for r in result.rejected]))
         assert answers == oracle_run(batches)
         transaction.set_rollback(True)
+
+
+def test_ingestion_leaves_the_usage_keys_deferred_as_declared(provider_client, metered_contract, clock):
+    """The insert checks the keys itself (SET CONSTRAINTS ... IMMEDIATE) and defers them again after."""
+    from django.db import IntegrityError, connection
+
+    with transaction.atomic():
+        usage_ingest(provider=metered_contract.provider, records=[record("ok", metered_contract, METERED_START, H1, 1)])
+        UsageRecord.objects.create(  # no such node, and no error yet: the key is checked at commit
+            provider=metered_contract.provider,
+            contract=metered_contract,
+            node_id=2**40,
+            event_id="direct",
+            started_at=METERED_START,
+            ended_at=H1,
+            gpu_seconds=Decimal(1),
+            period=METERED_START.date().replace(day=1),
+        )
+        with (
+            pytest.raises(IntegrityError, match="usage_node_exists"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        transaction.set_rollback(True)
