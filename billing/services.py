@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from billing.close_sql import RatedLine, close_in_sql, rate_lines
 from billing.ledger import ledger_post
-from billing.locks import USAGE_LOCK
+from billing.locks import USAGE_CONTRACT_LOCK, USAGE_CONTRACT_LOCK_STRIPES, USAGE_LOCK
 from billing.models import (
     LONG_USAGE,
     Account,
@@ -298,12 +298,6 @@ def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], tuple[int, 
         for contract_id, hostname, node_id, starts_at, ends_at in rows
     }
 
-
-# The capacity check of a contract's usage takes this advisory lock (with the contract's
-# stripe as second key) until commit. Stripes bound the locks one batch holds (PostgreSQL's
-# lock table is shared and finite); two contracts of one stripe merely wait for each other.
-USAGE_CONTRACT_LOCK = 0x75736763  # "usgc"
-USAGE_CONTRACT_LOCK_STRIPES = 64
 
 # Taken in stripe order, so two batches never wait for each other in a cycle.
 _LOCK_CONTRACT_STRIPES = """
