@@ -20,11 +20,20 @@ from broker.services import compute_request_create
 from broker.terms import contract_total
 from core.timeutils import HOUR, current_hour, month_of, period_bounds, previous_month
 from marketplace.models import ApiKey, Cluster, GpuModel, Listing, ListingNode, Organization
-from marketplace.services import api_key_create, api_key_revoke, cluster_create, listing_create, organization_create
+from marketplace.services import (
+    api_key_create,
+    api_key_revoke,
+    cluster_create,
+    listing_create,
+    organization_create,
+    organization_set_credit_limit,
+)
 
 DEMO_KEY_NAME = "demo"
 PROVIDER, CLOUD, LAB, BOTH = "Colossus Compute", "Nimbus GPU Cloud", "Frontier Lab", "Orbital AI"
 DEMO_ORGANIZATIONS = [(PROVIDER, "provider"), (CLOUD, "provider"), (LAB, "lab"), (BOTH, "both")]
+# The demo's labs buy thousands of GPUs: an operator has raised their credit limits.
+DEMO_CREDIT_LIMIT = Decimal("5000000.00")
 
 CLUSTERS = [
     # provider, name, gpu model, region, interconnect, gpus per node, nodes
@@ -59,6 +68,8 @@ def _organization_with_fresh_key(name: str, role: str) -> tuple[Organization, st
     organization = Organization.objects.filter(name=name).first()
     if organization is None:
         organization, issued = organization_create(name=name, role=role, key_name=DEMO_KEY_NAME)
+        if organization.is_lab:
+            organization_set_credit_limit(organization=organization, limit=DEMO_CREDIT_LIMIT, actor_label="seed_demo")
         return organization, issued.secret
     for old in ApiKey.objects.active().filter(organization=organization, name=DEMO_KEY_NAME):
         api_key_revoke(api_key=old, actor_label="seed_demo")

@@ -2,12 +2,16 @@
 
 The whole booking is one SQL statement (``LISTING_BOOK``), so on its own it is one round
 trip. It locks the listing row (bookers of a listing, and the matching engine, queue
-there), reads its terms, picks free reserved nodes, and writes the contract, its
-allocations and the listing's inventory-version bump only if the terms allow it and enough
-nodes are free; the row it returns says which case it was, and Python turns a refusal into
-the right error. A booker that waited for the lock decided on data older than the sale it
-waited for: the exclusion constraint refuses any node sold in between, and the statement
-runs again on fresh data.
+there), reads its terms, picks free reserved nodes, reads the lab's exposure
+(``billing.credit``), and writes the contract, its allocations and the listing's
+inventory-version bump only if the terms allow it, enough nodes are free and the lab's
+credit limit covers it; the row it returns says which case it was, and Python turns a
+refusal into the right error.
+
+A booker that waited for a lock decided on data older than the sale it waited for, and
+the statement then runs again on fresh data: the exclusion constraint refuses any node
+sold in between, and the lab's row, claimed last, shows by its exposure version that
+another sale to the lab committed in between.
 """
 
 import weakref
@@ -19,9 +23,11 @@ from datetime import datetime
 from django.db import IntegrityError, ProgrammingError, connection, transaction
 from django.utils import timezone
 
+from billing.credit import EXPOSURE_PARAMETERS, LAB_EXPOSURE, credit_limit_exceeded
 from broker.models import Contract
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, InvalidInput
+from core.money import round_money
 from core.timeutils import HOUR
 from marketplace.models import BillingMode, Listing, Node, Organization
 
@@ -49,6 +55,21 @@ WITH terms AS (
                       AND a.ends_at > a.starts_at)
     ORDER BY ln.node_id
     LIMIT %(gpus)s / (SELECT gpus_per_node FROM allowed)
+), exposure_labs AS (
+    SELECT %(lab)s::bigint AS id
+), exposure AS (
+    SELECT e.credit_limit, e.version, e.committed + e.metered + e.unpaid AS total,
+           (SELECT round(%(gpus)s * %(hours)s * price_per_gpu_hour, 2) FROM allowed) AS amount
+    FROM ({LAB_EXPOSURE}) e
+), claim AS (
+    -- The sale to the lab, if the lab's exposure read above is still its latest: waits for
+    -- any other sale to the lab, and finds the version moved if one committed meanwhile.
+    UPDATE marketplace_organization o SET exposure_version = o.exposure_version + 1
+    FROM exposure e
+    WHERE o.id = %(lab)s AND o.exposure_version = e.version
+      AND (o.credit_limit IS NULL OR e.total + e.amount <= o.credit_limit)
+      AND (SELECT COUNT(*) FROM free) = %(gpus)s / (SELECT gpus_per_node FROM allowed)
+    RETURNING o.id
 ), contract AS (
     INSERT INTO broker_contract (listing_id, lab_id, provider_id, cluster_id, gpu_count, node_count, starts_at,
         ends_at, price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at)
@@ -57,7 +78,7 @@ WITH terms AS (
            -- round() is half away from zero: for these positive amounts, contract_total's half-up.
            CASE WHEN billing_mode = %(committed)s THEN round(%(gpus)s * %(hours)s * price_per_gpu_hour, 2) END,
            %(contract_scheduled)s, '', %(now)s
-    FROM allowed WHERE (SELECT COUNT(*) FROM free) = %(gpus)s / gpus_per_node
+    FROM allowed WHERE EXISTS (SELECT 1 FROM claim)
     RETURNING id
 ), allocations AS (
     INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, listing_id, starts_at, ends_at)
@@ -69,8 +90,9 @@ WITH terms AS (
 )
 SELECT terms.status, terms.provider_status, terms.gpus_per_node, terms.starts_at, terms.ends_at,
        terms.min_duration_hours, terms.provider_id, terms.cluster_id, terms.price_per_gpu_hour, terms.billing_mode,
-       (SELECT COUNT(*) FROM free), (SELECT id FROM contract)
-FROM terms"""
+       (SELECT COUNT(*) FROM free), (SELECT id FROM contract),
+       (SELECT credit_limit FROM exposure), (SELECT total FROM exposure), (SELECT amount FROM exposure)
+FROM terms""".replace("{LAB_EXPOSURE}", LAB_EXPOSURE)
 
 # The statement is prepared once per database session and then run with EXECUTE: planning
 # it costs the server more CPU than running it, and from the sixth execution PostgreSQL
@@ -89,6 +111,7 @@ LISTING_BOOK_PARAMETERS = {
     "node_in_service": "text",
     "committed": "text",
     "contract_scheduled": "text",
+    "invoice_issued": "text",
 }
 _STATUSES = [
     Listing.Status.ACTIVE.value,
@@ -96,6 +119,7 @@ _STATUSES = [
     Node.Status.IN_SERVICE.value,
     BillingMode.COMMITTED.value,
     Contract.Status.SCHEDULED.value,
+    EXPOSURE_PARAMETERS["invoice_issued"],
 ]
 _NAME = "broker_listing_book"
 _ATTEMPTS = 20
@@ -150,7 +174,7 @@ def listing_book(
     if row is None:
         raise CapacityUnavailable("This listing is not on offer.")
     status, provider_status, gpus_per_node, starts, ends, min_hours, provider_id, cluster_id, price, mode = row[:10]
-    found, contract_id = row[10:]
+    found, contract_id, credit_limit, exposure, amount = row[10:]
     node_count = _check_terms(
         booking,
         status=status,
@@ -164,6 +188,8 @@ def listing_book(
             f"Only {found * gpus_per_node} GPUs of this listing are free for that window.",
             fields={"gpu_count": [f"At most {found * gpus_per_node} available."]},
         )
+    if contract_id is None:  # the terms allow it and the nodes are free: the lab's credit does not
+        raise credit_limit_exceeded(limit=credit_limit, exposure=round_money(exposure), amount=amount)
     contract = Contract(
         pk=contract_id,
         listing_id=booking.listing_id,
@@ -211,7 +237,10 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
                     cursor.execute(_PREPARE)
                     _prepared_in.add(session)
                 cursor.execute(_EXECUTE, params)
-                return cursor.fetchone()
+                row = cursor.fetchone()
+            if not _raced(row, booking):
+                return row
+            continue  # another sale to the lab committed after this one read its exposure
         except ProgrammingError as error:
             if getattr(error.__cause__, "sqlstate", None) != _INVALID_STATEMENT_NAME or attempt == _ATTEMPTS - 1:
                 raise
@@ -219,7 +248,21 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
         except IntegrityError:
             if attempt == _ATTEMPTS - 1:
                 raise CapacityUnavailable("That capacity was just sold.")
-    raise AssertionError("unreachable")
+    raise CapacityUnavailable("Other sales to your organization kept this one waiting; try again.")
+
+
+def _raced(row: tuple | None, booking: _Booking) -> bool:
+    """Whether the statement refused the sale only because the lab's exposure it read was
+    no longer the latest: the terms allowed it, the nodes were free, the credit was there."""
+    if row is None or row[11] is not None:
+        return False
+    gpus_per_node, found, credit_limit, exposure, amount = row[2], row[10], row[12], row[13], row[14]
+    return (
+        amount is not None
+        and booking.gpu_count % gpus_per_node == 0
+        and found == booking.gpu_count // gpus_per_node
+        and (credit_limit is None or exposure + amount <= credit_limit)
+    )
 
 
 def _check_terms(booking: _Booking, *, status, provider_status, gpus_per_node, window, min_hours) -> int:

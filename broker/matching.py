@@ -32,6 +32,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from billing.credit import Exposure, credit_limit_exceeded, lab_exposures, lab_exposures_changed
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.selectors import compute_requests_to_match
 from broker.terms import contract_total
@@ -431,7 +432,10 @@ def _match_locked(gpu_model_id: int, result: MatchResult) -> None:
 
 def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -> None:
     with transaction.atomic():
+        # Locks in the order every other writer takes them: listings, labs, requests.
         book.refresh()
+        labs = ComputeRequest.objects.filter(pk__in=request_ids).values_list("lab_id", flat=True).distinct()
+        credit = _Credit(lab_exposures(labs, lock=True))
         requests = list(
             compute_requests_to_match()
             .select_for_update(of=("self",))
@@ -442,12 +446,13 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
         fills: list[Fill] = []
         for request in requests:
             fill = book.plan(request)
-            if fill is None:
+            if fill is None or not credit.take(request, _fill_amount(fill)):
                 continue
             book.hold(fill)
             for _, nodes in fill.parts:
                 held.extend((node_id, (fill.starts, fill.ends)) for _, node_id in nodes)
             fills.append(fill)
+        _record_unfilled_reasons(requests, credit.refused)
         if not fills:
             return
         try:
@@ -456,9 +461,56 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
             for node_id, interval in held:
                 book.busy[node_id].remove(interval)
             raise
+        lab_exposures_changed(fill.request.lab_id for fill in fills)
     result.requests_filled += len(fills)
     result.contracts_created += sum(len(fill.parts) for fill in fills)
     result.nodes_allocated += sum(len(nodes) for fill in fills for _, nodes in fill.parts)
+
+
+class _Credit:
+    """The chunk's labs' exposures (their rows locked), and what the chunk buys for them."""
+
+    def __init__(self, exposures: dict[int, Exposure]):
+        self.exposures = exposures
+        self.bought: dict[int, Decimal] = defaultdict(Decimal)
+        self.refused: dict[int, str] = {}  # request id -> why
+
+    def take(self, request: ComputeRequest, amount: Decimal) -> bool:
+        """Buy ``amount`` for the request's lab if its credit limit allows, or note why not."""
+        exposure = self.exposures[request.lab_id]
+        bought = self.bought[request.lab_id]
+        if not exposure.allows(bought + amount):
+            refusal = credit_limit_exceeded(
+                limit=exposure.credit_limit, exposure=exposure.total + bought, amount=amount, what="Filling it"
+            )
+            self.refused[request.pk] = refusal.message
+            return False
+        self.bought[request.lab_id] = bought + amount
+        return True
+
+
+def _fill_amount(fill: Fill) -> Decimal:
+    """What the fill's contracts cost at most: a committed block's total, a metered one's ceiling."""
+    hours = fill.ends - fill.starts
+    return sum(
+        (
+            contract_total(gpu_count=len(nodes) * listing.gpus_per_node, hours=hours, price_per_gpu_hour=listing.price)
+            for listing, nodes in fill.parts
+        ),
+        Decimal(0),
+    )
+
+
+def _record_unfilled_reasons(requests: list[ComputeRequest], refused: dict[int, str]) -> None:
+    """Say on each request the credit limit kept open why; clear the reason of the others."""
+    changed = []
+    for request in requests:
+        detail = refused.get(request.pk, "")[:255]
+        reason = ComputeRequest.UnfilledReason.CREDIT_LIMIT_EXCEEDED if detail else ""
+        if (request.unfilled_reason, request.unfilled_detail) != (reason, detail):
+            request.unfilled_reason, request.unfilled_detail = reason, detail
+            changed.append(request)
+    ComputeRequest.objects.bulk_update(changed, ["unfilled_reason", "unfilled_detail"], batch_size=500)
 
 
 _CONTRACT_COPY = (
@@ -491,7 +543,7 @@ def _write_fills(fills: list[Fill]) -> None:
             contracts.append((fill.request, listing, nodes, gpu_count, total))
     _copy_contracts(contracts, now)
     ComputeRequest.objects.filter(pk__in=[fill.request.pk for fill in fills]).update(
-        status=ComputeRequest.Status.FILLED, filled_at=now
+        status=ComputeRequest.Status.FILLED, filled_at=now, unfilled_reason="", unfilled_detail=""
     )
     # Our own writes change these listings' inventory; keep the snapshot's versions in step.
     touched = {listing.id: listing for _, listing, _, _, _ in contracts}

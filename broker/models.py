@@ -12,6 +12,10 @@ class ComputeRequest(models.Model):
         EXPIRED = "expired", "Expired"  # its start passed unfilled
         CANCELLED = "cancelled", "Cancelled"  # withdrawn by the lab while open
 
+    class UnfilledReason(models.TextChoices):
+        # offers were found, but buying them would take the lab past its credit limit
+        CREDIT_LIMIT_EXCEEDED = "credit_limit_exceeded", "Credit limit exceeded"
+
     lab = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="compute_requests")
     gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="compute_requests")
     gpu_count = models.PositiveIntegerField()
@@ -24,6 +28,10 @@ class ComputeRequest(models.Model):
     region = models.CharField(max_length=63, blank=True, default="")
     interconnect = models.CharField(max_length=16, choices=Interconnect.choices, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    # Why the last matching run that found offers for this open request still left it open
+    # (empty: no reason other than no offer yet).
+    unfilled_reason = models.CharField(max_length=32, choices=UnfilledReason.choices, blank=True, default="")
+    unfilled_detail = models.CharField(max_length=255, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     filled_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True, help_text="When it expired or was cancelled.")
@@ -117,6 +125,12 @@ class Contract(models.Model):
             models.Index(fields=["status", "starts_at"]),
             models.Index(fields=["status", "ends_at"]),
             models.Index(fields=["listing", "starts_at"]),  # a listing's contracts (its key has no index of its own)
+            # A lab's contracts not yet over, with what its exposure needs, read from the index alone.
+            models.Index(
+                fields=["lab", "ends_at"],
+                include=["starts_at", "released_at", "gpu_count", "price_per_gpu_hour", "billing_mode"],
+                name="contract_lab_exposure",
+            ),
         ]
 
     def __str__(self) -> str:

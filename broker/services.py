@@ -7,11 +7,12 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from billing.credit import lab_exposure
 from billing.services import contract_credit_invoiced
 from broker.matching import segment_mark_pending, segment_unmark_pending
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.tasks import match_segment
-from broker.terms import validate_size, validate_window
+from broker.terms import contract_total, validate_size, validate_window
 from core.errors import InvalidInput, InvalidTransition
 from core.money import validate_price
 from core.services import audit_record
@@ -80,7 +81,12 @@ def compute_request_create(
     region: str = "",
     interconnect: str = "",
 ) -> ComputeRequest:
-    """Record a lab's order; the matching engine picks it up once it commits."""
+    """Record a lab's order; the matching engine picks it up once it commits.
+
+    Refused (credit_limit_exceeded) when, at its most (all its GPU-hours at its highest
+    price), it would take the lab's exposure past its credit limit. Placed, it may still
+    wait: the engine fills it only while the limit covers what the fill costs.
+    """
     if not lab.is_lab:
         raise InvalidInput("Only labs request compute.")
     validate_window(starts_at, duration_hours)
@@ -88,7 +94,11 @@ def compute_request_create(
     validate_price(max_price_per_gpu_hour, field="max_price_per_gpu_hour")
     if billing_mode not in BillingMode.values:
         raise InvalidInput("Unknown billing mode.", fields={"billing_mode": ["Use committed or metered."]})
+    most = contract_total(gpu_count=gpu_count, hours=duration_hours, price_per_gpu_hour=max_price_per_gpu_hour)
     with transaction.atomic():
+        exposure = lab_exposure(lab.pk, lock=True)
+        if not exposure.allows(most):
+            raise exposure.refusal(most, what="This request, at its maximum price,")
         request = ComputeRequest.objects.create(
             lab=lab,
             gpu_model=gpu_model,

@@ -159,6 +159,20 @@ except InvalidOperation:
 if not (Decimal("0.01") <= MAX_PRICE_PER_GPU_HOUR <= Decimal("10000")) or MAX_PRICE_PER_GPU_HOUR % Decimal("0.01"):
     raise ImproperlyConfigured("MAX_PRICE_PER_GPU_HOUR must be whole cents from 0.01 to 10000.00.")
 
+# The credit limit a new lab starts with (operators change it per organization in the
+# admin); "none" starts labs with no limit. A lab's exposure (billing.credit) may not pass it.
+_credit_limit = (os.environ.get("DEFAULT_CREDIT_LIMIT") or "100000.00").strip().lower()
+try:
+    DEFAULT_CREDIT_LIMIT = None if _credit_limit == "none" else Decimal(_credit_limit)
+except InvalidOperation:
+    raise ImproperlyConfigured("DEFAULT_CREDIT_LIMIT must be an amount in whole cents, or none.")
+if DEFAULT_CREDIT_LIMIT is not None and (
+    not DEFAULT_CREDIT_LIMIT.is_finite()
+    or not (Decimal("0") <= DEFAULT_CREDIT_LIMIT < Decimal("1e14"))
+    or DEFAULT_CREDIT_LIMIT % Decimal("0.01")
+):
+    raise ImproperlyConfigured("DEFAULT_CREDIT_LIMIT must be whole cents from 0.00 below 10^14, or none.")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

@@ -38,6 +38,12 @@ class CapacityUnavailable(DomainError):
     code = "capacity_unavailable"
 
 
+class CreditLimitExceeded(DomainError):
+    """A sale would take the lab's exposure past its credit limit."""
+
+    code = "credit_limit_exceeded"
+
+
 class NotFound(DomainError):
     status_code = status.HTTP_404_NOT_FOUND
     code = "not_found"

@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 
+from billing.credit import lab_exposure
 from core.admin import AuditedAdmin, ReadOnlyAdmin
 from core.errors import DomainError
 from marketplace.models import (
@@ -25,6 +26,7 @@ from marketplace.services import (
     listing_update,
     listing_withdraw,
     node_set_status,
+    organization_set_credit_limit,
     organization_set_fee_rate,
     organization_set_status,
 )
@@ -80,16 +82,30 @@ def _secrets_page(request: HttpRequest, *, continue_url: str) -> TemplateRespons
 
 @admin.register(Organization)
 class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
-    list_display = ["name", "role", "status", "platform_fee_rate", "created_at"]
+    list_display = ["name", "role", "status", "platform_fee_rate", "credit_limit", "created_at"]
     list_filter = ["status", "is_provider", "is_lab"]
     search_fields = ["name"]
     date_hierarchy = "created_at"
+    readonly_fields = ["exposure"]
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["verify", "suspend", "reactivate", "issue_api_key"]
+
+    @admin.display(description="Exposure (what the credit limit bounds)")
+    def exposure(self, obj: Organization) -> str:
+        if obj.pk is None:
+            return "-"
+        exposure = lab_exposure(obj.pk)
+        available = "no limit" if exposure.available is None else f"{exposure.available:,} available"
+        return (
+            f"{exposure.total:,} ({exposure.committed:,} committed, {exposure.metered:,} metered at most, "
+            f"{exposure.unpaid:,} unpaid invoices); {available}"
+        )
 
     def save_model(self, request: HttpRequest, obj: Organization, form, change: bool) -> None:
         if change and "platform_fee_rate" in form.changed_data:
             organization_set_fee_rate(organization=obj, rate=obj.platform_fee_rate, actor=request.user)
+        if change and "credit_limit" in form.changed_data:
+            organization_set_credit_limit(organization=obj, limit=obj.credit_limit, actor=request.user)
         if change and "status" in form.changed_data:
             organization_set_status(organization=obj, status=obj.status, actor=request.user)
         super().save_model(request, obj, form, change)

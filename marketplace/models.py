@@ -3,12 +3,17 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.db.models import F, Q
 
-from core.money import PriceField, RateField
+from core.money import AmountField, PriceField, RateField
 
 REGION_VALIDATOR = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{0,62}$", "Use lowercase letters, digits and dashes, e.g. us-south-1."
 )
 HOSTNAME_VALIDATOR = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$", "Use letters, digits, dots and dashes.")
+
+
+def default_credit_limit():
+    """A new organization's credit limit: the setting DEFAULT_CREDIT_LIMIT (None: no limit)."""
+    return settings.DEFAULT_CREDIT_LIMIT
 
 
 class Organization(models.Model):
@@ -27,6 +32,17 @@ class Organization(models.Model):
         validators=[MinValueValidator(0), MaxValueValidator(1)],
         help_text="Overrides PLATFORM_FEE_RATE for this provider's payouts when set.",
     )
+    credit_limit = AmountField(
+        null=True,
+        blank=True,
+        default=default_credit_limit,
+        validators=[MinValueValidator(0)],
+        help_text="The most this lab may owe and have committed (its exposure, see billing.credit); "
+        "empty for no limit. New labs start at DEFAULT_CREDIT_LIMIT.",
+    )
+    # Bumped by every sale to this lab, in the sale's own transaction: a booking that read the
+    # lab's exposure before another sale committed sees the version moved, and reads again.
+    exposure_version = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -37,10 +53,24 @@ class Organization(models.Model):
                 condition=Q(platform_fee_rate__isnull=True) | Q(platform_fee_rate__gte=0, platform_fee_rate__lt=1),
                 name="organization_fee_rate_range",
             ),
+            models.CheckConstraint(
+                condition=Q(credit_limit__isnull=True) | Q(credit_limit__gte=0),
+                name="organization_credit_limit_positive",
+            ),
         ]
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        # exposure_version is written only by sales, in SQL: a save of a row read before a
+        # sale committed must not set it back, or a booking that read the lab's exposure
+        # before that sale would find its version unchanged.
+        if not self._state.adding and kwargs.get("update_fields") is None:
+            kwargs["update_fields"] = [
+                field.name for field in self._meta.concrete_fields if not field.primary_key and field.editable
+            ]
+        super().save(*args, **kwargs)
 
     @property
     def role(self) -> str:

@@ -181,6 +181,31 @@ def organization_set_fee_rate(
     return organization
 
 
+def organization_set_credit_limit(
+    *, organization: Organization, limit: Decimal | None, actor: AbstractBaseUser | None = None, actor_label: str = ""
+) -> Organization:
+    """Set the most a lab's exposure may reach (None: no limit); sales already made stand."""
+    if limit is not None and (
+        not limit.is_finite() or not Decimal(0) <= limit < Decimal("1e14") or limit % Decimal("0.01")
+    ):
+        raise InvalidInput(
+            "A credit limit is an amount in whole cents, zero or more.",
+            fields={"credit_limit": ["Whole cents, zero or more."]},
+        )
+    with transaction.atomic():
+        previous = Organization.objects.select_for_update().get(pk=organization.pk).credit_limit
+        Organization.objects.filter(pk=organization.pk).update(credit_limit=limit)
+        organization.credit_limit = limit
+        audit_record(
+            action="credit_limit_set",
+            target=organization,
+            actor=actor,
+            actor_label=actor_label,
+            message=f"{'no limit' if previous is None else previous} -> {'no limit' if limit is None else limit}",
+        )
+    return organization
+
+
 def membership_add(*, organization: Organization, username: str, email: str = "", role: str = "member") -> Membership:
     """Add a user (created if new) to an organization with a role."""
     user_model = get_user_model()

@@ -36,11 +36,21 @@ class ComputeRequestSerializer(serializers.ModelSerializer):
             "region",
             "interconnect",
             "status",
+            "unfilled_reason",
+            "unfilled_detail",
             "contracts",
             "created_at",
             "filled_at",
             "closed_at",
         ]
+        extra_kwargs = {
+            "unfilled_reason": {
+                "help_text": "Why the engine left this open request unfilled though it found offers: "
+                "credit_limit_exceeded while filling it would take your exposure past your credit limit. "
+                "Empty otherwise."
+            },
+            "unfilled_detail": {"help_text": "The reason in words, with the amounts."},
+        }
 
 
 class ContractSerializer(serializers.ModelSerializer):

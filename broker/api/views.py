@@ -29,7 +29,14 @@ class ComputeRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     def get_queryset(self):
         return compute_request_list(lab=self.request.user.organization)
 
-    @extend_schema(request=ComputeRequestCreateSerializer, responses={201: ComputeRequestSerializer})
+    @extend_schema(
+        request=ComputeRequestCreateSerializer,
+        responses={201: ComputeRequestSerializer},
+        description="201 with the open request; the matching engine fills it when it can. 409 "
+        "`credit_limit_exceeded` when the request, at its most (all its GPU-hours at its maximum price), "
+        "would take your exposure past your credit limit. An open request the engine leaves unfilled "
+        "for your credit limit says so in `unfilled_reason`.",
+    )
     def create(self, request: Request) -> Response:
         serializer = ComputeRequestCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -67,7 +74,9 @@ class ListingBookView(APIView):
         request=BookingSerializer,
         responses={201: ContractSerializer},
         summary="Book a listing's capacity now, at its price",
-        description="201 with the contract, or 409 `capacity_unavailable` when the capacity is no longer there.",
+        description="201 with the contract; 409 `capacity_unavailable` when the capacity is no longer there, "
+        "or `credit_limit_exceeded` when the contract would take your exposure past your credit limit "
+        "(`fields` has `limit`, `exposure` and `amount`; see GET /api/v1/organization).",
     )
     def post(self, request: Request, pk: int) -> Response:
         organization = request.user.organization

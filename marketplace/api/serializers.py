@@ -1,15 +1,49 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from marketplace.models import ApiKey, GpuModel, Organization
 
 
+class ExposureSerializer(serializers.Serializer):
+    committed = serializers.DecimalField(
+        max_digits=16, decimal_places=2, help_text="Committed contracts, for their hours not yet invoiced."
+    )
+    metered = serializers.DecimalField(
+        max_digits=16,
+        decimal_places=2,
+        help_text="Metered contracts at their ceiling: every GPU of every hour not yet invoiced.",
+    )
+    unpaid = serializers.DecimalField(
+        max_digits=16, decimal_places=2, help_text="Issued invoices, less what was paid and credited on them."
+    )
+    total = serializers.DecimalField(max_digits=16, decimal_places=2)
+    available = serializers.DecimalField(
+        max_digits=16,
+        decimal_places=2,
+        allow_null=True,
+        help_text="What you may still buy: the credit limit less the total; null without a limit.",
+    )
+
+
 class OrganizationSerializer(serializers.ModelSerializer):
     role = serializers.CharField(read_only=True)
+    credit_limit = serializers.DecimalField(
+        max_digits=16,
+        decimal_places=2,
+        allow_null=True,
+        read_only=True,
+        help_text="The most your exposure may reach; null for no limit. Set by the broker's operators.",
+    )
+    exposure = serializers.SerializerMethodField(help_text="What you owe and have committed, which the limit bounds.")
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "role", "is_provider", "is_lab", "status", "created_at"]
+        fields = ["id", "name", "role", "is_provider", "is_lab", "status", "credit_limit", "exposure", "created_at"]
         read_only_fields = fields
+
+    @extend_schema_field(ExposureSerializer)
+    def get_exposure(self, organization: Organization) -> dict:
+        return ExposureSerializer(self.context["exposure"]).data
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.credit import lab_exposure
 from marketplace.api.serializers import (
     ApiKeyCreateSerializer,
     ApiKeySerializer,
@@ -21,9 +22,11 @@ from marketplace.services import api_key_create, api_key_revoke
 
 
 class OrganizationView(APIView):
-    @extend_schema(responses=OrganizationSerializer, summary="The calling organization")
+    @extend_schema(responses=OrganizationSerializer, summary="The calling organization, with its credit")
     def get(self, request: Request) -> Response:
-        return Response(OrganizationSerializer(request.user.organization).data)
+        organization = request.user.organization
+        exposure = lab_exposure(organization.pk)
+        return Response(OrganizationSerializer(organization, context={"exposure": exposure}).data)
 
 
 class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

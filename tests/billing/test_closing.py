@@ -360,6 +360,8 @@ def test_the_close_stores_the_largest_amounts_allowed(provider_client, other_pro
     hours = 30 * 24
     gpus = int(MAX_CONTRACT_TOTAL / (hours * ceiling))  # as many GPUs as one trade may buy
     totals = []
+    lab_client.organization.credit_limit = None  # an operator lifted the lab's credit limit
+    lab_client.organization.save(update_fields=["credit_limit"])
     for provider in (provider_client.organization, other_provider_client.organization):
         small = contract_create(lab=lab_client.organization, provider=provider, starts_at=utc(2026, 9, 1), hours=hours)
         # The database holds the terms as written; the rating reads GPUs, hours and price.
