@@ -36,7 +36,9 @@ from _common import (
 )
 
 DATABASE = "gpubroker_bench_broker"
-MIGRATE_APPS = ("core", "marketplace", "broker")
+MIGRATE_APPS = ("core", "marketplace", "broker", "billing")  # billing: the exposure reads invoices
+# A limit the labs never reach, so every booking computes its lab's exposure and claims the lab.
+LAB_CREDIT_LIMIT = Decimal("1000000000.00")
 TARGET_RATIO = 0.25
 PROVIDERS = 8
 LABS = 16
@@ -60,7 +62,9 @@ def build_market(rng: random.Random) -> dict:
     providers = Organization.objects.bulk_create(
         Organization(name=f"Bench provider {index:02d}", is_provider=True) for index in range(PROVIDERS)
     )
-    Organization.objects.bulk_create(Organization(name=f"Bench lab {index:02d}", is_lab=True) for index in range(LABS))
+    Organization.objects.bulk_create(
+        Organization(name=f"Bench lab {index:02d}", is_lab=True, credit_limit=LAB_CREDIT_LIMIT) for index in range(LABS)
+    )
     clusters = [
         cluster_create(
             provider=providers[index % PROVIDERS],

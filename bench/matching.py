@@ -74,8 +74,10 @@ def build_market(rng: random.Random) -> dict:
     providers = Organization.objects.bulk_create(
         Organization(name=f"Bench provider {index:02d}", is_provider=True) for index in range(PROVIDERS)
     )
+    # A limit the labs never reach: every fill is checked against its lab's exposure.
     labs = Organization.objects.bulk_create(
-        Organization(name=f"Bench lab {index:02d}", is_lab=True) for index in range(LABS)
+        Organization(name=f"Bench lab {index:02d}", is_lab=True, credit_limit=Decimal("1000000000.00"))
+        for index in range(LABS)
     )
 
     clusters = []
@@ -353,7 +355,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    setup(default_database="gpubroker_bench_broker", apps=("core", "marketplace", "broker"))
+    setup(default_database="gpubroker_bench_broker", apps=("core", "marketplace", "broker", "billing"))
 
     from broker.matching import segment_match
     from broker.selectors import segments_with_open_requests

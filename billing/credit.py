@@ -31,14 +31,15 @@ from django.db import connection
 
 from billing.models import Invoice
 from core.errors import CreditLimitExceeded
-from core.money import ZERO, round_money
+from core.money import ZERO
 from marketplace.models import BillingMode
 
 # The exposure of the labs in ``exposure_labs(id)``, a relation the embedding query names.
 # Its parameters are %(committed)s (the committed billing mode) and %(invoice_issued)s.
 LAB_EXPOSURE = """
 SELECT o.id AS lab_id, o.credit_limit, o.exposure_version AS version,
-       COALESCE(c.committed, 0) AS committed, COALESCE(c.metered, 0) AS metered, COALESCE(i.unpaid, 0) AS unpaid
+       round(COALESCE(c.committed, 0), 2) AS committed, round(COALESCE(c.metered, 0), 2) AS metered,
+       round(COALESCE(i.unpaid, 0), 2) AS unpaid
 FROM marketplace_organization o
 CROSS JOIN (
     -- invoiced through the end of the last closed month; months close in order
@@ -87,7 +88,7 @@ class Exposure:
 
     @property
     def total(self) -> Decimal:
-        return round_money(self.committed + self.metered + self.unpaid)
+        return self.committed + self.metered + self.unpaid  # each in cents
 
     @property
     def available(self) -> Decimal | None:

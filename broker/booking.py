@@ -27,7 +27,6 @@ from billing.credit import EXPOSURE_PARAMETERS, LAB_EXPOSURE, credit_limit_excee
 from broker.models import Contract
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, InvalidInput
-from core.money import round_money
 from core.timeutils import HOUR
 from marketplace.models import BillingMode, Listing, Node, Organization
 
@@ -189,7 +188,7 @@ def listing_book(
             fields={"gpu_count": [f"At most {found * gpus_per_node} available."]},
         )
     if contract_id is None:  # the terms allow it and the nodes are free: the lab's credit does not
-        raise credit_limit_exceeded(limit=credit_limit, exposure=round_money(exposure), amount=amount)
+        raise credit_limit_exceeded(limit=credit_limit, exposure=exposure, amount=amount)
     contract = Contract(
         pk=contract_id,
         listing_id=booking.listing_id,

@@ -90,6 +90,14 @@ class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["verify", "suspend", "reactivate", "issue_api_key"]
 
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "credit_limit":
+            # A callable default makes Django compare the post with a hidden copy of the value
+            # first shown; compare it with the organization's limit as it stands instead.
+            field.show_hidden_initial = False
+        return field
+
     @admin.display(description="Exposure (what the credit limit bounds)")
     def exposure(self, obj: Organization) -> str:
         if obj.pk is None:

@@ -148,6 +148,36 @@ def test_set_a_providers_fee_rate_on_the_change_form(operator_client, market, fr
     assert (statement.gross, statement.fee, statement.net) == (Decimal("160.00"), Decimal("20.00"), Decimal("140.00"))
 
 
+def test_set_a_labs_credit_limit_on_the_change_form_beside_its_exposure(operator_client, market, frozen):
+    factories.contract(lab=market.lab, listing=market.listing, starts_at=next_hour(), hours=10, nodes=1)
+    page = operator_client.get(change_url(market.lab))
+    shown = "160.00 (160.00 committed, 0.00 metered at most, 0.00 unpaid invoices); 99,840.00 available"
+    assert shown in page.content.decode()  # 10 h x 8 GPUs x 2.0000, read-only
+    data = changeform_data(page)
+    assert data["credit_limit"] == "100000.00"
+
+    response = operator_client.post(change_url(market.lab), {**data, "credit_limit": "150.00"})
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
+    market.lab.refresh_from_db()
+    assert market.lab.credit_limit == Decimal("150.00")
+    event = last_event("credit_limit_set")
+    assert (event.actor.username, event.message) == (OPERATOR, "100000.00 -> 150.00")
+    # Over its new limit, the lab buys nothing more; the contract it has stands.
+    response = api(market.lab_secret).post(
+        f"/api/v1/listings/{market.listing.pk}/book",
+        {"gpu_count": 8, "starts_at": next_hour().isoformat(), "duration_hours": 1},
+        format="json",
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "credit_limit_exceeded")
+
+    response = operator_client.post(change_url(market.lab), {**data, "credit_limit": ""})
+    assert response.status_code == 302
+    market.lab.refresh_from_db()
+    assert market.lab.credit_limit is None
+    messages = AuditEvent.objects.filter(action="credit_limit_set").order_by("id").values_list("message", flat=True)
+    assert list(messages) == ["100000.00 -> 150.00", "150.00 -> no limit"]
+
+
 def test_a_fee_rate_of_one_is_refused_by_the_form(operator_client, market):
     data = changeform_data(operator_client.get(change_url(market.provider)))
     response = operator_client.post(change_url(market.provider), {**data, "platform_fee_rate": "1"})

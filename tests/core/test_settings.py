@@ -49,6 +49,7 @@ print(json.dumps({
     "API_AUTH_FAILURE_RATE_LIMIT": s.API_AUTH_FAILURE_RATE_LIMIT,
     "AXES_FAILURE_LIMIT": s.AXES_FAILURE_LIMIT,
     "AXES_COOLOFF_MINUTES": s.AXES_COOLOFF_TIME.total_seconds() / 60,
+    "DEFAULT_CREDIT_LIMIT": None if s.DEFAULT_CREDIT_LIMIT is None else str(s.DEFAULT_CREDIT_LIMIT),
 }))
 """
 
@@ -220,6 +221,17 @@ class TestRateLimits:
     @pytest.mark.parametrize("rate", ["fast", "0/min", "100/fortnight", "100"])
     def test_a_rate_that_is_not_one_refuses_to_start(self, rate):
         assert "API_RATE_LIMIT" in refused(PRODUCTION | {"API_RATE_LIMIT": rate})
+
+
+class TestCreditLimit:
+    def test_new_labs_start_at_100000_unless_the_environment_says_otherwise(self):
+        assert loaded(PRODUCTION)["DEFAULT_CREDIT_LIMIT"] == "100000.00"
+        assert loaded(PRODUCTION | {"DEFAULT_CREDIT_LIMIT": "250000"})["DEFAULT_CREDIT_LIMIT"] == "250000"
+        assert loaded(PRODUCTION | {"DEFAULT_CREDIT_LIMIT": "none"})["DEFAULT_CREDIT_LIMIT"] is None
+
+    @pytest.mark.parametrize("limit", ["lots", "-1", "0.001", "1e14", "NaN", "Infinity"])
+    def test_a_limit_that_is_not_an_amount_refuses_to_start(self, limit):
+        assert "DEFAULT_CREDIT_LIMIT" in refused(PRODUCTION | {"DEFAULT_CREDIT_LIMIT": limit})
 
 
 def check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess:
