@@ -19,6 +19,7 @@ from core.middleware import API_PREFIX
 from core.parsers import BodyRefused, parse_json_body
 from marketplace.models import IdempotencyRecord
 from marketplace.selectors import api_key_from_authorization_header
+from marketplace.throttling import ApiKeyRateThrottle
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -93,6 +94,16 @@ class IdempotencyMiddleware:
                         ),
                         status=409,
                     )
+                throttle = ApiKeyRateThrottle()
+                if not throttle.allow_api_key(api_key):  # a replay counts against the key's limit too
+                    refused = JsonResponse(
+                        error_body(
+                            "throttled", f"Request was throttled. Expected available in {throttle.wait()} seconds."
+                        ),
+                        status=429,
+                    )
+                    refused["Retry-After"] = str(throttle.wait())
+                    return refused
                 replay = JsonResponse(record.response_body, status=record.response_status, safe=False)
                 replay["Idempotent-Replayed"] = "true"
                 return replay

@@ -16,7 +16,14 @@ class ApiKeyRateThrottle(FixedWindowRateThrottle):
     def get_cache_key(self, request: Request, view) -> str | None:
         if not isinstance(request.auth, ApiKey):
             return None
-        return self.cache_format % {"scope": self.scope, "ident": request.auth.pk}
+        return self._key_of(request.auth)
+
+    def allow_api_key(self, api_key: ApiKey) -> bool:
+        """Count one request of ``api_key`` made outside DRF's views (an idempotent replay)."""
+        return self.rate is None or self.hit(self._key_of(api_key)) <= self.num_requests
+
+    def _key_of(self, api_key: ApiKey) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": api_key.pk}
 
 
 class AuthFailureThrottle(FixedWindowRateThrottle):

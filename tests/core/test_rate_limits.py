@@ -56,6 +56,26 @@ class TestPerApiKey:
         time_machine.shift(50)
         assert lab_client.get(ORGANIZATION).status_code == 200
 
+    def test_replays_of_an_idempotent_request_count_too(self, lab_client):
+        body = {
+            "gpu_model": "h100-sxm-80gb",
+            "gpu_count": 8,
+            "starts_at": "2026-12-02T14:00:00Z",
+            "duration_hours": 2,
+            "max_price_per_gpu_hour": "2.00",
+            "billing_mode": "committed",
+        }
+
+        def post():
+            return lab_client.post("/api/v1/compute-requests", body, format="json", HTTP_IDEMPOTENCY_KEY="req-1")
+
+        assert post().status_code == 201
+        assert [post()["Idempotent-Replayed"] for _ in range(2)] == ["true", "true"]
+        response = post()
+        assert_error(response, 429, "throttled")
+        assert response["Retry-After"] == "50"
+        assert lab_client.get(ORGANIZATION).status_code == 429
+
     def test_none_means_no_limit(self, lab_client, settings):
         settings.API_RATE_LIMIT = None
         assert {lab_client.get(ORGANIZATION).status_code for _ in range(10)} == {200}
