@@ -12,13 +12,16 @@ A lab's **exposure** is what it will owe for what it already has:
 Usage reported late for a closed month is billed by the next close and is not counted: a
 contract's hours before the last closed month count as invoiced.
 
-A sale may not take the exposure past the lab's credit limit (``Organization.credit_limit``,
-no limit when empty). Instant booking checks it inside its one statement (``LAB_EXPOSURE``
-is embedded in ``broker.booking.LISTING_BOOK``), the matching engine for every fill it
-plans, and a compute request when it is placed, at its most (all its GPU-hours at its
-highest price). Every sale bumps the lab's ``exposure_version`` in its own transaction, so
-a booking that read the exposure before another sale committed sees the version moved and
-reads again: two sales never pass the limit together.
+``LAB_EXPOSURE`` is the definition. A sale must not read it, since its cost grows with the
+lab's contracts: the lab's row keeps the three figures (``exposure_committed``,
+``exposure_metered``, ``exposure_unpaid``). A sale adds what it sells, in the statement or
+transaction that writes the contracts, while holding the lab's row: instant booking in its
+one statement (``broker.booking.LISTING_BOOK``: an ``UPDATE`` of the lab's row whose
+condition PostgreSQL checks again on the row's latest version, so two bookings never pass
+the limit together), the matching engine after locking the chunk's labs. Whatever else
+changes the exposure (a release, a month's close, a payment, a credit note) sets the
+figures again from the definition (``lab_exposures_refresh``), holding the rows. A test
+checks, after every kind of change, that the figures equal the definition.
 """
 
 from __future__ import annotations
@@ -31,15 +34,14 @@ from django.db import connection
 
 from billing.models import Invoice
 from core.errors import CreditLimitExceeded
-from core.money import ZERO
+from core.money import ZERO, round_money
 from marketplace.models import BillingMode
 
 # The exposure of the labs in ``exposure_labs(id)``, a relation the embedding query names.
 # Its parameters are %(committed)s (the committed billing mode) and %(invoice_issued)s.
 LAB_EXPOSURE = """
-SELECT o.id AS lab_id, o.credit_limit, o.exposure_version AS version,
-       round(COALESCE(c.committed, 0), 2) AS committed, round(COALESCE(c.metered, 0), 2) AS metered,
-       round(COALESCE(i.unpaid, 0), 2) AS unpaid
+SELECT o.id AS lab_id, COALESCE(c.committed, 0) AS committed, COALESCE(c.metered, 0) AS metered,
+       COALESCE(i.unpaid, 0) AS unpaid
 FROM marketplace_organization o
 CROSS JOIN (
     -- invoiced through the end of the last closed month; months close in order
@@ -69,12 +71,28 @@ WHERE o.id IN (SELECT id FROM exposure_labs)
 """
 EXPOSURE_PARAMETERS = {"committed": BillingMode.COMMITTED.value, "invoice_issued": Invoice.Status.ISSUED.value}
 
-_LAB_EXPOSURES = """
+_RECOMPUTED = """
 WITH exposure_labs AS (SELECT unnest(%(labs)s::bigint[]) AS id)
-SELECT lab_id, credit_limit, committed, metered, unpaid, version FROM ({LAB_EXPOSURE}) e
+SELECT lab_id, committed, metered, unpaid FROM ({LAB_EXPOSURE}) e
 """.replace("{LAB_EXPOSURE}", LAB_EXPOSURE)
-_LOCK_LABS = "SELECT id FROM marketplace_organization WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
-_BUMP_VERSIONS = "UPDATE marketplace_organization SET exposure_version = exposure_version + 1 WHERE id = ANY(%s)"
+_REFRESH = """
+WITH exposure_labs AS (SELECT unnest(%(labs)s::bigint[]) AS id)
+UPDATE marketplace_organization o
+SET exposure_committed = e.committed, exposure_metered = e.metered, exposure_unpaid = e.unpaid
+FROM ({LAB_EXPOSURE}) e
+WHERE o.id = e.lab_id
+""".replace("{LAB_EXPOSURE}", LAB_EXPOSURE)
+_READ = (
+    "SELECT id, credit_limit, exposure_committed, exposure_metered, exposure_unpaid FROM marketplace_organization "
+    "WHERE id = ANY(%s) ORDER BY id"
+)
+_ADD = """
+UPDATE marketplace_organization o
+SET exposure_committed = o.exposure_committed + a.committed, exposure_metered = o.exposure_metered + a.metered
+FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[]) AS a (lab_id, committed, metered)
+WHERE o.id = a.lab_id
+"""
+_ALL_LABS = "SELECT array_agg(id ORDER BY id) FROM marketplace_organization WHERE is_lab"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +102,10 @@ class Exposure:
     committed: Decimal
     metered: Decimal
     unpaid: Decimal
-    version: int
 
     @property
     def total(self) -> Decimal:
-        return self.committed + self.metered + self.unpaid  # each in cents
+        return round_money(self.committed + self.metered + self.unpaid)
 
     @property
     def available(self) -> Decimal | None:
@@ -97,8 +114,18 @@ class Exposure:
             return None
         return max(ZERO, self.credit_limit - self.total)
 
+    def figures(self) -> dict[str, Decimal | None]:
+        """What the lab and the operators are shown, in cents."""
+        return {
+            "committed": round_money(self.committed),
+            "metered": round_money(self.metered),
+            "unpaid": round_money(self.unpaid),
+            "total": self.total,
+            "available": self.available,
+        }
+
     def allows(self, amount: Decimal) -> bool:
-        return self.credit_limit is None or self.total + amount <= self.credit_limit
+        return self.credit_limit is None or self.committed + self.metered + self.unpaid + amount <= self.credit_limit
 
     def refusal(self, amount: Decimal, *, what: str = "This purchase") -> CreditLimitExceeded:
         return credit_limit_exceeded(limit=self.credit_limit, exposure=self.total, amount=amount, what=what)
@@ -108,6 +135,7 @@ def credit_limit_exceeded(
     *, limit: Decimal, exposure: Decimal, amount: Decimal, what: str = "This purchase"
 ) -> CreditLimitExceeded:
     """The one refusal: 409 ``credit_limit_exceeded`` with limit, exposure and amount in fields."""
+    amount = round_money(amount)
     return CreditLimitExceeded(
         f"{what} ({amount}) would take your exposure ({exposure}) past your credit limit ({limit}).",
         fields={"limit": [str(limit)], "exposure": [str(exposure)], "amount": [str(amount)]},
@@ -115,16 +143,14 @@ def credit_limit_exceeded(
 
 
 def lab_exposures(lab_ids: Iterable[int], *, lock: bool = False) -> dict[int, Exposure]:
-    """The exposure of each lab. ``lock`` (inside a transaction) first locks the labs' rows,
-    in id order, against every other sale to them until commit, then reads: the exposure is
-    then exact until the caller's sales commit."""
+    """Each lab's exposure as its row keeps it. ``lock`` (inside a transaction) locks the rows,
+    in id order, until commit, against every other sale to these labs: the figures then stay
+    exact while the caller sells, and the caller adds what it sold (``lab_exposures_add``)."""
     ids = sorted(set(lab_ids))
     if not ids:
         return {}
     with connection.cursor() as cursor:
-        if lock:
-            cursor.execute(_LOCK_LABS, [ids])
-        cursor.execute(_LAB_EXPOSURES, {"labs": ids, **EXPOSURE_PARAMETERS})
+        cursor.execute(_READ + (" FOR NO KEY UPDATE" if lock else ""), [ids])
         return {row[0]: Exposure(*row) for row in cursor.fetchall()}
 
 
@@ -132,9 +158,32 @@ def lab_exposure(lab_id: int, *, lock: bool = False) -> Exposure:
     return lab_exposures([lab_id], lock=lock)[lab_id]
 
 
-def lab_exposures_changed(lab_ids: Iterable[int]) -> None:
-    """Record sales to these labs (the caller holds their rows, see ``lab_exposures``)."""
-    ids = sorted(set(lab_ids))
-    if ids:
+def lab_exposures_add(sold: dict[int, tuple[Decimal, Decimal]]) -> None:
+    """Add what was sold to each lab: (committed, metered) values. The caller holds the rows."""
+    if sold:
+        labs = sorted(sold)
         with connection.cursor() as cursor:
-            cursor.execute(_BUMP_VERSIONS, [ids])
+            cursor.execute(_ADD, [labs, [sold[lab][0] for lab in labs], [sold[lab][1] for lab in labs]])
+
+
+def lab_exposures_recomputed(lab_ids: Iterable[int]) -> dict[int, tuple[Decimal, Decimal, Decimal]]:
+    """(committed, metered, unpaid) of each lab by the definition, ``LAB_EXPOSURE``."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RECOMPUTED, {"labs": sorted(set(lab_ids)), **EXPOSURE_PARAMETERS})
+        return {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
+
+
+def lab_exposures_refresh(lab_ids: Iterable[int] | None = None) -> None:
+    """Set the labs' figures (every lab's with None) from the definition, inside a transaction:
+    the rows are locked first, in id order, so no sale commits between the reading and the
+    writing (each statement reads what committed before it began)."""
+    with connection.cursor() as cursor:
+        if lab_ids is None:
+            cursor.execute(_ALL_LABS)
+            ids = cursor.fetchone()[0] or []
+        else:
+            ids = sorted(set(lab_ids))
+        if not ids:
+            return
+        cursor.execute(_READ + " FOR NO KEY UPDATE", [ids])
+        cursor.execute(_REFRESH, {"labs": ids, **EXPOSURE_PARAMETERS})

@@ -15,6 +15,7 @@ from django.db.models import Max, Min, Sum
 from django.utils import timezone
 
 from billing.close_sql import RatedLine, close_in_sql, rate_lines
+from billing.credit import lab_exposures_refresh
 from billing.ledger import ledger_post
 from billing.locks import USAGE_CONTRACT_LOCK, USAGE_CONTRACT_LOCK_STRIPES, USAGE_LOCK
 from billing.models import (
@@ -733,6 +734,7 @@ def _close(period: date) -> CloseResult:
     watermark = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
     closed = BillingPeriod.objects.create(period=period, usage_watermark=watermark)
     invoices, statements = close_in_sql(period=period, now=timezone.now())
+    lab_exposures_refresh()  # the month's hours are invoiced now: they leave the contracts for the invoices
     return CloseResult(period=closed, created=True, invoices=invoices, statements=statements)
 
 
@@ -826,6 +828,7 @@ def invoice_record_payment(
             invoice.status = Invoice.Status.PAID
             invoice.paid_at = timezone.now()
             invoice.save(update_fields=["status", "paid_at"])
+        lab_exposures_refresh([invoice.lab_id])
         audit_record(
             action="payment_recorded",
             target=invoice,
@@ -923,6 +926,7 @@ def credit_note_create(
                     actor_label=actor_label,
                     message=f"{reason} (credit note {note.number}, {note.amount})",
                 )
+        lab_exposures_refresh([invoice.lab_id])
         audit_record(
             action="credit_note_issued",
             target=invoice,

@@ -2,16 +2,17 @@
 
 The whole booking is one SQL statement (``LISTING_BOOK``), so on its own it is one round
 trip. It locks the listing row (bookers of a listing, and the matching engine, queue
-there), reads its terms, picks free reserved nodes, reads the lab's exposure
+there), reads its terms, picks free reserved nodes, adds the sale to the lab's exposure
 (``billing.credit``), and writes the contract, its allocations and the listing's
 inventory-version bump only if the terms allow it, enough nodes are free and the lab's
 credit limit covers it; the row it returns says which case it was, and Python turns a
 refusal into the right error.
 
-A booker that waited for a lock decided on data older than the sale it waited for, and
-the statement then runs again on fresh data: the exclusion constraint refuses any node
-sold in between, and the lab's row, claimed last, shows by its exposure version that
-another sale to the lab committed in between.
+A booker that waited for the listing's lock decided on data older than the sale it waited
+for: the exclusion constraint refuses any node sold in between, and the statement runs
+again on fresh data. The lab's credit needs no second run: its exposure is kept on its row,
+which the statement updates last, and PostgreSQL checks the update's condition on the
+row's latest version, after any other sale to the lab has committed.
 """
 
 import weakref
@@ -23,7 +24,7 @@ from datetime import datetime
 from django.db import IntegrityError, ProgrammingError, connection, transaction
 from django.utils import timezone
 
-from billing.credit import EXPOSURE_PARAMETERS, LAB_EXPOSURE, credit_limit_exceeded
+from billing.credit import lab_exposure
 from broker.models import Contract
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, InvalidInput
@@ -54,19 +55,16 @@ WITH terms AS (
                       AND a.ends_at > a.starts_at)
     ORDER BY ln.node_id
     LIMIT %(gpus)s / (SELECT gpus_per_node FROM allowed)
-), exposure_labs AS (
-    SELECT %(lab)s::bigint AS id
-), exposure AS (
-    SELECT e.credit_limit, e.version, e.committed + e.metered + e.unpaid AS total,
-           (SELECT round(%(gpus)s * %(hours)s * price_per_gpu_hour, 2) FROM allowed) AS amount
-    FROM ({LAB_EXPOSURE}) e
 ), claim AS (
-    -- The sale to the lab, if the lab's exposure read above is still its latest: waits for
-    -- any other sale to the lab, and finds the version moved if one committed meanwhile.
-    UPDATE marketplace_organization o SET exposure_version = o.exposure_version + 1
-    FROM exposure e
-    WHERE o.id = %(lab)s AND o.exposure_version = e.version
-      AND (o.credit_limit IS NULL OR e.total + e.amount <= o.credit_limit)
+    -- The sale's value added to the lab's exposure, if its credit limit allows. The condition
+    -- is checked on the lab's latest row, after any other sale to the lab has committed.
+    UPDATE marketplace_organization o
+    SET exposure_committed = o.exposure_committed + CASE WHEN a.billing_mode = %(committed)s THEN a.value ELSE 0 END,
+        exposure_metered = o.exposure_metered + CASE WHEN a.billing_mode = %(committed)s THEN 0 ELSE a.value END
+    FROM (SELECT billing_mode, %(gpus)s * %(hours)s * price_per_gpu_hour AS value FROM allowed) a
+    WHERE o.id = %(lab)s
+      AND (o.credit_limit IS NULL
+           OR o.exposure_committed + o.exposure_metered + o.exposure_unpaid + a.value <= o.credit_limit)
       AND (SELECT COUNT(*) FROM free) = %(gpus)s / (SELECT gpus_per_node FROM allowed)
     RETURNING o.id
 ), contract AS (
@@ -89,9 +87,8 @@ WITH terms AS (
 )
 SELECT terms.status, terms.provider_status, terms.gpus_per_node, terms.starts_at, terms.ends_at,
        terms.min_duration_hours, terms.provider_id, terms.cluster_id, terms.price_per_gpu_hour, terms.billing_mode,
-       (SELECT COUNT(*) FROM free), (SELECT id FROM contract),
-       (SELECT credit_limit FROM exposure), (SELECT total FROM exposure), (SELECT amount FROM exposure)
-FROM terms""".replace("{LAB_EXPOSURE}", LAB_EXPOSURE)
+       (SELECT COUNT(*) FROM free), (SELECT id FROM contract)
+FROM terms"""
 
 # The statement is prepared once per database session and then run with EXECUTE: planning
 # it costs the server more CPU than running it, and from the sixth execution PostgreSQL
@@ -110,7 +107,6 @@ LISTING_BOOK_PARAMETERS = {
     "node_in_service": "text",
     "committed": "text",
     "contract_scheduled": "text",
-    "invoice_issued": "text",
 }
 _STATUSES = [
     Listing.Status.ACTIVE.value,
@@ -118,7 +114,6 @@ _STATUSES = [
     Node.Status.IN_SERVICE.value,
     BillingMode.COMMITTED.value,
     Contract.Status.SCHEDULED.value,
-    EXPOSURE_PARAMETERS["invoice_issued"],
 ]
 _NAME = "broker_listing_book"
 _ATTEMPTS = 20
@@ -173,7 +168,7 @@ def listing_book(
     if row is None:
         raise CapacityUnavailable("This listing is not on offer.")
     status, provider_status, gpus_per_node, starts, ends, min_hours, provider_id, cluster_id, price, mode = row[:10]
-    found, contract_id, credit_limit, exposure, amount = row[10:]
+    found, contract_id = row[10:]
     node_count = _check_terms(
         booking,
         status=status,
@@ -188,7 +183,7 @@ def listing_book(
             fields={"gpu_count": [f"At most {found * gpus_per_node} available."]},
         )
     if contract_id is None:  # the terms allow it and the nodes are free: the lab's credit does not
-        raise credit_limit_exceeded(limit=credit_limit, exposure=exposure, amount=amount)
+        raise lab_exposure(booking.lab.pk).refusal(booking.gpu_count * booking.hours * price)
     contract = Contract(
         pk=contract_id,
         listing_id=booking.listing_id,
@@ -237,9 +232,7 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
                     _prepared_in.add(session)
                 cursor.execute(_EXECUTE, params)
                 row = cursor.fetchone()
-            if not _raced(row, booking):
-                return row
-            continue  # another sale to the lab committed after this one read its exposure
+            return row
         except ProgrammingError as error:
             if getattr(error.__cause__, "sqlstate", None) != _INVALID_STATEMENT_NAME or attempt == _ATTEMPTS - 1:
                 raise
@@ -247,21 +240,7 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
         except IntegrityError:
             if attempt == _ATTEMPTS - 1:
                 raise CapacityUnavailable("That capacity was just sold.")
-    raise CapacityUnavailable("Other sales to your organization kept this one waiting; try again.")
-
-
-def _raced(row: tuple | None, booking: _Booking) -> bool:
-    """Whether the statement refused the sale only because the lab's exposure it read was
-    no longer the latest: the terms allowed it, the nodes were free, the credit was there."""
-    if row is None or row[11] is not None:
-        return False
-    gpus_per_node, found, credit_limit, exposure, amount = row[2], row[10], row[12], row[13], row[14]
-    return (
-        amount is not None
-        and booking.gpu_count % gpus_per_node == 0
-        and found == booking.gpu_count // gpus_per_node
-        and (credit_limit is None or exposure + amount <= credit_limit)
-    )
+    raise AssertionError("unreachable")
 
 
 def _check_terms(booking: _Booking, *, status, provider_status, gpus_per_node, window, min_hours) -> int:

@@ -32,10 +32,11 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing.credit import Exposure, credit_limit_exceeded, lab_exposures, lab_exposures_changed
+from billing.credit import Exposure, credit_limit_exceeded, lab_exposures, lab_exposures_add
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.selectors import compute_requests_to_match
 from broker.terms import contract_total
+from core.money import round_money
 from core.timeutils import HOUR
 from marketplace.models import BillingMode, Listing, ListingNode
 
@@ -446,7 +447,7 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
         fills: list[Fill] = []
         for request in requests:
             fill = book.plan(request)
-            if fill is None or not credit.take(request, _fill_amount(fill)):
+            if fill is None or not credit.take(request, fill):
                 continue
             book.hold(fill)
             for _, nodes in fill.parts:
@@ -461,44 +462,46 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
             for node_id, interval in held:
                 book.busy[node_id].remove(interval)
             raise
-        lab_exposures_changed(fill.request.lab_id for fill in fills)
+        lab_exposures_add(credit.sold)
     result.requests_filled += len(fills)
     result.contracts_created += sum(len(fill.parts) for fill in fills)
     result.nodes_allocated += sum(len(nodes) for fill in fills for _, nodes in fill.parts)
 
 
 class _Credit:
-    """The chunk's labs' exposures (their rows locked), and what the chunk buys for them."""
+    """The chunk's labs' exposures (their rows locked), and what the chunk sells to them."""
 
     def __init__(self, exposures: dict[int, Exposure]):
         self.exposures = exposures
-        self.bought: dict[int, Decimal] = defaultdict(Decimal)
+        self.sold: dict[int, tuple[Decimal, Decimal]] = {}  # lab -> (committed, metered) values
         self.refused: dict[int, str] = {}  # request id -> why
 
-    def take(self, request: ComputeRequest, amount: Decimal) -> bool:
-        """Buy ``amount`` for the request's lab if its credit limit allows, or note why not."""
+    def take(self, request: ComputeRequest, fill: Fill) -> bool:
+        """Sell the fill to the request's lab if its credit limit allows, or note why not.
+
+        A part's value is its GPU-hours at its price: a committed block's total, a metered
+        contract's ceiling (``billing.credit``)."""
+        committed = metered = Decimal(0)
+        for listing, nodes in fill.parts:
+            value = len(nodes) * listing.gpus_per_node * (fill.ends - fill.starts) * listing.price
+            if listing.billing_mode == BillingMode.COMMITTED:
+                committed += value
+            else:
+                metered += value
         exposure = self.exposures[request.lab_id]
-        bought = self.bought[request.lab_id]
-        if not exposure.allows(bought + amount):
+        sold_committed, sold_metered = self.sold.get(request.lab_id, (Decimal(0), Decimal(0)))
+        sold = sold_committed + sold_metered
+        if not exposure.allows(sold + committed + metered):
             refusal = credit_limit_exceeded(
-                limit=exposure.credit_limit, exposure=exposure.total + bought, amount=amount, what="Filling it"
+                limit=exposure.credit_limit,
+                exposure=round_money(exposure.total + sold),
+                amount=committed + metered,
+                what="Filling it",
             )
             self.refused[request.pk] = refusal.message
             return False
-        self.bought[request.lab_id] = bought + amount
+        self.sold[request.lab_id] = (sold_committed + committed, sold_metered + metered)
         return True
-
-
-def _fill_amount(fill: Fill) -> Decimal:
-    """What the fill's contracts cost at most: a committed block's total, a metered one's ceiling."""
-    hours = fill.ends - fill.starts
-    return sum(
-        (
-            contract_total(gpu_count=len(nodes) * listing.gpus_per_node, hours=hours, price_per_gpu_hour=listing.price)
-            for listing, nodes in fill.parts
-        ),
-        Decimal(0),
-    )
 
 
 def _record_unfilled_reasons(requests: list[ComputeRequest], refused: dict[int, str]) -> None:

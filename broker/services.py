@@ -7,7 +7,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing.credit import lab_exposure
+from billing.credit import lab_exposure, lab_exposures_refresh
 from billing.services import contract_credit_invoiced
 from broker.matching import segment_mark_pending, segment_unmark_pending
 from broker.models import Allocation, ComputeRequest, Contract
@@ -168,6 +168,7 @@ def _end_early(contract: Contract, status: str, **fields) -> datetime:
     Allocation.objects.filter(contract=contract, ends_at__gt=release_at).update(ends_at=release_at)
     Allocation.objects.filter(contract=contract, starts_at__gt=F("ends_at")).update(ends_at=F("starts_at"))
     listing_inventory_changed(listing_ids=[contract.listing_id])
+    lab_exposures_refresh([contract.lab_id])  # the hours released no longer count
     return release_at
 
 

@@ -102,11 +102,11 @@ class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
     def exposure(self, obj: Organization) -> str:
         if obj.pk is None:
             return "-"
-        exposure = lab_exposure(obj.pk)
-        available = "no limit" if exposure.available is None else f"{exposure.available:,} available"
+        shown = lab_exposure(obj.pk).figures()
+        available = "no limit" if shown["available"] is None else f"{shown['available']:,} available"
         return (
-            f"{exposure.total:,} ({exposure.committed:,} committed, {exposure.metered:,} metered at most, "
-            f"{exposure.unpaid:,} unpaid invoices); {available}"
+            f"{shown['total']:,} ({shown['committed']:,} committed, {shown['metered']:,} metered at most, "
+            f"{shown['unpaid']:,} unpaid invoices); {available}"
         )
 
     def save_model(self, request: HttpRequest, obj: Organization, form, change: bool) -> None:

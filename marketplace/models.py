@@ -40,9 +40,11 @@ class Organization(models.Model):
         help_text="The most this lab may owe and have committed (its exposure, see billing.credit); "
         "empty for no limit. New labs start at DEFAULT_CREDIT_LIMIT.",
     )
-    # Bumped by every sale to this lab, in the sale's own transaction: a booking that read the
-    # lab's exposure before another sale committed sees the version moved, and reads again.
-    exposure_version = models.BigIntegerField(default=0, editable=False)
+    # The lab's exposure, kept by its sales and set again by every other change to it
+    # (billing.credit, where LAB_EXPOSURE defines it): exact values, rounded when shown.
+    exposure_committed = models.DecimalField(max_digits=24, decimal_places=4, default=0, editable=False)
+    exposure_metered = models.DecimalField(max_digits=24, decimal_places=4, default=0, editable=False)
+    exposure_unpaid = models.DecimalField(max_digits=24, decimal_places=4, default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -63,9 +65,8 @@ class Organization(models.Model):
         return self.name
 
     def save(self, *args, **kwargs) -> None:
-        # exposure_version is written only by sales, in SQL: a save of a row read before a
-        # sale committed must not set it back, or a booking that read the lab's exposure
-        # before that sale would find its version unchanged.
+        # The exposure figures are written only in SQL, by sales and refreshes: a save of a
+        # row read before a sale committed must not set them back.
         if not self._state.adding and kwargs.get("update_fields") is None:
             kwargs["update_fields"] = [
                 field.name for field in self._meta.concrete_fields if not field.primary_key and field.editable

@@ -43,7 +43,7 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ExposureSerializer)
     def get_exposure(self, organization: Organization) -> dict:
-        return ExposureSerializer(self.context["exposure"]).data
+        return ExposureSerializer(self.context["exposure"].figures()).data
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

@@ -4,11 +4,13 @@ and where a lab sees it: GET /api/v1/organization. (The admin's view: tests/back
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.test import override_settings
 
-from billing.credit import lab_exposure
+from billing.credit import lab_exposure, lab_exposures_recomputed
 from billing.services import credit_note_create, invoice_record_payment
 from broker.models import Contract
+from broker.services import contract_cancel, contract_terminate
 from core.models import AuditEvent
 from marketplace.models import Organization
 from marketplace.services import organization_create, organization_set_credit_limit
@@ -18,8 +20,15 @@ pytestmark = pytest.mark.django_db
 
 
 def figures(lab: Organization) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """The lab's exposure as its row keeps it, once checked against the definition."""
     exposure = lab_exposure(lab.pk)
+    kept = (exposure.committed, exposure.metered, exposure.unpaid)
+    assert kept == lab_exposures_recomputed([lab.pk])[lab.pk]
     return exposure.committed, exposure.metered, exposure.unpaid, exposure.total
+
+
+def defined(lab: Organization) -> tuple[Decimal, Decimal, Decimal]:
+    return lab_exposures_recomputed([lab.pk])[lab.pk]
 
 
 def test_exposure_month_by_month(lab_client, provider_client, spanning_contract, metered_contract):
@@ -51,11 +60,29 @@ def test_exposure_month_by_month(lab_client, provider_client, spanning_contract,
 
 
 def test_an_early_release_ends_what_a_contract_counts(lab_client, metered_contract):
-    assert figures(lab_client.organization)[1] == Decimal("1920.00")
+    lab = lab_client.organization
+    assert defined(lab)[1] == Decimal("1920.00")
     Contract.objects.filter(pk=metered_contract.pk).update(released_at=utc(2026, 10, 5, 10, 30))
-    assert figures(lab_client.organization)[1] == Decimal("400.00")  # 16 GPUs x 10 whole hours x 2.50
+    assert defined(lab)[1] == Decimal("400.00")  # 16 GPUs x 10 whole hours x 2.50
     Contract.objects.filter(pk=metered_contract.pk).update(released_at=utc(2026, 10, 4))
-    assert figures(lab_client.organization)[1] == 0
+    assert defined(lab)[1] == 0
+
+
+def test_terminating_a_contract_sets_the_figures_again(lab_client, metered_contract):
+    lab = lab_client.organization
+    with time_machine.travel(utc(2026, 10, 5, 9, 20), tick=False):
+        contract_terminate(contract=metered_contract, lab=lab)  # free from 10:00
+    assert figures(lab)[1] == Decimal("400.00")
+
+
+def test_an_operators_cancellation_sets_the_figures_again(lab_client, spanning_contract):
+    lab = lab_client.organization
+    close(SEPTEMBER)
+    assert figures(lab) == (Decimal("75.20"), 0, Decimal("263.20"), Decimal("338.40"))
+    with time_machine.travel(utc(2026, 10, 1, 1, 30), tick=False):
+        contract_cancel(contract=spanning_contract, reason="cluster lost")  # free from 02:00
+    # 2 of its 4 October hours remain; September's invoice is credited in full.
+    assert figures(lab) == (Decimal("37.60"), 0, 0, Decimal("37.60"))
 
 
 def test_the_organization_endpoint_shows_the_limit_and_the_exposure(lab_client, spanning_contract):

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection, connections, transaction
 
-from billing.credit import lab_exposure
+from billing.credit import lab_exposure, lab_exposures_recomputed
 from broker.booking import listing_book
 from broker.matching import segment_match
 from broker.models import Allocation, ComputeRequest, Contract
@@ -56,14 +56,14 @@ class TestInstantBooking:
         assert book_over_api(lab_client, listing, hours=40).status_code == 201  # 800.00
         assert book_over_api(lab_client, listing, hours=10).status_code == 201  # 200.00: exactly the limit
         contracts, allocations = Contract.objects.count(), Allocation.objects.count()
-        version = Organization.objects.get(pk=lab_client.organization.pk).exposure_version
+        before = lab_exposure(lab_client.organization.pk)
 
         error = assert_error(book_over_api(lab_client, listing, hours=1), 409, "credit_limit_exceeded")
 
         assert error["fields"] == {"limit": ["1000.00"], "exposure": ["1000.00"], "amount": ["20.00"]}
         assert "credit limit" in error["message"]
         assert (Contract.objects.count(), Allocation.objects.count()) == (contracts, allocations)
-        assert Organization.objects.get(pk=lab_client.organization.pk).exposure_version == version
+        assert lab_exposure(lab_client.organization.pk) == before
 
     def test_a_metered_contract_counts_at_its_ceiling(self, lab_client):
         limit_to(lab_client.organization, LIMIT)
@@ -156,6 +156,8 @@ class TestComputeRequests:
         assert statuses == ["filled", "filled", "open", "filled"]
         assert ComputeRequest.objects.get(pk=mine[2].pk).unfilled_reason == "credit_limit_exceeded"
         assert lab_exposure(lab.pk).total == Decimal("800.00")
+        kept = lab_exposure(lab.pk)
+        assert (kept.committed, kept.metered, kept.unpaid) == lab_exposures_recomputed([lab.pk])[lab.pk]
 
 
 def lab_clients(organization: Organization, count: int) -> list[OrgClient]:
