@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("billing", "0013_usage_node_key_name"),
         ("broker", "0006_credit_limits"),
-        ("marketplace", "0009_organization_credit_limit"),
+        ("marketplace", "0010_organization_exposure_figures"),
     ]
 
     operations = [migrations.RunPython(set_figures, migrations.RunPython.noop)]

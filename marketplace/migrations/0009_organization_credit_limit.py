@@ -19,18 +19,8 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='organization',
-            name='exposure_committed',
-            field=models.DecimalField(decimal_places=4, default=0, editable=False, max_digits=24),
-        ),
-        migrations.AddField(
-            model_name='organization',
-            name='exposure_metered',
-            field=models.DecimalField(decimal_places=4, default=0, editable=False, max_digits=24),
-        ),
-        migrations.AddField(
-            model_name='organization',
-            name='exposure_unpaid',
-            field=models.DecimalField(decimal_places=4, default=0, editable=False, max_digits=24),
+            name='exposure_version',
+            field=models.BigIntegerField(default=0, editable=False),
         ),
         migrations.AddConstraint(
             model_name='organization',
