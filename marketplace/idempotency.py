@@ -22,6 +22,7 @@ from marketplace.selectors import api_key_from_authorization_header
 from marketplace.throttling import ApiKeyRateThrottle
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+JSON = "application/json"  # what the API answers; anything else (a streamed file, say) is not kept
 
 
 def _fingerprint(request: HttpRequest) -> str:
@@ -43,7 +44,8 @@ class IdempotencyMiddleware:
     The record is inserted in the same transaction as the work. A concurrent retry with
     the same key blocks on the unique index until the first commits, then replays its
     response; if the first failed, its rollback removes the record and the retry runs.
-    Only successful (2xx) responses are kept, like Stripe, and never one that carries a secret
+    Only successful (2xx) JSON responses are kept, like Stripe, byte for byte (a replay is the
+    same bytes as the first answer), and never one that carries a secret
     (it says ``Cache-Control: no-store``): its retry is answered 409, since a secret is shown
     once and stored nowhere.
     """
@@ -104,22 +106,24 @@ class IdempotencyMiddleware:
                     )
                     refused["Retry-After"] = str(throttle.wait())
                     return refused
-                replay = JsonResponse(record.response_body, status=record.response_status, safe=False)
+                if record.response_content is not None:
+                    replay = HttpResponse(
+                        bytes(record.response_content), status=record.response_status, content_type=JSON
+                    )
+                else:
+                    replay = JsonResponse(record.response_body, status=record.response_status, safe=False)
                 replay["Idempotent-Replayed"] = "true"
                 return replay
 
             response = self.get_response(request)
-            if not 200 <= response.status_code < 300 or not response.get("Content-Type", "").startswith(
-                "application/json"
-            ):
+            if not 200 <= response.status_code < 300 or not response.get("Content-Type", "").startswith(JSON):
                 transaction.set_rollback(True)
             elif _carries_secret(response):
                 record.response_status, record.withheld = response.status_code, True
                 record.save(update_fields=["response_status", "withheld"])
             else:
-                record.response_status = response.status_code
-                record.response_body = json.loads(response.content) if response.content else None
-                record.save(update_fields=["response_status", "response_body"])
+                record.response_status, record.response_content = response.status_code, response.content
+                record.save(update_fields=["response_status", "response_content"])
             return response
 
 

@@ -306,7 +306,8 @@ class IdempotencyRecord(models.Model):
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
     response_status = models.PositiveSmallIntegerField(null=True)
-    response_body = models.JSONField(null=True)
+    response_body = models.JSONField(null=True, help_text="Records kept before the bytes were: replayed re-encoded.")
+    response_content = models.BinaryField(null=True, help_text="The response's bytes, replayed as they were sent.")
     withheld = models.BooleanField(
         default=False, help_text="The response carried a secret: not kept, so a retry is answered 409, not replayed."
     )
