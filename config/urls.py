@@ -4,7 +4,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from backoffice.views import market_overview_view
-from core.views import not_found
+from core.views import ApiIndexView, not_found
 
 api_v1 = [
     path("", include("marketplace.api.urls")),
@@ -24,6 +24,8 @@ api_v1 = [
         name="redoc",
     ),
 ]
+
+api_v1.insert(0, path("", ApiIndexView.as_view(patterns=list(api_v1)), name="api-index"))
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/api/v1/docs/", permanent=False)),

@@ -177,3 +177,18 @@ class TestDocs:
     def test_gpu_catalog_is_public(self, anon_client):
         slugs = {item["slug"] for item in anon_client.get("/api/v1/gpu-models").json()["results"]}
         assert {"a100-sxm-80gb", "h100-sxm-80gb", "h200-sxm-141gb", "b200", "gb200", "mi300x"} <= slugs
+
+
+class TestIndex:
+    def test_the_index_lists_every_resource_without_a_key(self, anon_client, lab_client):
+        response = anon_client.get("/api/v1/")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["schema"] == "http://testserver/api/v1/schema/"
+        assert {"listings", "clusters", "compute-requests", "contracts", "usage", "invoices", "payouts"} <= set(
+            body["resources"]
+        )
+        for name, url in body["resources"].items():
+            assert url == f"http://testserver/api/v1/{name}"
+            # served: a lab may not read payouts, and a preview needs its month
+            assert lab_client.get(url).status_code in {200, 400, 403}, name
