@@ -38,7 +38,7 @@ from broker.selectors import compute_requests_to_match
 from broker.terms import contract_total
 from core.money import round_money
 from core.timeutils import HOUR
-from marketplace.models import BillingMode, Listing, ListingNode
+from marketplace.models import BillingMode, GpuModel, Listing, ListingNode
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,15 @@ class Fill:
     ends: int
 
 
+@dataclass(frozen=True, slots=True)
+class Unfilled:
+    """Why an open request stays open, in a code and in words, and the price it would fill at now."""
+
+    reason: str
+    detail: str
+    fill_price: Decimal | None
+
+
 @dataclass
 class MatchResult:
     segment: int
@@ -98,6 +107,7 @@ class OrderBook:
 
     def __init__(self, gpu_model_id: int):
         self.gpu_model_id = gpu_model_id
+        self.gpu_model_slug = ""
         self.listings: dict[int, BookListing] = {}
         self.by_price: list[BookListing] = []
         self.busy: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -107,6 +117,7 @@ class OrderBook:
 
     def load(self) -> None:
         now = timezone.now()
+        self.gpu_model_slug = GpuModel.objects.values_list("slug", flat=True).get(pk=self.gpu_model_id)
         rows = (
             Listing.objects.on_offer()
             .filter(cluster__gpu_model_id=self.gpu_model_id, ends_at__gt=now)
@@ -217,8 +228,10 @@ class OrderBook:
                 break
         return found
 
-    def _candidates(self, request: ComputeRequest, starts: int, ends: int) -> list[BookListing]:
-        max_price = request.max_price_per_gpu_hour
+    def _candidates(self, request: ComputeRequest, starts: int, ends: int, *, priced: bool = True) -> list[BookListing]:
+        """The listings that could serve the request, cheapest first: at or under its maximum
+        price, or (``priced=False``) at any price."""
+        max_price = request.max_price_per_gpu_hour if priced else None
         gpu_count = request.gpu_count
         duration = ends - starts
         mode = request.billing_mode
@@ -227,7 +240,7 @@ class OrderBook:
         lab_id = request.lab_id
         out = []
         for listing in self.by_price:
-            if listing.price > max_price:
+            if max_price is not None and listing.price > max_price:
                 break
             if (
                 listing.active
@@ -244,10 +257,11 @@ class OrderBook:
                 out.append(listing)
         return out
 
-    def plan(self, request: ComputeRequest) -> Fill | None:
+    def plan(self, request: ComputeRequest, *, priced: bool = True) -> Fill | None:
+        """The cheapest complete fill of the request now (``priced=False``: whatever its price)."""
         starts = _hour(request.starts_at)
         ends = _hour(request.ends_at)
-        candidates = self._candidates(request, starts, ends)
+        candidates = self._candidates(request, starts, ends, priced=priced)
         if not candidates:
             return None
         if request.colocated:
@@ -257,6 +271,56 @@ class OrderBook:
         if parts is None:
             return None
         return Fill(request=request, parts=parts, starts=starts, ends=ends)
+
+    def explain(self, request: ComputeRequest) -> Unfilled:
+        """Why the request cannot be filled now, and the price at which it would be."""
+        whole = self.plan(request, priced=False)
+        if whole is not None:
+            price = max(listing.price for listing, _ in whole.parts)
+            return Unfilled(
+                ComputeRequest.UnfilledReason.PRICE_TOO_LOW,
+                f"No offer fills it at or under your maximum of {request.max_price_per_gpu_hour} per GPU-hour; "
+                f"it would fill now at {price}.",
+                price,
+            )
+        starts, ends = _hour(request.starts_at), _hour(request.ends_at)
+        candidates = self._candidates(request, starts, ends, priced=False)
+        what = f"{request.gpu_count:,} {self.gpu_model_slug} GPUs{' colocated' if request.colocated else ''}"
+        if not candidates:
+            return Unfilled(
+                ComputeRequest.UnfilledReason.NO_OFFER,
+                f"No listing offers {what} for that window on these terms "
+                f"({request.billing_mode}, whole nodes, {request.duration_hours} hours"
+                f"{', ' + request.region if request.region else ''}"
+                f"{', ' + request.interconnect if request.interconnect else ''}).",
+                None,
+            )
+        gpus, price = self._most_deliverable(request, candidates, starts, ends)
+        where = "any cluster" if request.colocated else "all listings together"
+        at = f", at up to {price} per GPU-hour" if price is not None else ""
+        return Unfilled(
+            ComputeRequest.UnfilledReason.NO_CAPACITY,
+            f"No listing can deliver {what} for that window; the most {where} can deliver is {gpus:,} GPUs{at}.",
+            None,
+        )
+
+    def _most_deliverable(self, request, candidates, starts, ends) -> tuple[int, Decimal | None]:
+        """The most GPUs the free nodes of one cluster (colocated) or of every candidate can
+        deliver for the window, and the highest price among the listings that deliver them."""
+        groups: dict[int, list[BookListing]] = {}
+        for listing in candidates:
+            groups.setdefault(listing.cluster_id if request.colocated else 0, []).append(listing)
+        best, best_price = 0, None
+        for listings in groups.values():
+            gpus, price = 0, None
+            for listing in listings:
+                free = len(self._free_nodes(listing, starts, ends, request.gpu_count // listing.gpus_per_node))
+                if free:
+                    gpus += free * listing.gpus_per_node
+                    price = listing.price
+            if gpus > best:
+                best, best_price = gpus, price
+        return best, best_price
 
     def _plan_colocated(self, gpu_count, candidates, starts, ends):
         """The cheapest complete fill inside one cluster, from its listings cheapest first."""
@@ -417,8 +481,7 @@ def _match_locked(gpu_model_id: int, result: MatchResult) -> None:
         .values_list("id", flat=True)
     )
     result.requests_seen += len(request_ids)
-    if not book.listings:
-        return
+    # With no listing at all the chunks still run: each open request is told there is no offer.
     for offset in range(0, len(request_ids), CHUNK_SIZE):
         chunk = request_ids[offset : offset + CHUNK_SIZE]
         try:
@@ -445,15 +508,21 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
         )
         held: list[tuple[int, tuple[int, int]]] = []
         fills: list[Fill] = []
+        unplanned = []
         for request in requests:
             fill = book.plan(request)
-            if fill is None or not credit.take(request, fill):
+            if fill is None:
+                unplanned.append(request)
+                continue
+            if not credit.take(request, fill):
                 continue
             book.hold(fill)
             for _, nodes in fill.parts:
                 held.extend((node_id, (fill.starts, fill.ends)) for _, node_id in nodes)
             fills.append(fill)
-        _record_unfilled_reasons(requests, credit.refused)
+        # Explained once the chunk's fills hold their nodes: what is left now.
+        unfilled = {request.pk: book.explain(request) for request in unplanned} | credit.refused
+        _record_unfilled(requests, unfilled)
         if not fills:
             return
         try:
@@ -474,7 +543,7 @@ class _Credit:
     def __init__(self, exposures: dict[int, Exposure]):
         self.exposures = exposures
         self.sold: dict[int, tuple[Decimal, Decimal]] = {}  # lab -> (committed, metered) values
-        self.refused: dict[int, str] = {}  # request id -> why
+        self.refused: dict[int, Unfilled] = {}  # request id -> why
 
     def take(self, request: ComputeRequest, fill: Fill) -> bool:
         """Sell the fill to the request's lab if its credit limit allows, or note why not.
@@ -498,22 +567,41 @@ class _Credit:
                 amount=committed + metered,
                 what="Filling it",
             )
-            self.refused[request.pk] = refusal.message
+            price = max(listing.price for listing, _ in fill.parts)
+            self.refused[request.pk] = Unfilled(
+                ComputeRequest.UnfilledReason.CREDIT_LIMIT_EXCEEDED, refusal.message, price
+            )
             return False
         self.sold[request.lab_id] = (sold_committed + committed, sold_metered + metered)
         return True
 
 
-def _record_unfilled_reasons(requests: list[ComputeRequest], refused: dict[int, str]) -> None:
-    """Say on each request the credit limit kept open why; clear the reason of the others."""
+_RECORD_UNFILLED = """
+UPDATE broker_computerequest r
+SET unfilled_reason = u.reason, unfilled_detail = u.detail, fill_price_now = u.price
+FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::numeric[]) AS u (id, reason, detail, price)
+WHERE r.id = u.id
+"""
+
+
+def _record_unfilled(requests: list[ComputeRequest], unfilled: dict[int, Unfilled]) -> None:
+    """Say on each open request why it is still open and the price it would fill at now
+    (one statement for the requests whose answer changed)."""
     changed = []
     for request in requests:
-        detail = refused.get(request.pk, "")[:255]
-        reason = ComputeRequest.UnfilledReason.CREDIT_LIMIT_EXCEEDED if detail else ""
-        if (request.unfilled_reason, request.unfilled_detail) != (reason, detail):
-            request.unfilled_reason, request.unfilled_detail = reason, detail
-            changed.append(request)
-    ComputeRequest.objects.bulk_update(changed, ["unfilled_reason", "unfilled_detail"], batch_size=500)
+        why = unfilled.get(request.pk)
+        if why is None:
+            continue  # filled by this chunk
+        detail = why.detail[: ComputeRequest._meta.get_field("unfilled_detail").max_length]
+        if (request.unfilled_reason, request.unfilled_detail, request.fill_price_now) != (
+            why.reason,
+            detail,
+            why.fill_price,
+        ):
+            changed.append((request.pk, why.reason, detail, why.fill_price))
+    if changed:
+        with connection.cursor() as cursor:
+            cursor.execute(_RECORD_UNFILLED, [list(column) for column in zip(*changed, strict=True)])
 
 
 _CONTRACT_COPY = (
@@ -546,7 +634,7 @@ def _write_fills(fills: list[Fill]) -> None:
             contracts.append((fill.request, listing, nodes, gpu_count, total))
     _copy_contracts(contracts, now)
     ComputeRequest.objects.filter(pk__in=[fill.request.pk for fill in fills]).update(
-        status=ComputeRequest.Status.FILLED, filled_at=now, unfilled_reason="", unfilled_detail=""
+        status=ComputeRequest.Status.FILLED, filled_at=now, unfilled_reason="", unfilled_detail="", fill_price_now=None
     )
     # Our own writes change these listings' inventory; keep the snapshot's versions in step.
     touched = {listing.id: listing for _, listing, _, _, _ in contracts}

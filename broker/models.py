@@ -13,7 +13,10 @@ class ComputeRequest(models.Model):
         CANCELLED = "cancelled", "Cancelled"  # withdrawn by the lab while open
 
     class UnfilledReason(models.TextChoices):
-        # offers were found, but buying them would take the lab past its credit limit
+        NO_OFFER = "no_offer", "No offer"  # no listing on its terms (model, mode, window, region...)
+        NO_CAPACITY = "no_capacity", "Not enough capacity"  # listings, but too few free nodes
+        PRICE_TOO_LOW = "price_too_low", "Maximum price too low"  # it would fill at a higher price
+        # it would fill, but buying it would take the lab past its credit limit
         CREDIT_LIMIT_EXCEEDED = "credit_limit_exceeded", "Credit limit exceeded"
 
     lab = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="compute_requests")
@@ -28,10 +31,11 @@ class ComputeRequest(models.Model):
     region = models.CharField(max_length=63, blank=True, default="")
     interconnect = models.CharField(max_length=16, choices=Interconnect.choices, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
-    # Why the last matching run that found offers for this open request still left it open
-    # (empty: no reason other than no offer yet).
+    # Why the last matching run left this open request open (empty: no run has seen it yet),
+    # and the price per GPU-hour at which it would have filled (None: at no price).
     unfilled_reason = models.CharField(max_length=32, choices=UnfilledReason.choices, blank=True, default="")
     unfilled_detail = models.CharField(max_length=255, blank=True, default="")
+    fill_price_now = PriceField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     filled_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True, help_text="When it expired or was cancelled.")
