@@ -1,6 +1,9 @@
 """OpenAPI schema hooks shared by every app."""
 
+from drf_spectacular.utils import OpenApiResponse
+
 from core.routers import ID_PATTERN
+from core.serializers import ErrorSerializer
 
 _ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}
 
@@ -18,3 +21,54 @@ def integer_path_ids(result, generator, request, public):
                 if parameter.get("in") == "path" and schema.get("pattern") == pattern:
                     parameter["schema"] = dict(_ID_SCHEMA)
     return result
+
+
+def error_response(error_ref: dict, description: str) -> dict:
+    """An OpenAPI response whose body is the API's one error shape."""
+    return {"description": description, "content": {"application/json": {"schema": error_ref}}}
+
+
+def conflict(**codes: str):
+    """A view's 409 response, documenting each error ``code`` it may answer with what it means."""
+    return OpenApiResponse(
+        ErrorSerializer,
+        description="Conflict. " + "; ".join(f"`{code}`: {meaning}" for code, meaning in codes.items()) + ".",
+    )
+
+
+_PAGE_PROPERTIES = {
+    "count": "How many objects the whole list has.",
+    "next": "The URL of the next page; null on the last.",
+    "previous": "The URL of the previous page; null on the first.",
+    "results": "This page's objects.",
+}
+
+
+def describe_shared_components(result, generator, request, public):
+    """Describe what every paginated list shares, and name the empty-string choice.
+
+    drf-spectacular builds each ``Paginated...List`` itself, with bare properties; and it splits
+    the empty string out of a choice set that allows it into a component it calls ``BlankEnum``.
+    Here that component says what the empty string means: not set.
+    """
+    schemas = result.get("components", {}).get("schemas", {})
+    for name, schema in schemas.items():
+        if name.startswith("Paginated") and name.endswith("List"):
+            for prop, description in _PAGE_PROPERTIES.items():
+                schema["properties"][prop].setdefault("description", description)
+    if "BlankEnum" in schemas:
+        schemas["NotSetEnum"] = {**schemas.pop("BlankEnum"), "description": "The empty string: not set."}
+        _replace_ref(result, "#/components/schemas/BlankEnum", "#/components/schemas/NotSetEnum")
+    return result
+
+
+def _replace_ref(node, old: str, new: str) -> None:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("$ref") == old:
+                item["$ref"] = new
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.timeutils import HORIZON_TEXT, within_horizon
@@ -21,9 +22,23 @@ def count_field(*, max_value: int = MAX_COUNT, **kwargs) -> serializers.IntegerF
     return serializers.IntegerField(min_value=1, max_value=max_value, **kwargs)
 
 
+PRICE_SCHEMA = {
+    "type": "string",
+    "format": "decimal",
+    "pattern": r"^[0-9]{1,5}(\.[0-9]{1,2})?$",
+    "description": "A price per GPU-hour, a decimal string in whole cents from 0.01 up to the market's ceiling "
+    "(1000.00 unless configured otherwise).",
+}
+
+
+@extend_schema_field(PRICE_SCHEMA)
+class PriceField(serializers.DecimalField):
+    """A decimal price, documented as the whole-cents string the market accepts."""
+
+
 def price_field(**kwargs) -> serializers.DecimalField:
     """A price per GPU-hour: positive, at most 4 decimal places."""
-    return serializers.DecimalField(max_digits=12, decimal_places=4, **kwargs)
+    return PriceField(max_digits=12, decimal_places=4, **kwargs)
 
 
 def _inside_horizon(value) -> None:
@@ -34,3 +49,26 @@ def _inside_horizon(value) -> None:
 def time_field(**kwargs) -> serializers.DateTimeField:
     """A moment given by a client: ISO 8601 with a zone, inside the market's horizon."""
     return serializers.DateTimeField(validators=[_inside_horizon], **kwargs)
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    """``code``, ``message`` and ``fields``: the last is a field name no declared attribute of a
+    serializer may take (``Serializer.fields``), hence ``get_fields``."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {
+            "code": serializers.CharField(
+                help_text="A stable, machine-readable code, e.g. `invalid` or `capacity_unavailable`."
+            ),
+            "message": serializers.CharField(help_text="What went wrong, in words, for a person."),
+            "fields": serializers.DictField(
+                help_text="Details by field: for `invalid`, each refused field with its messages; for some "
+                "conflicts, figures (`limit`, `exposure` and `amount` for `credit_limit_exceeded`). Empty otherwise."
+            ),
+        }
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one shape of every error the API answers (``core.errors.error_body``)."""
+
+    error = ErrorDetailSerializer(help_text="The error.")

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from broker.models import ComputeRequest, Contract
@@ -5,21 +6,52 @@ from core.serializers import StrictSerializer, count_field, price_field, time_fi
 from marketplace.models import REGION_VALIDATOR, BillingMode, GpuModel, Interconnect
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "1,024 H100s for a week, on one cluster",
+            value={
+                "gpu_model": "h100-sxm-80gb",
+                "gpu_count": 1024,
+                "starts_at": "2030-01-08T00:00:00Z",
+                "duration_hours": 168,
+                "max_price_per_gpu_hour": "2.40",
+                "billing_mode": "committed",
+                "colocated": True,
+            },
+            request_only=True,
+        )
+    ]
+)
 class ComputeRequestCreateSerializer(StrictSerializer):
-    gpu_model = serializers.SlugRelatedField(slug_field="slug", queryset=GpuModel.objects.all())
-    gpu_count = count_field(max_value=1_000_000)
-    starts_at = time_field()
-    duration_hours = count_field(max_value=24 * 366 * 3)
-    max_price_per_gpu_hour = price_field()
-    billing_mode = serializers.ChoiceField(choices=BillingMode.choices)
-    colocated = serializers.BooleanField(default=True)
-    region = serializers.CharField(max_length=63, required=False, default="", validators=[REGION_VALIDATOR])
-    interconnect = serializers.ChoiceField(choices=Interconnect.choices, required=False, default="")
+    gpu_model = serializers.SlugRelatedField(
+        slug_field="slug", queryset=GpuModel.objects.all(), help_text="A GPU model's slug (GET /api/v1/gpu-models)."
+    )
+    gpu_count = count_field(max_value=1_000_000, help_text="GPUs wanted, in whole nodes of the clusters that fill it.")
+    starts_at = time_field(help_text="The start: a whole UTC hour not yet begun.")
+    duration_hours = count_field(max_value=24 * 366 * 3, help_text="How many hours from starts_at.")
+    max_price_per_gpu_hour = price_field(help_text="The most you will pay per GPU-hour, in whole cents.")
+    billing_mode = serializers.ChoiceField(
+        choices=BillingMode.choices, help_text="committed (every hour is paid) or metered (GPU-hours used)."
+    )
+    colocated = serializers.BooleanField(default=True, help_text="Fill from one cluster only.")
+    region = serializers.CharField(
+        max_length=63,
+        required=False,
+        default="",
+        validators=[REGION_VALIDATOR],
+        help_text="Only clusters in this region; any when omitted.",
+    )
+    interconnect = serializers.ChoiceField(
+        choices=Interconnect.choices, required=False, default="", help_text="Only this interconnect; any when omitted."
+    )
 
 
 class ComputeRequestSerializer(serializers.ModelSerializer):
-    gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    contracts = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True, help_text="The GPU model's slug.")
+    contracts = serializers.PrimaryKeyRelatedField(
+        many=True, read_only=True, help_text="Ids of the contracts that fill it."
+    )
 
     class Meta:
         model = ComputeRequest
@@ -44,6 +76,20 @@ class ComputeRequestSerializer(serializers.ModelSerializer):
             "closed_at",
         ]
         extra_kwargs = {
+            "id": {"help_text": "The request's id."},
+            "gpu_count": {"help_text": "GPUs wanted."},
+            "starts_at": {"help_text": "The start (a whole UTC hour)."},
+            "duration_hours": {"help_text": "Hours from starts_at."},
+            "ends_at": {"help_text": "starts_at plus duration_hours."},
+            "max_price_per_gpu_hour": {"help_text": "The most it pays per GPU-hour."},
+            "billing_mode": {"help_text": "committed or metered."},
+            "colocated": {"help_text": "Filled from one cluster only."},
+            "region": {"help_text": "Only clusters in this region; empty for any."},
+            "interconnect": {"help_text": "Only this interconnect; empty for any."},
+            "status": {"help_text": "open (being matched), filled, cancelled or expired (its start passed)."},
+            "created_at": {"help_text": "When it was posted."},
+            "filled_at": {"help_text": "When it was filled; null until then."},
+            "closed_at": {"help_text": "When it was cancelled or expired; null otherwise."},
             "unfilled_reason": {
                 "help_text": "Why the engine left this open request unfilled though it found offers: "
                 "credit_limit_exceeded while filling it would take your exposure past your credit limit. "
@@ -53,11 +99,20 @@ class ComputeRequestSerializer(serializers.ModelSerializer):
         }
 
 
+class ContractClusterSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The cluster's id.")
+    name = serializers.CharField(help_text="The cluster's name.")
+    gpu_model = serializers.CharField(help_text="The GPU model's slug.")
+    region = serializers.CharField(help_text="Where the cluster is.")
+    interconnect = serializers.ChoiceField(choices=Interconnect.choices, help_text="The network between nodes.")
+    gpus_per_node = serializers.IntegerField(help_text="GPUs in each node.")
+
+
 class ContractSerializer(serializers.ModelSerializer):
-    lab = serializers.CharField(source="lab.name", read_only=True)
-    provider = serializers.CharField(source="provider.name", read_only=True)
-    cluster = serializers.SerializerMethodField()
-    nodes = serializers.SerializerMethodField()
+    lab = serializers.CharField(source="lab.name", read_only=True, help_text="The buyer's name.")
+    provider = serializers.CharField(source="provider.name", read_only=True, help_text="The seller's name.")
+    cluster = serializers.SerializerMethodField(help_text="The cluster the nodes belong to.")
+    nodes = serializers.SerializerMethodField(help_text="Hostnames of the contract's nodes.")
 
     class Meta:
         model = Contract
@@ -81,7 +136,24 @@ class ContractSerializer(serializers.ModelSerializer):
             "nodes",
             "created_at",
         ]
+        extra_kwargs = {
+            "id": {"help_text": "The contract's id."},
+            "request": {"help_text": "The compute request it fills; null for a booking."},
+            "listing": {"help_text": "The listing it was sold from."},
+            "gpu_count": {"help_text": "GPUs sold."},
+            "node_count": {"help_text": "Nodes sold."},
+            "starts_at": {"help_text": "The start (a whole UTC hour)."},
+            "ends_at": {"help_text": "The end (a whole UTC hour)."},
+            "price_per_gpu_hour": {"help_text": "The price per GPU-hour, fixed for the contract."},
+            "billing_mode": {"help_text": "committed or metered."},
+            "total_amount": {"help_text": "GPUs x hours x price: what a committed contract costs."},
+            "status": {"help_text": "Where the contract is in its life."},
+            "released_at": {"help_text": "When its nodes were freed early; null otherwise."},
+            "cancel_reason": {"help_text": "Why an operator cancelled it; empty otherwise."},
+            "created_at": {"help_text": "When it was written."},
+        }
 
+    @extend_schema_field(ContractClusterSerializer)
     def get_cluster(self, contract: Contract) -> dict:
         cluster = contract.cluster
         return {
@@ -98,7 +170,18 @@ class ContractSerializer(serializers.ModelSerializer):
         return [allocation.node.hostname for allocation in contract.allocations.all()]
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "64 GPUs for three days",
+            value={"gpu_count": 64, "starts_at": "2030-01-08T00:00:00Z", "duration_hours": 72},
+            request_only=True,
+        )
+    ]
+)
 class BookingSerializer(StrictSerializer):
-    gpu_count = count_field(max_value=1_000_000)
-    starts_at = time_field()
-    duration_hours = count_field(max_value=24 * 366 * 3)
+    gpu_count = count_field(max_value=1_000_000, help_text="GPUs to buy, a multiple of the cluster's GPUs per node.")
+    starts_at = time_field(help_text="The start: a whole UTC hour not yet begun, inside the listing's window.")
+    duration_hours = count_field(
+        max_value=24 * 366 * 3, help_text="Hours from starts_at: at least the listing's minimum, inside its window."
+    )

@@ -13,8 +13,10 @@ from broker.api.serializers import (
     ContractSerializer,
 )
 from broker.booking import listing_book
+from broker.models import ComputeRequest, Contract
 from broker.selectors import compute_request_list, contract_list
 from broker.services import compute_request_cancel, compute_request_create, contract_terminate
+from core.schema import conflict
 from marketplace.permissions import IsLab
 from marketplace.selectors import listing_visible_to
 
@@ -27,11 +29,20 @@ class ComputeRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     filterset_fields = ["status", "billing_mode"]
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # the schema generator has no caller
+            return ComputeRequest.objects.none()
         return compute_request_list(lab=self.request.user.organization)
 
     @extend_schema(
         request=ComputeRequestCreateSerializer,
-        responses={201: ComputeRequestSerializer},
+        responses={
+            201: ComputeRequestSerializer,
+            409: conflict(
+                credit_limit_exceeded="at its most the request would take your exposure past your credit limit "
+                "(`fields` has `limit`, `exposure` and `amount`)"
+            ),
+        },
+        summary="Request compute",
         description="201 with the open request; the matching engine fills it when it can. 409 "
         "`credit_limit_exceeded` when the request, at its most (all its GPU-hours at its maximum price), "
         "would take your exposure past your credit limit. An open request the engine leaves unfilled "
@@ -44,9 +55,17 @@ class ComputeRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         data = ComputeRequestSerializer(compute_request).data | {"status": compute_request.status, "contracts": []}
         return Response(data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses=ComputeRequestSerializer)
+    @extend_schema(
+        request=None,
+        responses={
+            200: ComputeRequestSerializer,
+            409: conflict(invalid_transition="only an open request can be cancelled"),
+        },
+        summary="Cancel an open compute request",
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
+        """Cancel an open request; contracts it already has stand."""
         compute_request_cancel(request=self.get_object())
         return Response(ComputeRequestSerializer(self.get_queryset().get(pk=pk)).data)
 
@@ -58,11 +77,24 @@ class ContractViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     filterset_fields = ["status", "billing_mode"]
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # the schema generator has no caller
+            return Contract.objects.none()
         return contract_list(organization=self.request.user.organization)
 
-    @extend_schema(request=None, responses=ContractSerializer)
+    @extend_schema(
+        request=None,
+        responses={
+            200: ContractSerializer,
+            409: conflict(
+                committed_contract="a committed contract is paid in full and cannot be terminated",
+                invalid_transition="the contract is not live, or you are not its buying lab",
+            ),
+        },
+        summary="Terminate a metered contract early",
+    )
     @action(detail=True, methods=["post"], permission_classes=[IsLab])
     def terminate(self, request: Request, pk: str) -> Response:
+        """The buying lab ends a metered contract: its nodes are free from the next whole hour."""
         contract_terminate(contract=self.get_object(), lab=request.user.organization)
         return Response(ContractSerializer(self.get_queryset().get(pk=pk)).data)
 
@@ -72,7 +104,13 @@ class ListingBookView(APIView):
 
     @extend_schema(
         request=BookingSerializer,
-        responses={201: ContractSerializer},
+        responses={
+            201: ContractSerializer,
+            409: conflict(
+                capacity_unavailable="the capacity is no longer there, or the listing is not on offer",
+                credit_limit_exceeded="the contract would take your exposure past your credit limit",
+            ),
+        },
         summary="Book a listing's capacity now, at its price",
         description="201 with the contract; 409 `capacity_unavailable` when the capacity is no longer there, "
         "or `credit_limit_exceeded` when the contract would take your exposure past your credit limit "

@@ -1,5 +1,6 @@
 """Serializers of clusters, nodes and listings."""
 
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from core.serializers import StrictSerializer, count_field, price_field, time_field
@@ -16,13 +17,33 @@ from marketplace.models import (
 from marketplace.services import MAX_NODES_PER_CALL
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "An H100 cluster",
+            value={
+                "name": "dc1-h100",
+                "gpu_model": "h100-sxm-80gb",
+                "region": "us-south-1",
+                "interconnect": "infiniband",
+                "gpus_per_node": 8,
+                "node_count": 512,
+            },
+            request_only=True,
+        )
+    ]
+)
 class ClusterCreateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=100)
-    gpu_model = serializers.SlugRelatedField(slug_field="slug", queryset=GpuModel.objects.all())
-    region = serializers.CharField(max_length=63, validators=[REGION_VALIDATOR])
-    interconnect = serializers.ChoiceField(choices=Interconnect.choices)
-    gpus_per_node = count_field(max_value=64)
-    node_count = count_field(max_value=MAX_NODES_PER_CALL)
+    name = serializers.CharField(max_length=100, help_text="A name unique among your clusters.")
+    gpu_model = serializers.SlugRelatedField(
+        slug_field="slug", queryset=GpuModel.objects.all(), help_text="A GPU model's slug (GET /api/v1/gpu-models)."
+    )
+    region = serializers.CharField(
+        max_length=63, validators=[REGION_VALIDATOR], help_text="Where the cluster is, e.g. us-south-1."
+    )
+    interconnect = serializers.ChoiceField(choices=Interconnect.choices, help_text="The network between nodes.")
+    gpus_per_node = count_field(max_value=64, help_text="GPUs in each node.")
+    node_count = count_field(max_value=MAX_NODES_PER_CALL, help_text="How many nodes to register.")
     hostnames = serializers.ListField(
         child=serializers.CharField(max_length=253, validators=[HOSTNAME_VALIDATOR]),
         required=False,
@@ -32,13 +53,23 @@ class ClusterCreateSerializer(StrictSerializer):
 
 
 class ClusterUpdateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=100, help_text="A new name, unique among your clusters.")
+
+
+CLUSTER_HELP = {
+    "id": {"help_text": "The cluster's id."},
+    "name": {"help_text": "A name unique among its provider's clusters."},
+    "region": {"help_text": "Where the cluster is."},
+    "interconnect": {"help_text": "The network between nodes."},
+    "gpus_per_node": {"help_text": "GPUs in each node."},
+    "created_at": {"help_text": "When the cluster was registered."},
+}
 
 
 class ClusterSerializer(serializers.ModelSerializer):
-    gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    node_count = serializers.IntegerField(read_only=True)
-    nodes_in_service = serializers.IntegerField(read_only=True)
+    gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True, help_text="The GPU model's slug.")
+    node_count = serializers.IntegerField(read_only=True, help_text="Nodes registered.")
+    nodes_in_service = serializers.IntegerField(read_only=True, help_text="Nodes not in maintenance.")
 
     class Meta:
         model = Cluster
@@ -53,35 +84,72 @@ class ClusterSerializer(serializers.ModelSerializer):
             "nodes_in_service",
             "created_at",
         ]
+        extra_kwargs = CLUSTER_HELP
 
 
 class NodeSerializer(serializers.ModelSerializer):
     class Meta:
         model = Node
         fields = ["id", "hostname", "status"]
+        extra_kwargs = {
+            "id": {"help_text": "The node's id."},
+            "hostname": {"help_text": "The node's hostname, unique in its cluster."},
+            "status": {"help_text": "in_service (listed and sold) or maintenance (neither)."},
+        }
 
 
 class NodeAddSerializer(StrictSerializer):
-    count = count_field(max_value=MAX_NODES_PER_CALL)
+    count = count_field(max_value=MAX_NODES_PER_CALL, help_text="How many nodes to add.")
     hostnames = serializers.ListField(
         child=serializers.CharField(max_length=253, validators=[HOSTNAME_VALIDATOR]),
         required=False,
         max_length=MAX_NODES_PER_CALL,
+        help_text="One per node, `count` of them; generated when omitted.",
     )
 
 
 class NodeUpdateSerializer(StrictSerializer):
-    status = serializers.ChoiceField(choices=Node.Status.choices)
+    status = serializers.ChoiceField(
+        choices=Node.Status.choices, help_text="in_service, or maintenance to take the node out."
+    )
 
 
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": 10**18 - 1})
+class ClusterIdField(serializers.PrimaryKeyRelatedField):
+    """A cluster by its id, documented as the bounded integer it is."""
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Two weeks of 256 nodes",
+            value={
+                "cluster": 1,
+                "node_count": 256,
+                "starts_at": "2030-01-07T00:00:00Z",
+                "ends_at": "2030-01-21T00:00:00Z",
+                "price_per_gpu_hour": "2.10",
+                "min_duration_hours": 24,
+                "billing_mode": "committed",
+            },
+            request_only=True,
+        )
+    ]
+)
 class ListingCreateSerializer(StrictSerializer):
-    cluster = serializers.PrimaryKeyRelatedField(queryset=Cluster.objects.none())
-    node_count = count_field(max_value=MAX_NODES_PER_CALL)
-    starts_at = time_field()
-    ends_at = time_field()
-    price_per_gpu_hour = price_field()
-    min_duration_hours = count_field(max_value=100_000, default=1)
-    billing_mode = serializers.ChoiceField(choices=BillingMode.choices)
+    cluster = ClusterIdField(queryset=Cluster.objects.none(), help_text="One of your clusters.")
+    node_count = count_field(max_value=MAX_NODES_PER_CALL, help_text="How many of its nodes to offer.")
+    starts_at = time_field(help_text="The window's start: a whole UTC hour not yet begun.")
+    ends_at = time_field(help_text="The window's end: a whole UTC hour after starts_at.")
+    price_per_gpu_hour = price_field(help_text="The price per GPU-hour, in whole cents.")
+    min_duration_hours = count_field(
+        max_value=100_000, default=1, help_text="The shortest booking accepted, in hours; at most the window."
+    )
+    billing_mode = serializers.ChoiceField(
+        choices=BillingMode.choices,
+        help_text="committed: the buyer pays every hour booked; metered: the buyer pays the GPU-hours it reports "
+        "using, and may terminate early.",
+    )
 
     def __init__(self, *args, provider=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -90,7 +158,7 @@ class ListingCreateSerializer(StrictSerializer):
 
 
 class ListingUpdateSerializer(StrictSerializer):
-    price_per_gpu_hour = price_field(required=False)
+    price_per_gpu_hour = price_field(required=False, help_text="A new price per GPU-hour, for new contracts.")
     status = serializers.ChoiceField(
         choices=[Listing.Status.ACTIVE, Listing.Status.PAUSED], required=False, help_text="Pause or resume."
     )
@@ -102,18 +170,24 @@ class ListingUpdateSerializer(StrictSerializer):
 
 
 class ListingClusterSerializer(serializers.ModelSerializer):
-    gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True, help_text="The GPU model's slug.")
 
     class Meta:
         model = Cluster
         fields = ["id", "name", "gpu_model", "region", "interconnect", "gpus_per_node"]
+        extra_kwargs = CLUSTER_HELP
 
 
 class ListingSerializer(serializers.ModelSerializer):
-    provider = serializers.CharField(source="provider.name", read_only=True)
-    cluster = ListingClusterSerializer(read_only=True)
-    available_nodes = serializers.IntegerField(read_only=True, allow_null=True, default=None)
-    available_gpus = serializers.SerializerMethodField()
+    provider = serializers.CharField(source="provider.name", read_only=True, help_text="The provider's name.")
+    cluster = ListingClusterSerializer(read_only=True, help_text="The cluster the nodes belong to.")
+    available_nodes = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="Nodes still unsold for the whole window asked (a search's, else the listing's own).",
+    )
+    available_gpus = serializers.SerializerMethodField(help_text="available_nodes times the GPUs per node.")
 
     class Meta:
         model = Listing
@@ -132,6 +206,17 @@ class ListingSerializer(serializers.ModelSerializer):
             "available_gpus",
             "created_at",
         ]
+        extra_kwargs = {
+            "id": {"help_text": "The listing's id."},
+            "node_count": {"help_text": "Nodes offered."},
+            "starts_at": {"help_text": "The window's start (a whole UTC hour)."},
+            "ends_at": {"help_text": "The window's end (a whole UTC hour)."},
+            "price_per_gpu_hour": {"help_text": "The price per GPU-hour."},
+            "min_duration_hours": {"help_text": "The shortest booking accepted, in hours."},
+            "billing_mode": {"help_text": "committed (every hour booked is paid) or metered (GPU-hours used)."},
+            "status": {"help_text": "active (on offer), paused (not on offer for now) or withdrawn (for good)."},
+            "created_at": {"help_text": "When the listing was created."},
+        }
 
     def get_available_gpus(self, listing: Listing) -> int | None:
         available = getattr(listing, "available_nodes", None)

@@ -6,6 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.routers import ID_PATTERN
+from core.schema import conflict
 from marketplace.api.capacity import (
     ClusterCreateSerializer,
     ClusterSerializer,
@@ -18,7 +19,7 @@ from marketplace.api.capacity import (
     NodeSerializer,
     NodeUpdateSerializer,
 )
-from marketplace.models import Listing, Node
+from marketplace.models import Cluster, Listing, Node
 from marketplace.permissions import IsOrganizationMember, IsProvider
 from marketplace.selectors import (
     cluster_list,
@@ -45,23 +46,39 @@ class ClusterViewSet(viewsets.GenericViewSet):
     serializer_class = ClusterSerializer
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # the schema generator has no caller
+            return Cluster.objects.none()
         return cluster_list(provider=self.request.user.organization)
 
+    @extend_schema(summary="List your clusters")
     def list(self, request: Request) -> Response:
+        """Your clusters, with how many nodes each has and how many are in service."""
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(ClusterSerializer(page, many=True).data)
 
+    @extend_schema(summary="Read a cluster")
     def retrieve(self, request: Request, pk: str) -> Response:
+        """One of your clusters."""
         return Response(ClusterSerializer(self.get_object()).data)
 
-    @extend_schema(request=ClusterCreateSerializer, responses={201: ClusterSerializer})
+    @extend_schema(
+        request=ClusterCreateSerializer,
+        responses={201: ClusterSerializer},
+        summary="Register a cluster",
+        description="Register a cluster of identical nodes, all in service. Hostnames are generated unless given.",
+    )
     def create(self, request: Request) -> Response:
         serializer = ClusterCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         cluster = cluster_create(provider=request.user.organization, **serializer.validated_data)
         return Response(ClusterSerializer(self.get_queryset().get(pk=cluster.pk)).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ClusterUpdateSerializer, responses=ClusterSerializer)
+    @extend_schema(
+        request=ClusterUpdateSerializer,
+        responses=ClusterSerializer,
+        summary="Rename a cluster",
+        description="Change a cluster's name; nothing else about a cluster changes once registered.",
+    )
     def partial_update(self, request: Request, pk: str) -> Response:
         cluster = self.get_object()
         serializer = ClusterUpdateSerializer(data=request.data, partial=True)
@@ -69,8 +86,19 @@ class ClusterViewSet(viewsets.GenericViewSet):
         cluster_update(cluster=cluster, **serializer.validated_data)
         return Response(ClusterSerializer(self.get_queryset().get(pk=cluster.pk)).data)
 
-    @extend_schema(methods=["get"], responses=NodeSerializer(many=True))
-    @extend_schema(methods=["post"], request=NodeAddSerializer, responses={201: ClusterSerializer})
+    @extend_schema(
+        methods=["get"],
+        responses=NodeSerializer(many=True),
+        summary="List a cluster's nodes",
+        description="The cluster's nodes with their hostnames and status, in the order they were added.",
+    )
+    @extend_schema(
+        methods=["post"],
+        request=NodeAddSerializer,
+        responses={201: ClusterSerializer},
+        summary="Add nodes to a cluster",
+        description="Add `count` nodes, in service; hostnames are generated unless given.",
+    )
     @action(detail=True, methods=["get", "post"])
     def nodes(self, request: Request, pk: str) -> Response:
         cluster = self.get_object()
@@ -82,7 +110,18 @@ class ClusterViewSet(viewsets.GenericViewSet):
         cluster_add_nodes(cluster=cluster, **serializer.validated_data)
         return Response(ClusterSerializer(self.get_queryset().get(pk=cluster.pk)).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=NodeUpdateSerializer, responses=NodeSerializer)
+    @extend_schema(
+        request=NodeUpdateSerializer,
+        responses={
+            200: NodeSerializer,
+            409: conflict(
+                node_in_use="the node is sold for a current or future hour, so it cannot go into maintenance"
+            ),
+        },
+        summary="Take a node out of service or put it back",
+        description="A node in maintenance is neither listed nor sold; unsold listing reservations on it move "
+        "to a free node of the cluster when there is one.",
+    )
     @action(detail=True, methods=["patch"], url_path=rf"nodes/(?P<node_id>{ID_PATTERN})")
     def node(self, request: Request, pk: str, node_id: str) -> Response:
         cluster = self.get_object()
@@ -106,6 +145,8 @@ class ListingViewSet(viewsets.GenericViewSet):
         return [IsProvider()]
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # the schema generator has no caller
+            return Listing.objects.none()
         return listing_visible_to(organization=self.request.user.organization)
 
     def _own_listing(self, pk: str) -> Listing:
@@ -136,11 +177,19 @@ class ListingViewSet(viewsets.GenericViewSet):
         rows, links = self.paginator.fetched_page(request, fetch)
         return Response({**links, "results": ListingSerializer(rows, many=True).data})
 
+    @extend_schema(summary="Read a listing")
     def retrieve(self, request: Request, pk: str) -> Response:
+        """A listing you may see (an active one, or your own), with `available_nodes` over its whole window."""
         listing = get_object_or_404(self.get_queryset(), pk=pk)
         return Response(ListingSerializer(self._with_availability(listing)).data)
 
-    @extend_schema(request=ListingCreateSerializer, responses={201: ListingSerializer})
+    @extend_schema(
+        request=ListingCreateSerializer,
+        responses={201: ListingSerializer},
+        summary="Offer capacity",
+        description="Offer `node_count` nodes of one of your clusters for a window of whole UTC hours, at a price "
+        "per GPU-hour. Specific free nodes are reserved for the listing at once; 400 when there are not enough.",
+    )
     def create(self, request: Request) -> Response:
         serializer = ListingCreateSerializer(data=request.data, provider=request.user.organization)
         serializer.is_valid(raise_exception=True)
@@ -148,7 +197,15 @@ class ListingViewSet(viewsets.GenericViewSet):
         listing = self.get_queryset().get(pk=listing.pk)
         return Response(ListingSerializer(self._with_availability(listing)).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ListingUpdateSerializer, responses=ListingSerializer)
+    @extend_schema(
+        request=ListingUpdateSerializer,
+        responses={
+            200: ListingSerializer,
+            409: conflict(invalid_transition="the listing is withdrawn, or cannot move to that status"),
+        },
+        summary="Reprice, pause or resume a listing",
+        description="Contracts already written keep their terms.",
+    )
     def partial_update(self, request: Request, pk: str) -> Response:
         listing = self._own_listing(pk)
         serializer = ListingUpdateSerializer(data=request.data)
@@ -156,8 +213,9 @@ class ListingViewSet(viewsets.GenericViewSet):
         listing = listing_update(listing=listing, **serializer.validated_data, actor_label=request.user.audit_label)
         return Response(ListingSerializer(self._with_availability(self.get_queryset().get(pk=listing.pk))).data)
 
-    @extend_schema(request=None, responses=ListingSerializer)
+    @extend_schema(request=None, responses=ListingSerializer, summary="Withdraw a listing")
     @action(detail=True, methods=["post"])
     def withdraw(self, request: Request, pk: str) -> Response:
+        """End a listing for good and release its unsold nodes; sold nodes stay sold. Withdrawing twice is harmless."""
         listing = listing_withdraw(listing=self._own_listing(pk), actor_label=request.user.audit_label)
         return Response(ListingSerializer(self._with_availability(self.get_queryset().get(pk=listing.pk))).data)

@@ -16,7 +16,9 @@ class ExposureSerializer(serializers.Serializer):
     unpaid = serializers.DecimalField(
         max_digits=16, decimal_places=2, help_text="Issued invoices, less what was paid and credited on them."
     )
-    total = serializers.DecimalField(max_digits=16, decimal_places=2)
+    total = serializers.DecimalField(
+        max_digits=16, decimal_places=2, help_text="The exposure: committed + metered + unpaid."
+    )
     available = serializers.DecimalField(
         max_digits=16,
         decimal_places=2,
@@ -26,7 +28,7 @@ class ExposureSerializer(serializers.Serializer):
 
 
 class OrganizationSerializer(serializers.ModelSerializer):
-    role = serializers.CharField(read_only=True)
+    role = serializers.CharField(read_only=True, help_text="provider, lab or both.")
     credit_limit = serializers.DecimalField(
         max_digits=16,
         decimal_places=2,
@@ -40,6 +42,14 @@ class OrganizationSerializer(serializers.ModelSerializer):
         model = Organization
         fields = ["id", "name", "role", "is_provider", "is_lab", "status", "credit_limit", "exposure", "created_at"]
         read_only_fields = fields
+        extra_kwargs = {
+            "id": {"help_text": "The organization's id."},
+            "name": {"help_text": "The organization's name, unique in the market."},
+            "is_provider": {"help_text": "Whether it may list capacity."},
+            "is_lab": {"help_text": "Whether it may buy capacity."},
+            "status": {"help_text": "active, or suspended by the operators (its keys then stop working)."},
+            "created_at": {"help_text": "When it joined."},
+        }
 
     @extend_schema_field(ExposureSerializer)
     def get_exposure(self, organization: Organization) -> dict:
@@ -47,16 +57,24 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
-    is_active = serializers.BooleanField(read_only=True)
+    is_active = serializers.BooleanField(read_only=True, help_text="Not revoked: the key works.")
 
     class Meta:
         model = ApiKey
         fields = ["id", "name", "scope", "prefix", "created_at", "last_used_at", "revoked_at", "is_active"]
         read_only_fields = ["id", "scope", "prefix", "created_at", "last_used_at", "revoked_at", "is_active"]
+        extra_kwargs = {
+            "id": {"help_text": "The key's id."},
+            "name": {"help_text": "A name to tell your keys apart."},
+            "scope": {"help_text": "full: reads and writes; read_only: GET requests only."},
+            "created_at": {"help_text": "When the key was created."},
+            "last_used_at": {"help_text": "When the key last authenticated a request; null if never."},
+            "revoked_at": {"help_text": "When the key was revoked; null while it works."},
+        }
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, default="default")
+    name = serializers.CharField(max_length=100, default="default", help_text="A name to tell your keys apart.")
     scope = serializers.ChoiceField(
         choices=ApiKey.Scope.choices,
         default=ApiKey.Scope.FULL,
@@ -75,3 +93,9 @@ class GpuModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = GpuModel
         fields = ["slug", "name", "vendor", "memory_gb", "bf16_tflops"]
+        extra_kwargs = {
+            "slug": {"help_text": "The model's identifier in every other call, e.g. h100-sxm-80gb."},
+            "name": {"help_text": "The model's name, e.g. NVIDIA H100 SXM 80GB."},
+            "vendor": {"help_text": "Who makes it."},
+            "memory_gb": {"help_text": "Memory per GPU, in GB."},
+        }

@@ -1,0 +1,129 @@
+"""The OpenAPI schema is complete: no generator warning, the errors and headers every operation
+shares, integer ids, named enums, a description for every operation and field, valid examples."""
+
+import re
+
+import jsonschema
+import pytest
+from drf_spectacular.drainage import GENERATOR_STATS
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.validation import validate_schema
+
+METHODS = ("get", "post", "put", "patch", "delete")
+GENERATED_ENUM_NAME = re.compile(r"(\d{3}Enum|^BlankEnum|^NullEnum)$")
+
+
+@pytest.fixture(scope="module")
+def schema():
+    GENERATOR_STATS.reset()
+    GENERATOR_STATS.enable_color = False
+    generated = SchemaGenerator().get_schema(request=None, public=True)
+    assert not GENERATOR_STATS, f"schema warnings or errors: {GENERATOR_STATS}"
+    return generated
+
+
+def operations(schema):
+    for path, item in schema["paths"].items():
+        for method in METHODS:
+            if method in item:
+                yield method, path, item[method]
+
+
+def test_schema_is_valid_openapi(schema):
+    validate_schema(schema)
+
+
+def test_every_operation_has_a_description(schema):
+    assert [f"{m} {p}" for m, p, op in operations(schema) if not op.get("description")] == []
+
+
+def test_authenticated_operations_answer_401_and_429_with_retry_after(schema):
+    for method, path, op in operations(schema):
+        if op["security"] != [{}]:
+            assert {"401", "429"} <= set(op["responses"]), f"{method} {path}"
+            assert "Retry-After" in op["responses"]["429"]["headers"], f"{method} {path}"
+
+
+def test_every_error_response_is_the_one_error_shape(schema):
+    for method, path, op in operations(schema):
+        for code, response in op["responses"].items():
+            if code.startswith("4"):
+                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+                assert response["description"], f"{method} {path} {code}"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "codes"),
+    [
+        ("post", "/api/v1/listings/{id}/book", {"400", "401", "403", "404", "409", "413", "429"}),
+        ("post", "/api/v1/listings", {"400", "401", "403", "409", "413", "429"}),
+        ("get", "/api/v1/listings/{id}", {"401", "404", "429"}),
+        ("get", "/api/v1/invoices/preview", {"400", "401", "403", "429"}),
+        ("get", "/api/v1/gpu-models/{slug}", {"404"}),
+    ],
+)
+def test_operation_documents_its_errors(schema, method, path, codes):
+    assert {code for code in schema["paths"][path][method]["responses"] if code >= "4"} == codes
+
+
+@pytest.mark.parametrize(
+    ("path", "codes"),
+    [
+        ("/api/v1/listings/{id}/book", ["capacity_unavailable", "credit_limit_exceeded", "idempotency_key_reused"]),
+        ("/api/v1/compute-requests", ["credit_limit_exceeded", "idempotency_key_reused"]),
+        ("/api/v1/contracts/{id}/terminate", ["committed_contract", "invalid_transition"]),
+        ("/api/v1/api-keys", ["idempotent_replay_withheld"]),
+    ],
+)
+def test_conflicts_name_their_codes(schema, path, codes):
+    description = schema["paths"][path]["post"]["responses"]["409"]["description"]
+    assert [code for code in codes if f"`{code}`" not in description] == []
+
+
+def test_every_write_takes_an_idempotency_key(schema):
+    writes = [(m, p, op) for m, p, op in operations(schema) if m in ("post", "put", "patch", "delete")]
+    assert writes
+    for method, path, op in writes:
+        headers = [parameter["name"] for parameter in op["parameters"] if parameter["in"] == "header"]
+        assert headers == ["Idempotency-Key"], f"{method} {path}"
+
+
+def test_path_ids_are_integers(schema):
+    for method, path, op in operations(schema):
+        for parameter in op.get("parameters", []):
+            if parameter["in"] == "path" and parameter["name"] != "slug":
+                assert parameter["schema"]["type"] == "integer", f"{method} {path} {parameter['name']}"
+
+
+def test_enums_are_named(schema):
+    names = list(schema["components"]["schemas"])
+    assert [name for name in names if GENERATED_ENUM_NAME.search(name)] == []
+
+
+def test_every_property_has_a_description(schema):
+    missing = [
+        f"{name}.{prop}"
+        for name, component in schema["components"]["schemas"].items()
+        for prop, definition in component.get("properties", {}).items()
+        if not definition.get("description")
+    ]
+    assert missing == []
+
+
+def test_request_integers_are_bounded(schema):
+    for name, component in schema["components"]["schemas"].items():
+        if name.endswith("Request"):
+            for prop, definition in component.get("properties", {}).items():
+                if definition.get("type") == "integer" and not definition.get("readOnly"):
+                    assert "maximum" in definition, f"{name}.{prop}"
+
+
+def test_examples_validate_against_their_schemas(schema):
+    checked = 0
+    for _method, _path, op in operations(schema):
+        content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+        for example in content.get("examples", {}).values():
+            body_schema = {**content["schema"], "components": schema["components"]}
+            jsonschema.validate(example["value"], body_schema, format_checker=jsonschema.FormatChecker())
+            checked += 1
+    assert checked >= 4
