@@ -40,6 +40,7 @@ lint: install
 check: install
 	$(BIN)/python manage.py check
 	$(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 ## Benchmarks on PostgreSQL, each in its own bench database; each prints one JSON line
 bench: install
