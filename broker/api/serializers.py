@@ -70,6 +70,7 @@ class ComputeRequestSerializer(serializers.ModelSerializer):
             "status",
             "unfilled_reason",
             "unfilled_detail",
+            "fill_price_now",
             "contracts",
             "created_at",
             "filled_at",
@@ -91,11 +92,16 @@ class ComputeRequestSerializer(serializers.ModelSerializer):
             "filled_at": {"help_text": "When it was filled; null until then."},
             "closed_at": {"help_text": "When it was cancelled or expired; null otherwise."},
             "unfilled_reason": {
-                "help_text": "Why the engine left this open request unfilled though it found offers: "
-                "credit_limit_exceeded while filling it would take your exposure past your credit limit. "
-                "Empty otherwise."
+                "help_text": "Why the last matching run left this open request open: no_offer (no listing on "
+                "its terms), no_capacity (too few free nodes for the window), price_too_low (it would fill at "
+                "fill_price_now), credit_limit_exceeded (filling it would take your exposure past your credit "
+                "limit). Empty until a run has seen it, and once filled. Every run updates it."
             },
-            "unfilled_detail": {"help_text": "The reason in words, with the amounts."},
+            "unfilled_detail": {"help_text": "The reason in words, with the figures."},
+            "fill_price_now": {
+                "help_text": "The lowest maximum price per GPU-hour at which it would fill now; null when no "
+                "price would fill it."
+            },
         }
 
 
