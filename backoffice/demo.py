@@ -1,12 +1,14 @@
 """The demo market that `make run` serves.
 
 A large provider (a 12,500-node, 100,000-GPU H100 supercluster) and a smaller cloud list
-capacity; a lab has open requests that the matching engine fills; last month is closed,
-so there is usage, an issued invoice and a payout statement to look at. Seeding twice
-changes nothing but the demo API keys, which are re-issued (the old ones revoked).
+capacity; a lab has open requests that the matching engine fills and a contract running
+since yesterday; last month is closed, so there is usage, an issued invoice and a payout
+statement to look at. Seeding twice changes nothing but the demo API keys, which are
+re-issued (the old ones revoked) and printed again with the shell exports of
+`demo_exports`, the ones the README's walkthrough starts from.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db import transaction
@@ -54,6 +56,9 @@ LISTINGS = [
     ("orbital-b200", 16, 24, 10 * 24, "4.2000", "committed"),
 ]
 
+# cluster, nodes, started hours ago, length hours, price, billing mode
+RUNNING_CONTRACT = ("colossus-1", 4, 24, 30 * 24, "2.4500", "metered")
+
 REQUESTS = [
     # gpu model, gpus, start offset hours, duration, max price, billing mode, colocated
     ("h100-sxm-80gb", 2_048, 24, 72, "2.5000", "committed", True),
@@ -76,24 +81,27 @@ def _organization_with_fresh_key(name: str, role: str) -> tuple[Organization, st
     return organization, api_key_create(organization=organization, name=DEMO_KEY_NAME, actor_label="seed_demo").secret
 
 
-def _past_contract(*, cluster: Cluster, lab: Organization, nodes: int, hours: int, price: str, mode: str) -> Contract:
-    """A contract that ran last month. Services refuse past windows, so history is written
-    directly here, with the same shape the services write."""
-    start = period_bounds(previous_month(month_of(timezone.now())))[0] + timedelta(days=3)
-    end = start + hours * HOUR
+def _contract_written(
+    *, cluster: Cluster, lab: Organization, nodes: int, starts_at: datetime, hours: int, price: str, mode: str
+) -> Contract:
+    """A contract whose window began before now: services refuse such windows, so it is
+    written directly here, with the same shape the services write: it bought its whole
+    listing, which was then withdrawn (its nodes stay sold: the allocations hold them), and it
+    is completed or, while its window lasts, active."""
+    ends_at = starts_at + hours * HOUR
     listing = Listing.objects.create(
         provider=cluster.provider,
         cluster=cluster,
         node_count=nodes,
-        starts_at=start,
-        ends_at=end,
+        starts_at=starts_at,
+        ends_at=ends_at,
         price_per_gpu_hour=Decimal(price),
         billing_mode=mode,
         status=Listing.Status.WITHDRAWN,
     )
     node_ids = list(cluster.nodes.order_by("-id").values_list("id", flat=True)[:nodes])
     bindings = ListingNode.objects.bulk_create(
-        ListingNode(listing=listing, node_id=node_id, starts_at=start, ends_at=end, released=True)
+        ListingNode(listing=listing, node_id=node_id, starts_at=starts_at, ends_at=ends_at, released=True)
         for node_id in node_ids
     )
     gpus = nodes * cluster.gpus_per_node
@@ -104,14 +112,14 @@ def _past_contract(*, cluster: Cluster, lab: Organization, nodes: int, hours: in
         cluster=cluster,
         gpu_count=gpus,
         node_count=nodes,
-        starts_at=start,
-        ends_at=end,
+        starts_at=starts_at,
+        ends_at=ends_at,
         price_per_gpu_hour=listing.price_per_gpu_hour,
         billing_mode=mode,
         total_amount=contract_total(gpu_count=gpus, hours=hours, price_per_gpu_hour=listing.price_per_gpu_hour)
         if mode == "committed"
         else None,
-        status=Contract.Status.COMPLETED,
+        status=Contract.Status.ACTIVE if ends_at > timezone.now() else Contract.Status.COMPLETED,
     )
     Allocation.objects.bulk_create(
         Allocation(
@@ -119,8 +127,8 @@ def _past_contract(*, cluster: Cluster, lab: Organization, nodes: int, hours: in
             listing_node=b,
             node_id=b.node_id,
             listing_id=b.listing_id,
-            starts_at=start,
-            ends_at=end,
+            starts_at=starts_at,
+            ends_at=ends_at,
         )
         for b in bindings
     )
@@ -142,6 +150,17 @@ def _seed_market() -> None:
             node_count=nodes,
         )
     hour = current_hour()
+    # A contract of the lab's that began yesterday, so its provider has usage to report now.
+    cluster, nodes, hours_ago, hours, price, mode = RUNNING_CONTRACT
+    _contract_written(
+        cluster=clusters[cluster],
+        lab=orgs[LAB],
+        nodes=nodes,
+        starts_at=hour - hours_ago * HOUR,
+        hours=hours,
+        price=price,
+        mode=mode,
+    )
     listings = {}
     for name, nodes, offset, length, price, mode in LISTINGS:
         cluster = clusters[name]
@@ -155,11 +174,24 @@ def _seed_market() -> None:
             billing_mode=mode,
         )
     # History: last month's contracts, their usage, and the month closed.
-    committed = _past_contract(
-        cluster=clusters["colossus-1"], lab=orgs[LAB], nodes=32, hours=72, price="2.0500", mode="committed"
+    last_month = period_bounds(previous_month(month_of(timezone.now())))[0] + timedelta(days=3)
+    _contract_written(
+        cluster=clusters["colossus-1"],
+        lab=orgs[LAB],
+        nodes=32,
+        starts_at=last_month,
+        hours=72,
+        price="2.0500",
+        mode="committed",
     )
-    metered = _past_contract(
-        cluster=clusters["nimbus-mi300x"], lab=orgs[LAB], nodes=4, hours=48, price="1.7000", mode="metered"
+    metered = _contract_written(
+        cluster=clusters["nimbus-mi300x"],
+        lab=orgs[LAB],
+        nodes=4,
+        starts_at=last_month,
+        hours=48,
+        price="1.7000",
+        mode="metered",
     )
     records = []
     for hour_index in range(48):
@@ -174,7 +206,6 @@ def _seed_market() -> None:
             }
         )
     usage_ingest(provider=orgs[CLOUD], records=records)
-    del committed
     # Upcoming: an instant booking, and requests for the matching engine.
     listing_book(
         lab=orgs[BOTH],
@@ -209,6 +240,39 @@ def seed_demo_market() -> dict[str, str]:
     if not BillingPeriod.objects.exists():
         billing_period_close(period=period)
     return keys
+
+
+def demo_exports(*, keys: dict[str, str], base_url: str) -> list[tuple[str, str, str]]:
+    """The shell variables a newcomer pastes to call the demo's API: name, value, what it is.
+
+    ``keys`` is what ``seed_demo_market`` returned; ``base_url`` where the server answers.
+    """
+    running = Contract.objects.get(
+        lab__name=LAB, cluster__name=RUNNING_CONTRACT[0], request__isnull=True, billing_mode=RUNNING_CONTRACT[5]
+    )
+    bookable = (
+        Listing.objects.filter(cluster=running.cluster, status=Listing.Status.ACTIVE, billing_mode="metered")
+        .order_by("pk")
+        .first()
+    )
+    exports = [
+        ("API", f"{base_url.rstrip('/')}/api/v1", "the API"),
+        ("P", keys[f"{PROVIDER} (provider)"], f"{PROVIDER}, a provider"),
+        ("L", keys[f"{LAB} (lab)"], f"{LAB}, a lab"),
+        ("B", keys[f"{BOTH} (both)"], f"{BOTH}, provider and lab"),
+        ("P2", keys[f"{CLOUD} (provider)"], f"{CLOUD}, another provider"),
+        ("DEMO_CLUSTER", str(running.cluster_id), f"{PROVIDER}'s cluster {running.cluster.name}"),
+    ]
+    if bookable is not None:
+        exports.append(("DEMO_LISTING", str(bookable.pk), f"a metered listing of it that {LAB} may book"))
+    exports.append(("DEMO_CONTRACT", str(running.pk), f"{LAB}'s running metered contract on it"))
+    return exports
+
+
+def demo_exports_text(exports: list[tuple[str, str, str]]) -> str:
+    """The exports as lines a shell runs as they are."""
+    width = max(len(f"{name}={value}") for name, value, _ in exports)
+    return "\n".join(f"export {f'{name}={value}':<{width}}  # {what}" for name, value, what in exports)
 
 
 def demo_summary() -> dict[str, int]:

@@ -24,6 +24,8 @@ class Command(RunserverCommand):
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         call_command("migrate", interactive=False, verbosity=0)
         if not options["no_seed"]:
-            call_command("seed_demo")
+            # The banner's URLs and exports name the address this server is about to listen on.
+            addrport = options["addrport"] or f"{self.default_addr}:{self.default_port}"
+            call_command("seed_demo", addrport=addrport)
         EmbeddedScheduler().start()
         super().handle(*args, **options)
