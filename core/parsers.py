@@ -56,7 +56,11 @@ class BoundedJSONParser(JSONParser):
         encoding = (parser_context or {}).get("encoding", "utf-8")
         try:
             return parse_json_body(stream.read().decode(encoding))
-        except UnicodeDecodeError as exc:
+        except LookupError:
+            # Django takes any codec Python knows for the Content-Type's charset, and some are
+            # no text encoding (hex, rot13, zlib): bytes.decode() refuses them.
+            raise ParseError(f"The charset {encoding!r} is not a text encoding; send JSON in UTF-8.")
+        except UnicodeError as exc:  # UnicodeDecodeError, and the codecs that fail otherwise (punycode)
             raise ParseError(f"JSON parse error: {exc}")
         except BodyRefused as exc:
             raise ParseError(str(exc))

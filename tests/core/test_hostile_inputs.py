@@ -143,3 +143,75 @@ def test_the_schema_types_every_path_id_as_an_integer(anon_client):
     }
     assert len(path_ids) >= 14
     assert set(path_ids.values()) == {"integer"}, path_ids
+
+
+# Codecs Python knows that are no text encoding (hex, rot13, zlib, base64), or that fail other than
+# with UnicodeDecodeError (punycode): Django takes any of them from the Content-Type's charset.
+UNUSABLE_CHARSETS = ["hex", "rot13", "zlib", "base64", "punycode"]
+
+
+@pytest.mark.parametrize("charset", UNUSABLE_CHARSETS)
+def test_a_body_in_a_charset_that_is_no_text_encoding_is_400(provider_client, charset):
+    response = provider_client.generic(
+        "POST", "/api/v1/clusters", b'{"name": "c"}', content_type=f"application/json; charset={charset}"
+    )
+    assert_error(response, 400, "malformed_request")
+
+
+def test_a_body_in_a_text_charset_is_still_read_in_it(provider_client):
+    body = json.dumps({"name": "Zürich"}, ensure_ascii=False).encode("latin-1")
+    response = provider_client.generic(
+        "POST", "/api/v1/clusters", body, content_type="application/json; charset=latin-1"
+    )
+    error = assert_error(response, 400, "invalid")  # parsed: the other fields are missing
+    assert "name" not in error["fields"]
+
+
+def _served(method: str, path: str, query: str, content_type: str, application=None) -> tuple[str, dict, bytes]:
+    """The answer of a WSGI application (by default the served one, config.wsgi, as gunicorn calls it)."""
+    from wsgiref.util import setup_testing_defaults
+
+    if application is None:
+        from config.wsgi import application
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "CONTENT_TYPE": content_type}
+    setup_testing_defaults(environ)
+    answer = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer["status"], answer["headers"] = status, dict(headers)
+
+    body = b"".join(application(environ, start_response))
+    return answer["status"], answer["headers"], body
+
+
+@pytest.mark.parametrize("charset", UNUSABLE_CHARSETS)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_request_in_a_charset_django_cannot_build_it_with_is_400_not_500(charset, method):
+    # Django decodes the query string with the charset while it builds the request, before any
+    # middleware: this was a bare 500 from the server, on every path.
+    status, headers, body = _served(method, "/api/v1/listings", "region=x", f"application/json; charset={charset}")
+    assert status.startswith("400"), (status, body)
+    assert headers["Content-Type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert set(error) == {"code", "message", "fields"}
+    assert error["code"] == "malformed_request"
+    assert repr(charset) in error["message"]
+
+
+def test_outside_the_api_such_a_request_is_a_plain_400():
+    status, headers, _ = _served("GET", "/admin/login/", "next=/admin/", "text/plain; charset=hex")
+    assert status.startswith("400")
+    assert headers["Content-Type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "latin-1", "utf-16", "no-such-charset"])
+def test_a_charset_django_can_use_or_ignores_goes_on_to_django(charset):
+    from core.wsgi import refuse_unusable_charsets
+
+    def django_stand_in(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"reached"]
+
+    guarded = refuse_unusable_charsets(django_stand_in)
+    _, _, body = _served("GET", "/api/v1/listings", "region=x", f"application/json; charset={charset}", guarded)
+    assert body == b"reached"
