@@ -28,12 +28,24 @@ def error_response(error_ref: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": error_ref}}}
 
 
-def conflict(**codes: str):
-    """A view's 409 response, documenting each error ``code`` it may answer with what it means."""
+def documented_error(title: str, **codes: str):
+    """A view's error response in the one error shape, documenting each error ``code`` it may
+    answer with what it means."""
     return OpenApiResponse(
         ErrorSerializer,
-        description="Conflict. " + "; ".join(f"`{code}`: {meaning}" for code, meaning in codes.items()) + ".",
+        description=f"{title}. " + "; ".join(f"`{code}`: {meaning}" for code, meaning in codes.items()) + ".",
     )
+
+
+def conflict(**codes: str):
+    """A view's 409 response, documenting each error ``code`` it may answer with what it means."""
+    return documented_error("Conflict", **codes)
+
+
+def bad_request(invalid: str):
+    """A view's 400 response, saying which of its own values it refuses (``invalid``); the
+    refusals every operation shares are added to it (``marketplace.api.schema``)."""
+    return documented_error("Bad request", invalid=invalid)
 
 
 _PAGE_PROPERTIES = {

@@ -12,6 +12,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve
 from django.utils import timezone
 
 from core.errors import error_body
@@ -55,7 +56,12 @@ class IdempotencyMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         key = request.headers.get("Idempotency-Key")
-        if key is None or request.method not in MUTATING_METHODS or not request.path.startswith(API_PREFIX):
+        if (
+            key is None
+            or request.method not in MUTATING_METHODS
+            or not request.path.startswith(API_PREFIX)
+            or not _routed(request)
+        ):
             return self.get_response(request)
         key = key.strip()
         if not key or len(key) > 255:
@@ -125,6 +131,21 @@ class IdempotencyMiddleware:
                 record.response_status, record.response_content = response.status_code, response.content
                 record.save(update_fields=["response_status", "response_content"])
             return response
+
+
+def _routed(request: HttpRequest) -> bool:
+    """Whether a view takes this method at this path: if not, the answer is the 404 or 405
+    whatever the key, and nothing is recorded against the key."""
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        return False
+    method = request.method.lower()
+    actions = getattr(match.func, "actions", None)  # a DRF viewset's method -> action
+    if actions is not None:
+        return method in actions
+    view = getattr(match.func, "cls", None) or getattr(match.func, "view_class", None)
+    return view is not None and method in view.http_method_names and hasattr(view, method)
 
 
 def _carries_secret(response: HttpResponse) -> bool:

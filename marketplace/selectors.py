@@ -10,7 +10,8 @@ from django.db.models.functions import Greatest
 from django.db.models.lookups import GreaterThanOrEqual
 from django.utils import timezone
 
-from core.timeutils import current_hour
+from core.errors import InvalidInput
+from core.timeutils import ceil_hour, current_hour
 from marketplace.models import ApiKey, Cluster, Listing, Node, Organization
 
 KEY_PREFIX = "gpb"
@@ -80,10 +81,16 @@ def listing_query_for(
 ) -> ListingQuery | None:
     """What a caller's listing search means: a lab (or ``mine=false``) searches other providers'
     active, deliverable capacity; a provider (or ``mine=true``) lists its own listings in every
-    status. None when nothing can match (a lab asking for paused or withdrawn listings)."""
+    status. None when nothing can match (a lab asking for paused or withdrawn listings).
+
+    A search of capacity for a window already begun or over is refused (InvalidInput) rather
+    than answered with nothing: hours begun cannot be sold, and an empty page would not say so.
+    """
     own = mine or not organization.is_lab
-    if not own and status not in (None, Listing.Status.ACTIVE):
-        return None
+    if not own:
+        _refuse_a_window_begun(starts_at=filters.get("starts_at"), ends_at=filters.get("ends_at"))
+        if status not in (None, Listing.Status.ACTIVE):
+            return None
     return ListingQuery(
         **filters,
         cluster_id=cluster,
@@ -91,6 +98,22 @@ def listing_query_for(
         statuses=(status,) if status else (() if own else (Listing.Status.ACTIVE,)),
         deliverable_only=not own,
     )
+
+
+def _refuse_a_window_begun(*, starts_at: datetime | None, ends_at: datetime | None) -> None:
+    """Raise InvalidInput, naming the earliest start, when a search window has begun or is over."""
+    now = timezone.now()
+    fields = {}
+    if starts_at is not None and starts_at < now:
+        fields["starts_at"] = [f"Already begun: the earliest start is {ceil_hour(now):%Y-%m-%dT%H:%MZ}."]
+    if ends_at is not None and ends_at <= now:
+        fields["ends_at"] = [f"Already past: it is {now:%Y-%m-%dT%H:%MZ}."]
+    if fields:
+        over = "is over" if "ends_at" in fields else "has already begun"
+        raise InvalidInput(
+            f"The search window {over}: only hours not yet begun can be bought, from {ceil_hour(now):%Y-%m-%dT%H:%MZ}.",
+            fields=fields,
+        )
 
 
 # A listing covers the window it is judged on, and that window is not empty.

@@ -3,7 +3,8 @@ from rest_framework import serializers
 
 from broker.models import ComputeRequest, Contract
 from core.serializers import StrictSerializer, count_field, price_field, time_field
-from marketplace.models import REGION_VALIDATOR, BillingMode, GpuModel, Interconnect
+from marketplace.api.serializers import GpuModelField
+from marketplace.models import REGION_VALIDATOR, BillingMode, Interconnect
 
 
 @extend_schema_serializer(
@@ -24,9 +25,7 @@ from marketplace.models import REGION_VALIDATOR, BillingMode, GpuModel, Intercon
     ]
 )
 class ComputeRequestCreateSerializer(StrictSerializer):
-    gpu_model = serializers.SlugRelatedField(
-        slug_field="slug", queryset=GpuModel.objects.all(), help_text="A GPU model's slug (GET /api/v1/gpu-models)."
-    )
+    gpu_model = GpuModelField()
     gpu_count = count_field(max_value=1_000_000, help_text="GPUs wanted, in whole nodes of the clusters that fill it.")
     starts_at = time_field(help_text="The start: a whole UTC hour not yet begun.")
     duration_hours = count_field(max_value=24 * 366 * 3, help_text="How many hours from starts_at.")

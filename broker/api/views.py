@@ -16,7 +16,7 @@ from broker.booking import listing_book
 from broker.models import ComputeRequest, Contract
 from broker.selectors import compute_request_list, contract_list
 from broker.services import compute_request_cancel, compute_request_create, contract_terminate
-from core.schema import conflict
+from core.schema import bad_request, conflict
 from marketplace.permissions import IsLab
 from marketplace.selectors import listing_visible_to
 
@@ -37,6 +37,7 @@ class ComputeRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         request=ComputeRequestCreateSerializer,
         responses={
             201: ComputeRequestSerializer,
+            400: bad_request("an unknown `gpu_model` (the message and `fields.gpu_model` list the catalog's slugs)"),
             409: conflict(
                 credit_limit_exceeded="at its most the request would take your exposure past your credit limit "
                 "(`fields` has `limit`, `exposure` and `amount`)"

@@ -4,12 +4,12 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_sc
 from rest_framework import serializers
 
 from core.serializers import StrictSerializer, count_field, price_field, time_field
+from marketplace.api.serializers import GpuModelField
 from marketplace.models import (
     HOSTNAME_VALIDATOR,
     REGION_VALIDATOR,
     BillingMode,
     Cluster,
-    GpuModel,
     Interconnect,
     Listing,
     Node,
@@ -35,9 +35,7 @@ from marketplace.services import MAX_NODES_PER_CALL
 )
 class ClusterCreateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=100, help_text="A name unique among your clusters.")
-    gpu_model = serializers.SlugRelatedField(
-        slug_field="slug", queryset=GpuModel.objects.all(), help_text="A GPU model's slug (GET /api/v1/gpu-models)."
-    )
+    gpu_model = GpuModelField()
     region = serializers.CharField(
         max_length=63, validators=[REGION_VALIDATOR], help_text="Where the cluster is, e.g. us-south-1."
     )
@@ -224,17 +222,38 @@ class ListingSerializer(serializers.ModelSerializer):
 
 
 class ListingSearchSerializer(serializers.Serializer):
-    gpu_model = serializers.SlugField(required=False)
-    region = serializers.CharField(required=False, max_length=63)
-    interconnect = serializers.ChoiceField(choices=Interconnect.choices, required=False)
-    billing_mode = serializers.ChoiceField(choices=BillingMode.choices, required=False)
-    min_gpus = count_field(required=False)
-    starts_at = time_field(required=False)
-    ends_at = time_field(required=False)
-    max_price = price_field(required=False)
-    cluster = serializers.IntegerField(required=False, min_value=1, max_value=2**62)
-    status = serializers.ChoiceField(choices=Listing.Status.choices, required=False)
-    mine = serializers.BooleanField(required=False, default=False)
+    gpu_model = GpuModelField(
+        required=False, help_text="Only this GPU model, by its slug (GET /api/v1/gpu-models); an unknown one is a 400."
+    )
+    region = serializers.CharField(required=False, max_length=63, help_text="Only clusters in this region.")
+    interconnect = serializers.ChoiceField(
+        choices=Interconnect.choices, required=False, help_text="Only clusters with this interconnect."
+    )
+    billing_mode = serializers.ChoiceField(
+        choices=BillingMode.choices, required=False, help_text="Only listings sold this way."
+    )
+    min_gpus = count_field(required=False, help_text="At least this many GPUs free, in whole nodes of one cluster.")
+    starts_at = time_field(
+        required=False,
+        help_text="The window's start. For a search of capacity, an hour not yet begun: a start already past is "
+        "a 400 that names the earliest start.",
+    )
+    ends_at = time_field(
+        required=False, help_text="The window's end, after starts_at. For a search of capacity, not yet past."
+    )
+    max_price = price_field(required=False, help_text="At most this price per GPU-hour.")
+    cluster = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**62, help_text="Only listings of this cluster."
+    )
+    status = serializers.ChoiceField(
+        choices=Listing.Status.choices, required=False, help_text="Only listings in this status."
+    )
+    mine = serializers.BooleanField(
+        required=False, default=False, help_text="Your own listings, in every status (a provider always gets them)."
+    )
+
+    def validate_gpu_model(self, gpu_model) -> str:
+        return gpu_model.slug
 
     def validate(self, attrs):
         starts_at, ends_at = attrs.get("starts_at"), attrs.get("ends_at")

@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.routers import ID_PATTERN
-from core.schema import conflict
+from core.schema import bad_request, conflict
 from marketplace.api.capacity import (
     ClusterCreateSerializer,
     ClusterSerializer,
@@ -63,7 +63,10 @@ class ClusterViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         request=ClusterCreateSerializer,
-        responses={201: ClusterSerializer},
+        responses={
+            201: ClusterSerializer,
+            400: bad_request("an unknown `gpu_model` (the message and `fields.gpu_model` list the catalog's slugs)"),
+        },
         summary="Register a cluster",
         description="Register a cluster of identical nodes, all in service. Hostnames are generated unless given.",
     )
@@ -158,12 +161,22 @@ class ListingViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         parameters=[ListingSearchSerializer],
+        responses={
+            200: ListingSerializer(many=True),
+            400: bad_request(
+                "an unknown `gpu_model` (the message and `fields.gpu_model` list the catalog's slugs); a search "
+                "of capacity whose window has already begun or is over (`fields.starts_at` names the earliest "
+                "start, `fields.ends_at` says it is past)"
+            ),
+        },
         summary="Search available capacity (labs) or list your own listings (providers)",
         description=(
             "Labs get active listings that can deliver `min_gpus` in whole nodes of one cluster for the whole "
             "window [starts_at, ends_at), after what is already sold, with `available_nodes` for that window; "
             "sorted by price, then start. A provider (or a lab with `mine=true`) gets its own listings in every "
-            "status. A missing window bound means the rest of each listing's own window."
+            "status. A missing window bound means the rest of each listing's own window. A search of capacity "
+            "for a window already begun or over is a 400 that says so, not an empty page: only hours not yet "
+            "begun can be bought."
         ),
     )
     def list(self, request: Request) -> Response:

@@ -53,7 +53,9 @@ class ApiSchema(AutoSchema):
         responses = operation["responses"]
         for code, description in self._errors(operation, authenticated=authenticated, idempotent=idempotent):
             if code in responses:  # the view documented this status itself: keep its codes first
-                responses[code]["description"] += " " + description
+                own = responses[code]["description"]
+                title, _, rest = description.partition(". ")
+                responses[code]["description"] = f"{own} {rest if own.startswith(f'{title}. ') else description}"
             else:
                 responses[code] = error_response(error_ref, description)
         if "429" in responses:

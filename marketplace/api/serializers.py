@@ -1,7 +1,11 @@
+import re
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from marketplace.models import ApiKey, GpuModel, Organization
+
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,64}$")
 
 
 class ExposureSerializer(serializers.Serializer):
@@ -99,3 +103,30 @@ class GpuModelSerializer(serializers.ModelSerializer):
             "vendor": {"help_text": "Who makes it."},
             "memory_gb": {"help_text": "Memory per GPU, in GB."},
         }
+
+
+class GpuModelField(serializers.SlugRelatedField):
+    """A GPU model of the catalog, by its slug. An unknown one is refused with the catalog's slugs,
+    so the caller learns what to send from the error itself."""
+
+    default_error_messages = {"unknown": "Unknown GPU model{value}. Valid: {valid} (GET /api/v1/gpu-models)."}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("help_text", "A GPU model's slug (GET /api/v1/gpu-models); an unknown one is a 400.")
+        super().__init__(slug_field="slug", queryset=GpuModel.objects.all(), **kwargs)
+
+    def run_validation(self, data=serializers.empty):
+        if data == "":  # a related field reads "" as null; here it is a slug, and not the catalog's
+            return self.to_internal_value(data)
+        return super().run_validation(data)
+
+    def to_internal_value(self, data) -> GpuModel:
+        if isinstance(data, str) and _SLUG.match(data):
+            gpu_model = self.get_queryset().filter(slug=data).first()
+            if gpu_model is not None:
+                return gpu_model
+            shown = f" {data!r}"
+        else:
+            shown = ""  # not a slug at all: nothing worth echoing
+        valid = ", ".join(GpuModel.objects.order_by("slug").values_list("slug", flat=True)) or "none yet"
+        self.fail("unknown", value=shown, valid=valid)

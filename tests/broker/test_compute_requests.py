@@ -14,6 +14,7 @@ from broker.models import ComputeRequest
 from broker.services import compute_request_rematch
 from broker.tasks import rematch_open_requests
 from core.models import AuditEvent
+from marketplace.models import GpuModel
 from tests.conftest import assert_error
 from tests.marketplace.factories import ListingFactory, gpu_model, hour, iso
 
@@ -130,6 +131,17 @@ class TestCreate:
 def test_bad_input_is_400_naming_the_field(lab_client, overrides, field):
     error = assert_error(create(lab_client, **overrides), 400, "invalid")
     assert field in error["fields"], error
+    assert not ComputeRequest.objects.exists()
+
+
+@pytest.mark.parametrize("value", ["h900-imaginary", "H100 SXM", 100, ["h100-sxm-80gb"]])
+def test_unknown_gpu_model_is_400_listing_the_catalog(lab_client, value):
+    error = assert_error(create(lab_client, gpu_model=value), 400, "invalid")
+    slugs = list(GpuModel.objects.order_by("slug").values_list("slug", flat=True))
+    assert "h100-sxm-80gb" in slugs
+    [message] = error["fields"]["gpu_model"]
+    assert message.endswith(f"Valid: {', '.join(slugs)} (GET /api/v1/gpu-models).")
+    assert message in error["message"]
     assert not ComputeRequest.objects.exists()
 
 

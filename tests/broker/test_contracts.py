@@ -199,8 +199,8 @@ class TestTerminate:
 
         found = other_lab_client.get("/api/v1/listings", search).json()["results"]
         assert [(item["id"], item["available_nodes"]) for item in found] == [(metered_listing.pk, 2)]
-        # Nodes are still in use for the current hour.
-        busy_now = {"starts_at": iso(hour(0)), "ends_at": iso(hour(6)), "gpu_model": "h100-sxm-80gb"}
+        # Nodes are still in use for the current hour (a search without a start begins with it).
+        busy_now = {"ends_at": iso(hour(6)), "gpu_model": "h100-sxm-80gb"}
         assert other_lab_client.get("/api/v1/listings", busy_now).json()["count"] == 0
         again = other_lab_client.post(
             f"/api/v1/listings/{metered_listing.pk}/book",

@@ -192,3 +192,17 @@ class TestIndex:
             assert url == f"http://testserver/api/v1/{name}"
             # served: a lab may not read payouts, and a preview needs its month
             assert lab_client.get(url).status_code in {200, 400, 403}, name
+
+
+class TestIdempotencyAndRouting:
+    def test_a_method_a_path_lacks_is_405_whatever_the_key(self, provider_client):
+        cluster = {"name": "routed", "gpu_model": "h100-sxm-80gb", "region": "us-south-1",
+                   "interconnect": "infiniband", "gpus_per_node": 8, "node_count": 2}  # fmt: skip
+        assert (
+            provider_client.post("/api/v1/clusters", cluster, format="json", HTTP_IDEMPOTENCY_KEY="k").status_code
+            == 201
+        )
+        for method in (provider_client.put, provider_client.delete):
+            assert_error(method("/api/v1/clusters", {}, format="json", HTTP_IDEMPOTENCY_KEY="k"), 405)
+        assert_error(provider_client.post("/api/v1/nowhere", {}, format="json", HTTP_IDEMPOTENCY_KEY="k"), 404)
+        assert IdempotencyRecord.objects.filter(key="k").count() == 1

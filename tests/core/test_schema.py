@@ -80,6 +80,19 @@ def test_conflicts_name_their_codes(schema, path, codes):
     assert [code for code in codes if f"`{code}`" not in description] == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "says"),
+    [
+        ("get", "/api/v1/listings", "400", "an unknown `gpu_model`"),
+        ("get", "/api/v1/listings", "400", "window has already begun or is over"),
+        ("post", "/api/v1/clusters", "400", "an unknown `gpu_model`"),
+        ("post", "/api/v1/compute-requests", "400", "an unknown `gpu_model`"),
+    ],
+)
+def test_refusals_say_what_they_refuse(schema, method, path, status, says):
+    assert says in schema["paths"][path][method]["responses"][status]["description"]
+
+
 def test_every_write_takes_an_idempotency_key(schema):
     writes = [(m, p, op) for m, p, op in operations(schema) if m in ("post", "put", "patch", "delete")]
     assert writes

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from marketplace.models import Cluster, Node
+from marketplace.models import Cluster, GpuModel, Node
 from tests.conftest import assert_error
 from tests.marketplace.factories import ClusterFactory, ListingFactory, hour, iso, reserved_nodes, sell
 
@@ -83,11 +83,15 @@ class TestClusterCreate:
         assert "hostnames" in error["fields"]
         assert not Cluster.objects.exists()
 
-    def test_unknown_gpu_model_is_400(self, provider_client):
+    def test_unknown_gpu_model_is_400_listing_the_catalog(self, provider_client):
         error = assert_error(
             provider_client.post(CLUSTERS, cluster_payload(gpu_model="h900"), format="json"), 400, "invalid"
         )
-        assert "gpu_model" in error["fields"]
+        slugs = ", ".join(GpuModel.objects.order_by("slug").values_list("slug", flat=True))
+        assert "h100-sxm-80gb" in slugs
+        [message] = error["fields"]["gpu_model"]
+        assert message == f"Unknown GPU model 'h900'. Valid: {slugs} (GET /api/v1/gpu-models)."
+        assert error["message"] == f"gpu_model: {message}"
         assert not Cluster.objects.exists()
 
     @pytest.mark.parametrize("region", ["US-East-1", "us east 1", "", "-us", "us_east", "a" * 64, None])

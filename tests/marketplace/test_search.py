@@ -10,7 +10,7 @@ from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from broker.models import Allocation
-from marketplace.models import BillingMode, Interconnect, Listing, Node
+from marketplace.models import BillingMode, GpuModel, Interconnect, Listing, Node
 from marketplace.services import organization_set_status
 from tests.conftest import assert_error
 from tests.marketplace.factories import (
@@ -81,7 +81,16 @@ class TestFilters:
         assert found(lab_client, gpu_model="h100-sxm-80gb") == [h100.pk]
         assert found(lab_client, gpu_model="a100-sxm-80gb") == [a100.pk]
         assert found(lab_client, gpu_model="mi300x") == []
-        assert found(lab_client, gpu_model="no-such-gpu") == []
+
+    @pytest.mark.parametrize("value", ["no-such-gpu", "H100 SXM", "h100-sxm-80gb\u0000"])
+    def test_unknown_gpu_model_is_400_listing_the_catalog(self, lab_client, value):
+        listing()
+        error = assert_error(lab_client.get(LISTINGS, {"gpu_model": value}), 400, "invalid")
+        slugs = list(GpuModel.objects.order_by("slug").values_list("slug", flat=True))
+        assert {"h100-sxm-80gb", "mi300x"} <= set(slugs)
+        [message] = error["fields"]["gpu_model"]
+        assert message.endswith(f"Valid: {', '.join(slugs)} (GET /api/v1/gpu-models).")
+        assert message in error["message"]
 
     def test_region(self, lab_client):
         east = listing(cluster=ClusterFactory(region="us-east-1", node_count=2))
@@ -152,7 +161,7 @@ class TestWindow:
         assert found(lab_client, starts_at=hour(10), ends_at=hour(34)) == [offer.pk]
         assert found(lab_client, starts_at=hour(12), ends_at=hour(20)) == [offer.pk]
 
-    @pytest.mark.parametrize(("start", "end"), [(9, 20), (12, 35), (0, 40), (34, 40), (2, 10)])
+    @pytest.mark.parametrize(("start", "end"), [(9, 20), (12, 35), (1, 40), (34, 40), (2, 10)])
     def test_window_not_inside_the_listing_is_not_offered(self, lab_client, start, end):
         listing(starts_at=hour(10), ends_at=hour(34))
         assert found(lab_client, starts_at=hour(start), ends_at=hour(end)) == []
@@ -190,15 +199,42 @@ class TestWindow:
         frozen_time.move_to(hour(3))
         assert availability(lab_client) == {offer.pk: 2}  # what was sold is in the past
 
-    def test_a_window_starting_before_the_current_hour_is_not_offered(self, lab_client, frozen_time):
-        """Hours already past cannot be delivered: refuse the window (400) or offer nothing for it."""
+    def test_a_window_starting_before_the_current_hour_is_400_naming_the_earliest_start(self, lab_client, frozen_time):
+        """Hours already past cannot be delivered: the search says so rather than answer an empty page."""
         listing(starts_at=hour(0), ends_at=hour(24))
         frozen_time.move_to(hour(5))
-        response = lab_client.get(LISTINGS, {"starts_at": iso(hour(2)), "ends_at": iso(hour(10))})
-        if response.status_code == 400:
-            assert "starts_at" in assert_error(response, 400)["fields"]
-        else:
-            assert response.json()["results"] == []
+        error = assert_error(lab_client.get(LISTINGS, {"starts_at": iso(hour(2)), "ends_at": iso(hour(10))}), 400)
+        assert error["fields"] == {"starts_at": ["Already begun: the earliest start is 2031-03-10T14:00Z."]}
+        assert error["message"] == (
+            "The search window has already begun: only hours not yet begun can be bought, from 2031-03-10T14:00Z."
+        )
+
+    def test_a_window_in_the_current_hour_has_begun(self, lab_client):
+        """At 09:17 the 09:00 hour has begun: the earliest start is 10:00."""
+        listing(starts_at=hour(0), ends_at=hour(24))
+        error = assert_error(lab_client.get(LISTINGS, {"starts_at": iso(hour(0))}), 400)
+        assert error["fields"] == {"starts_at": ["Already begun: the earliest start is 2031-03-10T10:00Z."]}
+        assert found(lab_client, starts_at=hour(1)) == [Listing.objects.get().pk]
+
+    def test_a_window_that_is_over_is_400(self, lab_client):
+        listing(starts_at=hour(1), ends_at=hour(24))
+        error = assert_error(lab_client.get(LISTINGS, {"starts_at": iso(hour(-5)), "ends_at": iso(hour(-2))}), 400)
+        assert set(error["fields"]) == {"starts_at", "ends_at"}
+        assert error["message"].startswith("The search window is over:")
+
+    def test_an_end_already_past_is_400(self, lab_client):
+        listing(starts_at=hour(1), ends_at=hour(24))
+        error = assert_error(lab_client.get(LISTINGS, {"ends_at": iso(hour(0))}), 400)
+        assert error["fields"] == {"ends_at": ["Already past: it is 2031-03-10T09:17Z."]}
+
+    def test_a_lab_asking_for_paused_listings_of_a_past_window_is_told_too(self, lab_client):
+        error = assert_error(lab_client.get(LISTINGS, {"status": "paused", "starts_at": iso(hour(-1))}), 400)
+        assert set(error["fields"]) == {"starts_at"}
+
+    def test_a_provider_reads_its_own_listings_over_a_past_window(self, provider_client):
+        """A provider's own listings are not a purchase: any window frames them (0 available in the past)."""
+        own = listing(cluster=ClusterFactory(provider=provider_client.organization, node_count=2))
+        assert availability(provider_client, starts_at=hour(-5), ends_at=hour(-2)) == {own.pk: 0}
 
     def test_invalid_window_is_400(self, lab_client):
         error = assert_error(lab_client.get(LISTINGS, {"starts_at": iso(hour(5)), "ends_at": iso(hour(5))}), 400)
@@ -310,7 +346,7 @@ class TestSoldCapacity:
         contract_terminate(contract=contract, lab=lab_client.organization)
         assert {(a.starts_at, a.ends_at) for a in contract.allocations.all()} == {(hour(1), hour(4))}
         assert availability(lab_client, starts_at=hour(4), ends_at=hour(10)) == {offer.pk: 2}
-        assert found(lab_client, starts_at=hour(3), ends_at=hour(10)) == []
+        assert_error(lab_client.get(LISTINGS, {"starts_at": iso(hour(3)), "ends_at": iso(hour(10))}), 400)
         assert availability(lab_client) == {}  # the rest of its window starts at hour 3, still sold
         assert availability(lab_client, starts_at=hour(4)) == {offer.pk: 2}
 
@@ -467,7 +503,7 @@ class TestBadParameters:
 
     def test_extreme_but_valid_values_are_answered(self, lab_client):
         offer = listing()
-        wide = {"starts_at": "2000-01-01T00:00:00Z", "ends_at": "2100-01-01T00:00:00Z"}
+        wide = {"starts_at": iso(hour(1)), "ends_at": "2100-01-01T00:00:00Z"}
         assert found(lab_client, **wide) == []
         assert found(lab_client, min_gpus=10_000_000) == []
         assert found(lab_client, max_price="99999999.9999") == [offer.pk]
