@@ -13,19 +13,34 @@ def compute_request_list(*, lab: Organization) -> QuerySet[ComputeRequest]:
     )
 
 
+# A contract's nodes are read in this order everywhere (a hostname is unique in its cluster,
+# and a contract's nodes are of one cluster).
+_BY_HOSTNAME = ("node__hostname", "node_id")
+
+
 def contract_list(*, organization: Organization) -> QuerySet[Contract]:
-    """Contracts an organization is a party to, as buyer or seller; nobody else sees them."""
+    """Contracts an organization is a party to, as buyer or seller; nobody else sees them.
+
+    Without their nodes: a contract may hold thousands, so lists leave them to
+    ``contract_nodes`` and a single contract reads them with ``contract_detail_list``.
+    """
     return (
         Contract.objects.filter(Q(lab=organization) | Q(provider=organization))
         .select_related("lab", "provider", "cluster__gpu_model")
-        .prefetch_related(
-            Prefetch(
-                "allocations",
-                queryset=Allocation.objects.select_related("node").order_by("node__hostname"),
-            )
-        )
         .order_by("-created_at", "-id")
     )
+
+
+def contract_detail_list(*, organization: Organization) -> QuerySet[Contract]:
+    """``contract_list`` with each contract's allocations and their nodes, by hostname."""
+    return contract_list(organization=organization).prefetch_related(
+        Prefetch("allocations", queryset=Allocation.objects.select_related("node").order_by(*_BY_HOSTNAME))
+    )
+
+
+def contract_nodes(*, contract: Contract) -> QuerySet[Allocation]:
+    """A contract's nodes (its allocations, with their node), by hostname."""
+    return Allocation.objects.filter(contract=contract).select_related("node").order_by(*_BY_HOSTNAME)
 
 
 def compute_requests_to_match() -> QuerySet[ComputeRequest]:

@@ -1,7 +1,8 @@
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
-from broker.models import ComputeRequest, Contract
+from broker.models import Allocation, ComputeRequest, Contract
 from core.serializers import StrictSerializer, count_field, price_field, time_field
 from marketplace.api.serializers import GpuModelField
 from marketplace.models import REGION_VALIDATOR, BillingMode, Interconnect
@@ -114,10 +115,11 @@ class ContractClusterSerializer(serializers.Serializer):
 
 
 class ContractSerializer(serializers.ModelSerializer):
+    """A contract as lists show it: its terms, without its nodes (GET /api/v1/contracts/{id}/nodes)."""
+
     lab = serializers.CharField(source="lab.name", read_only=True, help_text="The buyer's name.")
     provider = serializers.CharField(source="provider.name", read_only=True, help_text="The seller's name.")
     cluster = serializers.SerializerMethodField(help_text="The cluster the nodes belong to.")
-    nodes = serializers.SerializerMethodField(help_text="Hostnames of the contract's nodes.")
 
     class Meta:
         model = Contract
@@ -138,7 +140,6 @@ class ContractSerializer(serializers.ModelSerializer):
             "status",
             "released_at",
             "cancel_reason",
-            "nodes",
             "created_at",
         ]
         extra_kwargs = {
@@ -170,9 +171,56 @@ class ContractSerializer(serializers.ModelSerializer):
             "gpus_per_node": cluster.gpus_per_node,
         }
 
+
+class ContractDetailSerializer(ContractSerializer):
+    """One contract with the hostnames of its nodes: what the lab bought, so both parties see them."""
+
+    nodes = serializers.SerializerMethodField(
+        help_text="Hostnames of the contract's nodes, sorted. GET /api/v1/contracts/{id}/nodes pages them, "
+        "with each node's window."
+    )
+
+    class Meta(ContractSerializer.Meta):
+        fields = [*(name for name in ContractSerializer.Meta.fields if name != "created_at"), "nodes", "created_at"]
+
     def get_nodes(self, contract: Contract) -> list[str]:
-        """Hostnames of the contract's nodes: what the lab bought, so it may see them."""
         return [allocation.node.hostname for allocation in contract.allocations.all()]
+
+
+class ContractDetailSchema(OpenApiSerializerExtension):
+    """Document ContractDetail as Contract plus its nodes (allOf), so that the contract's fields,
+    and the enums among them, are described once."""
+
+    target_class = ContractDetailSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        mapped = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        own = {
+            name: field for name, field in mapped["properties"].items() if name not in ContractSerializer.Meta.fields
+        }
+        extension = {
+            "type": "object",
+            "properties": own,
+            "required": [name for name in mapped["required"] if name in own],
+        }
+        return {"allOf": [auto_schema.resolve_serializer(ContractSerializer, direction).ref, extension]}
+
+
+class ContractNodeSerializer(serializers.ModelSerializer):
+    """A node of a contract, and the hours it serves the contract."""
+
+    id = serializers.IntegerField(source="node_id", read_only=True, help_text="The node's id.")
+    hostname = serializers.CharField(source="node.hostname", read_only=True, help_text="The node's hostname.")
+    starts_at = serializers.DateTimeField(read_only=True, help_text="From when the node serves the contract.")
+    ends_at = serializers.DateTimeField(
+        read_only=True,
+        help_text="Until when it serves the contract: the contract's end, or the hour it was freed early "
+        "(equal to starts_at when freed before it started).",
+    )
+
+    class Meta:
+        model = Allocation
+        fields = ["id", "hostname", "starts_at", "ends_at"]
 
 
 @extend_schema_serializer(

@@ -10,11 +10,13 @@ from broker.api.serializers import (
     BookingSerializer,
     ComputeRequestCreateSerializer,
     ComputeRequestSerializer,
+    ContractDetailSerializer,
+    ContractNodeSerializer,
     ContractSerializer,
 )
 from broker.booking import listing_book
 from broker.models import ComputeRequest, Contract
-from broker.selectors import compute_request_list, contract_list
+from broker.selectors import compute_request_list, contract_detail_list, contract_list, contract_nodes
 from broker.services import compute_request_cancel, compute_request_create, contract_terminate
 from core.schema import bad_request, conflict
 from marketplace.permissions import IsLab
@@ -80,12 +82,43 @@ class ContractViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no caller
             return Contract.objects.none()
+        if self.action == "retrieve":
+            return contract_detail_list(organization=self.request.user.organization)
         return contract_list(organization=self.request.user.organization)
+
+    def get_serializer_class(self):
+        return ContractDetailSerializer if self.action == "retrieve" else ContractSerializer
+
+    @extend_schema(
+        summary="List your contracts",
+        description="Contracts you bought or sold, newest first, without their nodes (a contract may have "
+        "thousands): read one contract for its hostnames, or page through them with "
+        "GET /api/v1/contracts/{id}/nodes.",
+    )
+    def list(self, request: Request) -> Response:
+        return super().list(request)
+
+    @extend_schema(summary="Read a contract, with its nodes")
+    def retrieve(self, request: Request, pk: str) -> Response:
+        """A contract you bought or sold, with the hostnames of all its nodes."""
+        return super().retrieve(request, pk=pk)
+
+    @extend_schema(
+        responses=ContractNodeSerializer(many=True),
+        summary="List a contract's nodes",
+        description="The contract's nodes by hostname, each with the hours it serves the contract, a page at a "
+        "time; for the lab that bought it and the provider that sold it.",
+    )
+    @action(detail=True, methods=["get"], filter_backends=[])  # the contracts' filters are not the nodes'
+    def nodes(self, request: Request, pk: str) -> Response:
+        contract = self.get_object()
+        page = self.paginate_queryset(contract_nodes(contract=contract))
+        return self.get_paginated_response(ContractNodeSerializer(page, many=True).data)
 
     @extend_schema(
         request=None,
         responses={
-            200: ContractSerializer,
+            200: ContractDetailSerializer,
             409: conflict(
                 committed_contract="a committed contract is paid in full and cannot be terminated",
                 invalid_transition="the contract is not live, or you are not its buying lab",
@@ -97,7 +130,8 @@ class ContractViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def terminate(self, request: Request, pk: str) -> Response:
         """The buying lab ends a metered contract: its nodes are free from the next whole hour."""
         contract_terminate(contract=self.get_object(), lab=request.user.organization)
-        return Response(ContractSerializer(self.get_queryset().get(pk=pk)).data)
+        contract = contract_detail_list(organization=request.user.organization).get(pk=pk)
+        return Response(ContractDetailSerializer(contract).data)
 
 
 class ListingBookView(APIView):
@@ -106,7 +140,7 @@ class ListingBookView(APIView):
     @extend_schema(
         request=BookingSerializer,
         responses={
-            201: ContractSerializer,
+            201: ContractDetailSerializer,
             409: conflict(
                 capacity_unavailable="the capacity is no longer there, or the listing is not on offer",
                 credit_limit_exceeded="the contract would take your exposure past your credit limit",
@@ -123,5 +157,5 @@ class ListingBookView(APIView):
         serializer = BookingSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         contract = listing_book(lab=organization, listing=listing, **serializer.validated_data)
-        contract = contract_list(organization=organization).get(pk=contract.pk)
-        return Response(ContractSerializer(contract).data, status=status.HTTP_201_CREATED)
+        contract = contract_detail_list(organization=organization).get(pk=contract.pk)
+        return Response(ContractDetailSerializer(contract).data, status=status.HTTP_201_CREATED)

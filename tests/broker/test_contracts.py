@@ -1,5 +1,6 @@
 """Contracts: what the parties read, and how they start, finish, terminate and get cancelled."""
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -108,11 +109,68 @@ class TestRead:
         # Each provider sees only its own side.
         assert [item["listing"] for item in provider_client.get(URL).json()["results"]] == [first.pk]
 
+    def test_lists_leave_the_nodes_out(self, lab_client, provider_client, listing):
+        contract = filled_contract(lab_client.organization)
+        for party in (lab_client, provider_client):
+            [item] = party.get(URL).json()["results"]
+            assert "nodes" not in item
+            assert item["id"] == contract.pk and item["node_count"] == 2
+
     def test_list_filters_by_status(self, lab_client, listing):
         contract = filled_contract(lab_client.organization)
         assert lab_client.get(URL, {"status": "scheduled"}).json()["count"] == 1
         assert lab_client.get(URL, {"status": "active"}).json()["count"] == 0
         assert contract.status == "scheduled"
+
+
+class TestNodes:
+    def test_both_parties_page_through_the_nodes_with_their_windows(self, lab_client, provider_client, listing):
+        contract = book(lab=lab_client.organization, listing=listing, nodes=3, starts_at=hour(1), hours=4)
+        window = {"starts_at": iso(hour(1)), "ends_at": iso(hour(5))}
+        for party in (lab_client, provider_client):
+            first = party.get(f"{URL}/{contract.pk}/nodes", {"page_size": 2})
+            assert first.status_code == 200, first.content
+            body = first.json()
+            assert body["count"] == 3 and body["previous"] is None and body["next"]
+            second = party.get(body["next"]).json()
+            nodes = body["results"] + second["results"]
+            assert [node["hostname"] for node in nodes] == HOSTNAMES
+            assert [node["id"] for node in nodes] == sorted(
+                contract.allocations.order_by("node__hostname").values_list("node_id", flat=True)
+            )
+            assert all({key: node[key] for key in window} == window for node in nodes)
+            # The same hostnames as the contract's own answer.
+            assert party.get(f"{URL}/{contract.pk}").json()["nodes"] == HOSTNAMES
+
+    def test_a_node_freed_early_shows_its_shortened_window(self, lab_client, metered_listing, frozen):
+        contract = book_running(
+            lab=lab_client.organization, listing=metered_listing, nodes=2, starts_at=hour(0), hours=6
+        )
+        assert lab_client.post(f"{URL}/{contract.pk}/terminate").status_code == 200
+        nodes = lab_client.get(f"{URL}/{contract.pk}/nodes").json()["results"]
+        assert [(node["starts_at"], node["ends_at"]) for node in nodes] == [(iso(hour(0)), iso(hour(1)))] * 2
+
+    def test_others_get_404(self, lab_client, other_lab_client, other_provider_client, anon_client, listing):
+        contract = book(lab=lab_client.organization, listing=listing, nodes=1, starts_at=hour(1), hours=4)
+        for outsider in (other_lab_client, other_provider_client):
+            assert_error(outsider.get(f"{URL}/{contract.pk}/nodes"), 404, "not_found")
+        assert_error(anon_client.get(f"{URL}/{contract.pk}/nodes"), 401)
+        assert_error(lab_client.get(f"{URL}/{contract.pk + 1000}/nodes"), 404, "not_found")
+
+    def test_contract_filters_do_not_apply_to_its_nodes(self, lab_client, listing):
+        contract = book(lab=lab_client.organization, listing=listing, nodes=1, starts_at=hour(1), hours=4)
+        response = lab_client.get(f"{URL}/{contract.pk}/nodes", {"status": "completed"})
+        assert response.json()["count"] == 1
+
+
+def test_a_list_item_holds_nothing_per_node(lab_client, provider_client):
+    cluster = ClusterFactory(provider=provider_client.organization, node_count=40)
+    big = ListingFactory(cluster=cluster, node_count=40, starts_at=hour(0), ends_at=hour(48))
+    book(lab=lab_client.organization, listing=big, nodes=40, starts_at=hour(1), hours=2)
+    [item] = lab_client.get(URL).json()["results"]
+    assert item["node_count"] == 40
+    assert [key for key, value in item.items() if isinstance(value, list)] == []
+    assert len(json.dumps(item)) < 1000
 
 
 def test_list_endpoints_run_a_constant_number_of_queries(lab_client, listing):
@@ -124,13 +182,23 @@ def test_list_endpoints_run_a_constant_number_of_queries(lab_client, listing):
     book(lab=lab_client.organization, listing=listing, nodes=1, starts_at=hour(1), hours=2)
     request_create(lab=lab_client.organization, gpu_count=8, starts_at=hour(2))
     lab_client.get(URL)  # the key's first use of the minute is recorded
-    few = queries(URL), queries("/api/v1/compute-requests")
+    nodes_url = f"{URL}/{Contract.objects.get().pk}/nodes"
+    few = queries(URL), queries("/api/v1/compute-requests"), queries(nodes_url)
     book(lab=lab_client.organization, listing=listing, nodes=2, starts_at=hour(1), hours=2)
-    book(lab=lab_client.organization, listing=listing, nodes=3, starts_at=hour(5), hours=2)
+    contract = book(lab=lab_client.organization, listing=listing, nodes=3, starts_at=hour(5), hours=2)
     for _ in range(3):
         request_create(lab=lab_client.organization, gpu_count=8, starts_at=hour(2))
     filled_contract(lab_client.organization, gpu_count=8, starts_at=hour(20), hours=2)
-    assert (queries(URL), queries("/api/v1/compute-requests")) == few
+    nodes_url = f"{URL}/{contract.pk}/nodes"
+    assert (queries(URL), queries("/api/v1/compute-requests"), queries(nodes_url)) == few
+
+
+def test_a_contract_list_reads_no_allocation(lab_client, listing):
+    book(lab=lab_client.organization, listing=listing, nodes=3, starts_at=hour(1), hours=2)
+    lab_client.get(URL)  # the key's first use of the minute is recorded
+    with CaptureQueriesContext(connection) as captured:
+        assert lab_client.get(URL).json()["count"] == 1
+    assert [query["sql"] for query in captured if "broker_allocation" in query["sql"]] == []
 
 
 class TestLifecycle:

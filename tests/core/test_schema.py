@@ -60,6 +60,7 @@ def test_every_error_response_is_the_one_error_shape(schema):
         ("get", "/api/v1/listings/{id}", {"401", "404", "429"}),
         ("get", "/api/v1/invoices/preview", {"400", "401", "403", "429"}),
         ("get", "/api/v1/gpu-models/{slug}", {"404"}),
+        ("get", "/api/v1/contracts/{id}/nodes", {"401", "404", "429"}),
     ],
 )
 def test_operation_documents_its_errors(schema, method, path, codes):
@@ -91,6 +92,20 @@ def test_conflicts_name_their_codes(schema, path, codes):
 )
 def test_refusals_say_what_they_refuse(schema, method, path, status, says):
     assert says in schema["paths"][path][method]["responses"][status]["description"]
+
+
+def test_contract_lists_leave_the_nodes_to_a_single_contract(schema):
+    def body(path, method="get", status="200"):
+        return schema["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+
+    components = schema["components"]["schemas"]
+    assert "nodes" not in components["Contract"]["properties"]
+    assert components["PaginatedContractList"]["properties"]["results"]["items"] == {
+        "$ref": "#/components/schemas/Contract"
+    }
+    detail = {"$ref": "#/components/schemas/ContractDetail"}
+    assert body("/api/v1/contracts/{id}") == body("/api/v1/listings/{id}/book", "post", "201") == detail
+    assert "nodes" in components["ContractDetail"]["allOf"][1]["properties"]
 
 
 def test_every_write_takes_an_idempotency_key(schema):
