@@ -167,18 +167,15 @@ def organization_set_fee_rate(
             "A fee rate is a fraction in [0, 1) with at most 4 places, e.g. 0.05.",
             fields={"platform_fee_rate": ["Must be in [0, 1)."]},
         )
-    with transaction.atomic():
-        previous = Organization.objects.select_for_update().get(pk=organization.pk).platform_fee_rate
-        Organization.objects.filter(pk=organization.pk).update(platform_fee_rate=rate)
-        organization.platform_fee_rate = rate
-        audit_record(
-            action="fee_rate_set",
-            target=organization,
-            actor=actor,
-            actor_label=actor_label,
-            message=f"{previous if previous is not None else 'default'} -> {rate if rate is not None else 'default'}",
-        )
-    return organization
+    return _organization_set(
+        organization,
+        "platform_fee_rate",
+        rate,
+        action="fee_rate_set",
+        unset="default",
+        actor=actor,
+        actor_label=actor_label,
+    )
 
 
 def organization_set_credit_limit(
@@ -192,16 +189,32 @@ def organization_set_credit_limit(
             "A credit limit is an amount in whole cents, zero or more.",
             fields={"credit_limit": ["Whole cents, zero or more."]},
         )
+    return _organization_set(
+        organization,
+        "credit_limit",
+        limit,
+        action="credit_limit_set",
+        unset="no limit",
+        actor=actor,
+        actor_label=actor_label,
+    )
+
+
+def _organization_set(
+    organization: Organization, field: str, value, *, action: str, unset: str, actor, actor_label: str
+) -> Organization:
+    """Write one of an operator's settings of an organization, audited as "old -> new"
+    (``unset`` names an empty value)."""
     with transaction.atomic():
-        previous = Organization.objects.select_for_update().get(pk=organization.pk).credit_limit
-        Organization.objects.filter(pk=organization.pk).update(credit_limit=limit)
-        organization.credit_limit = limit
+        previous = getattr(Organization.objects.select_for_update().get(pk=organization.pk), field)
+        Organization.objects.filter(pk=organization.pk).update(**{field: value})
+        setattr(organization, field, value)
         audit_record(
-            action="credit_limit_set",
+            action=action,
             target=organization,
             actor=actor,
             actor_label=actor_label,
-            message=f"{'no limit' if previous is None else previous} -> {'no limit' if limit is None else limit}",
+            message=f"{unset if previous is None else previous} -> {unset if value is None else value}",
         )
     return organization
 
