@@ -63,7 +63,8 @@ class ErrorDetailSerializer(serializers.Serializer):
             "message": serializers.CharField(help_text="What went wrong, in words, for a person."),
             "fields": serializers.DictField(
                 help_text="Details by field: for `invalid`, each refused field with its messages; for some "
-                "conflicts, figures (`limit`, `exposure` and `amount` for `credit_limit_exceeded`). Empty otherwise."
+                "conflicts, figures (`limit`, `exposure` and `amount` for `credit_limit_exceeded`); for "
+                "`all_rejected`, `rejected`, each record refused with why. Empty otherwise."
             ),
         }
 

@@ -17,10 +17,27 @@ from billing.api.serializers import (
 from billing.models import Invoice, PayoutStatement, UsageRecord
 from billing.selectors import invoice_list, payout_list, usage_list
 from billing.services import billing_period_preview, usage_ingest
-from core.errors import InvalidInput
+from core.errors import DomainError, InvalidInput
 from core.money import ZERO
+from core.schema import documented_error
 from core.timeutils import parse_period
 from marketplace.permissions import IsLab, IsProvider
+
+
+class AllRejected(DomainError):
+    """Every record of a usage batch was rejected: nothing was stored, which must not read as a success."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    code = "all_rejected"
+
+    def __init__(self, rejected: list[dict]):
+        rejected = sorted(rejected, key=lambda rejection: rejection["index"])  # in the order sent
+        first = rejected[0]
+        which = f"record {first['index']}" + (f" (id {first['id']!r})" if first["id"] is not None else "")
+        super().__init__(
+            f"Nothing was stored: all {len(rejected)} record(s) were rejected; {which}: {first['message']}",
+            fields={"rejected": rejected},
+        )
 
 
 class UsageFilter(django_filters.FilterSet):
@@ -49,11 +66,20 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         request=UsageBatchSerializer,
-        responses={200: UsageIngestResultSerializer},
+        responses={
+            200: UsageIngestResultSerializer,
+            422: documented_error(
+                "Nothing was stored",
+                all_rejected="every record of the batch was rejected; `fields.rejected` lists each, in the "
+                "order sent, with its `index`, `id`, `code` and `message`, as a 200's `rejected` does",
+            ),
+        },
         summary="Report usage (up to 1,000 records)",
         description=(
             "Each record is accepted, reported back as a duplicate (its `id` was seen before), or rejected "
-            "with a reason; valid records of a call are kept even when others are rejected. A record's "
+            "with a reason; valid records of a call are kept even when others are rejected (200, with the "
+            "rejected ones in `rejected`). When every record is rejected nothing was stored, and the answer is "
+            "a 422 `all_rejected` whose `fields.rejected` gives each record's reason. A record's "
             "GPU-seconds are taken as spread evenly over its [started_at, ended_at): at no instant may the "
             "records of a node use more GPUs than the node has, nor the records of a contract (with or without "
             "a node) more than the contract's GPUs, counting the records already stored and those accepted "
@@ -66,6 +92,8 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         if not isinstance(data, dict) or set(data) != {"records"}:
             raise InvalidInput('Send {"records": [...]}.', fields={"records": ["This field is required."]})
         result = usage_ingest(provider=request.user.organization, records=data["records"])
+        if result.rejected and not result.accepted and not result.duplicates:
+            raise AllRejected(result.rejected)
         body = {"accepted": result.accepted, "duplicates": result.duplicates, "rejected": result.rejected}
         return Response(body, status=status.HTTP_200_OK)
 

@@ -141,9 +141,65 @@ class TestAcceptDuplicateReject:
         assert UsageRecord.objects.filter(event_id="e-1").count() == 2
 
     def test_another_providers_contract_is_rejected(self, other_provider_client, metered_contract, clock):
-        body = post(other_provider_client, [record("x", metered_contract, METERED_START, H1, 5)]).json()
-        assert body["accepted"] == [] and body["rejected"][0]["code"] == "unknown_contract"
+        error = assert_error(
+            post(other_provider_client, [record("x", metered_contract, METERED_START, H1, 5)]), 422, "all_rejected"
+        )
+        assert error["fields"]["rejected"][0]["code"] == "unknown_contract"
         assert not UsageRecord.objects.exists()
+
+
+class TestAllRejected:
+    """A batch of which nothing was stored is not a success: a 422 that gives each record's reason."""
+
+    def test_a_batch_whose_every_record_is_rejected_is_a_422_with_the_reasons(
+        self, provider_client, metered_contract, clock
+    ):
+        records = [
+            record("early", metered_contract, hours_later(METERED_START, -1), METERED_START, 10),
+            record("too-much", metered_contract, METERED_START, H1, 99999),
+            {"contract": metered_contract.pk},
+        ]
+        error = assert_error(post(provider_client, records), 422, "all_rejected")
+        assert error["message"].startswith("Nothing was stored: all 3 record(s) were rejected; record 0 (id 'early'): ")
+        assert set(error["fields"]) == {"rejected"}
+        assert [(r["index"], r["id"], r["code"]) for r in error["fields"]["rejected"]] == [
+            (0, "early", "outside_contract"),
+            (1, "too-much", "exceeds_capacity"),
+            (2, None, "invalid"),
+        ]
+        assert all(set(r) == {"index", "id", "code", "message"} and r["message"] for r in error["fields"]["rejected"])
+        assert not UsageRecord.objects.exists()
+
+    def test_one_record_kept_makes_it_a_200(self, provider_client, metered_contract, clock):
+        records = [
+            record("early", metered_contract, hours_later(METERED_START, -1), METERED_START, 10),
+            record("ok", metered_contract, METERED_START, H1, 10),
+        ]
+        response = post(provider_client, records)
+        assert response.status_code == 200, response.content
+        assert (response.json()["accepted"], len(response.json()["rejected"])) == (["ok"], 1)
+
+    def test_duplicates_and_rejections_are_a_200_the_duplicates_are_stored(
+        self, provider_client, metered_contract, clock
+    ):
+        kept = record("kept", metered_contract, METERED_START, H1, 10)
+        post(provider_client, [kept])
+        response = post(provider_client, [kept, record("bad", metered_contract, METERED_START, H1, 99999)])
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert (body["accepted"], body["duplicates"], [r["id"] for r in body["rejected"]]) == ([], ["kept"], ["bad"])
+
+    def test_an_all_rejected_batch_may_be_sent_again_with_its_idempotency_key(
+        self, provider_client, metered_contract, clock
+    ):
+        """Nothing was stored, so nothing is replayed: the corrected retry is done."""
+        late = record("late", metered_contract, hours_later(METERED_START, -1), METERED_START, 10)
+        headers = {"HTTP_IDEMPOTENCY_KEY": "usage-1"}
+        first = provider_client.post(URL, {"records": [late]}, format="json", **headers)
+        assert_error(first, 422, "all_rejected")
+        again = provider_client.post(URL, {"records": [late]}, format="json", **headers)
+        assert_error(again, 422, "all_rejected")
+        assert "Idempotent-Replayed" not in again
 
     def test_capacity_is_the_contracts_gpus_over_the_interval(self, provider_client, metered_contract, clock):
         half_hour = METERED_START.replace(minute=30)

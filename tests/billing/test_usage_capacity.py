@@ -27,6 +27,7 @@ from broker.models import Allocation
 from tests.billing.conftest import METERED_START, NODE_NAMES
 from tests.billing.factories import METERED, contract_create, hours_later, make_lab, make_provider, record, utc
 from tests.broker.factories import run_at_once
+from tests.conftest import assert_error
 
 NOW = utc(2026, 10, 20, 12, 30)
 H1 = hours_later(METERED_START, 1)
@@ -82,9 +83,14 @@ class TestTheAuditsCase:
 class TestNode:
     def test_a_second_full_hour_of_a_node_is_rejected(self, provider_client, metered_contract, clock):
         first = post(provider_client, [record("first", metered_contract, METERED_START, H1, 28800, node=NODE)])
-        second = post(provider_client, [record("second", metered_contract, METERED_START, H1, 28800, node=NODE)])
+        second = provider_client.post(
+            "/api/v1/usage",
+            {"records": [record("second", metered_contract, METERED_START, H1, 28800, node=NODE)]},
+            format="json",
+        )
         assert outcome(first) == (["first"], [], [])
-        assert outcome(second) == ([], [], [("second", "exceeds_capacity")])
+        error = assert_error(second, 422, "all_rejected")  # its only record was rejected
+        assert [(r["id"], r["code"]) for r in error["fields"]["rejected"]] == [("second", "exceeds_capacity")]
 
     def test_two_half_hours_at_full_rate_fit(self, provider_client, metered_contract, clock):
         """8 GPUs x 1,800 s = 14,400 for each half: the halves do not overlap ([) intervals)."""

@@ -60,6 +60,7 @@ def test_every_error_response_is_the_one_error_shape(schema):
         ("get", "/api/v1/listings/{id}", {"401", "404", "429"}),
         ("get", "/api/v1/invoices/preview", {"400", "401", "403", "429"}),
         ("get", "/api/v1/gpu-models/{slug}", {"404"}),
+        ("post", "/api/v1/usage", {"400", "401", "403", "409", "413", "422", "429"}),
         ("get", "/api/v1/contracts/{id}/nodes", {"401", "404", "429"}),
     ],
 )
@@ -84,6 +85,7 @@ def test_conflicts_name_their_codes(schema, path, codes):
 @pytest.mark.parametrize(
     ("method", "path", "status", "says"),
     [
+        ("post", "/api/v1/usage", "422", "`all_rejected`"),
         ("get", "/api/v1/listings", "400", "an unknown `gpu_model`"),
         ("get", "/api/v1/listings", "400", "window has already begun or is over"),
         ("post", "/api/v1/clusters", "400", "an unknown `gpu_model`"),
