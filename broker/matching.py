@@ -388,6 +388,12 @@ class OrderBook:
             for _, node_id in nodes:
                 self.busy[node_id].append((fill.starts, fill.ends))
 
+    def release(self, fill: Fill) -> None:
+        """Undo ``hold``: the fill will not be written."""
+        for _, nodes in fill.parts:
+            for _, node_id in nodes:
+                self.busy[node_id].remove((fill.starts, fill.ends))
+
 
 def _acquire_segment_lock(gpu_model_id: int, wait: bool) -> bool:
     function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
@@ -496,10 +502,11 @@ def _match_locked(gpu_model_id: int, result: MatchResult) -> None:
 
 def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -> None:
     with transaction.atomic():
-        # Locks in the order every other writer takes them: listings, labs, requests.
+        # Locks in the order every other writer takes them: listings, requests, and the labs
+        # last, only to write (matchers of other segments sell to the same labs).
         book.refresh()
         labs = ComputeRequest.objects.filter(pk__in=request_ids).values_list("lab_id", flat=True).distinct()
-        credit = _Credit(lab_exposures(labs, lock=True))
+        credit = _Credit(lab_exposures(labs))
         requests = list(
             compute_requests_to_match()
             .select_for_update(of=("self",))
@@ -520,6 +527,19 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
             for _, nodes in fill.parts:
                 held.extend((node_id, (fill.starts, fill.ends)) for _, node_id in nodes)
             fills.append(fill)
+        if fills:
+            # Planned on figures read without a lock: lock the buyers, read again, and keep
+            # only the fills their limits still allow (another sale may have come in between).
+            kept = credit.confirm(lab_exposures({fill.request.lab_id for fill in fills}, lock=True), fills)
+            if len(kept) < len(fills):
+                kept_ids = {id(fill) for fill in kept}
+                for fill in fills:
+                    if id(fill) not in kept_ids:
+                        book.release(fill)
+            held = [
+                (node_id, (fill.starts, fill.ends)) for fill in kept for _, nodes in fill.parts for _, node_id in nodes
+            ]
+            fills = kept
         # Explained once the chunk's fills hold their nodes: what is left now.
         unfilled = {request.pk: book.explain(request) for request in unplanned} | credit.refused
         _record_unfilled(requests, unfilled)
@@ -546,17 +566,8 @@ class _Credit:
         self.refused: dict[int, Unfilled] = {}  # request id -> why
 
     def take(self, request: ComputeRequest, fill: Fill) -> bool:
-        """Sell the fill to the request's lab if its credit limit allows, or note why not.
-
-        A part's value is its GPU-hours at its price: a committed block's total, a metered
-        contract's ceiling (``billing.credit``)."""
-        committed = metered = Decimal(0)
-        for listing, nodes in fill.parts:
-            value = len(nodes) * listing.gpus_per_node * (fill.ends - fill.starts) * listing.price
-            if listing.billing_mode == BillingMode.COMMITTED:
-                committed += value
-            else:
-                metered += value
+        """Sell the fill to the request's lab if its credit limit allows, or note why not."""
+        committed, metered = _values(fill)
         exposure = self.exposures[request.lab_id]
         sold_committed, sold_metered = self.sold.get(request.lab_id, (Decimal(0), Decimal(0)))
         sold = sold_committed + sold_metered
@@ -574,6 +585,26 @@ class _Credit:
             return False
         self.sold[request.lab_id] = (sold_committed + committed, sold_metered + metered)
         return True
+
+    def confirm(self, exposures: dict[int, Exposure], fills: list[Fill]) -> list[Fill]:
+        """Take the fills again, in order, against ``exposures`` read under the labs' locks:
+        the fills still allowed, the others noted as refused."""
+        self.exposures |= exposures
+        self.sold = {}
+        return [fill for fill in fills if self.take(fill.request, fill)]
+
+
+def _values(fill: Fill) -> tuple[Decimal, Decimal]:
+    """The fill's committed and metered values: GPU-hours at their price (a committed block's
+    total, a metered contract's ceiling: ``billing.credit``)."""
+    committed = metered = Decimal(0)
+    for listing, nodes in fill.parts:
+        value = len(nodes) * listing.gpus_per_node * (fill.ends - fill.starts) * listing.price
+        if listing.billing_mode == BillingMode.COMMITTED:
+            committed += value
+        else:
+            metered += value
+    return committed, metered
 
 
 _RECORD_UNFILLED = """

@@ -128,6 +128,8 @@ def organization_set_status(
     if status not in Organization.Status.values:
         raise InvalidTransition(f"Unknown status {status!r}.")
     with transaction.atomic():
+        # The lab's open requests before the lab itself: the order the matching engine locks them.
+        list(ComputeRequest.objects.select_for_update().filter(lab=organization, status=ComputeRequest.Status.OPEN))
         previous = Organization.objects.select_for_update().get(pk=organization.pk).status
         Organization.objects.filter(pk=organization.pk).update(status=status)
         organization.status = status
