@@ -38,12 +38,17 @@ class ComputeRequestCreateSerializer(StrictSerializer):
     region = serializers.CharField(
         max_length=63,
         required=False,
+        allow_blank=True,  # the default, "": any region (a generated client sends the default)
         default="",
         validators=[REGION_VALIDATOR],
         help_text="Only clusters in this region; any when omitted.",
     )
     interconnect = serializers.ChoiceField(
-        choices=Interconnect.choices, required=False, default="", help_text="Only this interconnect; any when omitted."
+        choices=Interconnect.choices,
+        required=False,
+        allow_blank=True,  # the default, "": any; in the schema, so generated clients accept it
+        default="",
+        help_text="Only this interconnect; any when omitted or empty.",
     )
 
 
