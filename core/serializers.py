@@ -41,6 +41,14 @@ def price_field(**kwargs) -> serializers.DecimalField:
     return PriceField(max_digits=12, decimal_places=4, **kwargs)
 
 
+@extend_schema_field({"type": "string", "pattern": r"^\d{4}-\d{2}$", "example": "2026-11"})
+class MonthField(serializers.DateField):
+    """A calendar month, shown as YYYY-MM (the first day of the month is what is stored)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(format="%Y-%m", **kwargs)
+
+
 def _inside_horizon(value) -> None:
     if not within_horizon(value):
         raise serializers.ValidationError(f"Must be within {HORIZON_TEXT}.")

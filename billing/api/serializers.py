@@ -1,10 +1,12 @@
 from decimal import ROUND_HALF_UP, Decimal
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.close_sql import RatedLine
 from billing.models import CreditNote, Invoice, InvoiceLine, Payment, PayoutStatement, UsageRecord
 from core.money import QUANTITY_PLACES, ZERO
+from core.serializers import MonthField
 
 
 class UsageBatchSerializer(serializers.Serializer):
@@ -88,7 +90,7 @@ class PaymentSerializer(serializers.ModelSerializer):
 
 
 class InvoiceSerializer(serializers.ModelSerializer):
-    period = serializers.DateField(format="%Y-%m", help_text="The month billed, YYYY-MM.")
+    period = MonthField(help_text="The month billed, YYYY-MM.")
     lines = InvoiceLineSerializer(many=True, read_only=True, help_text="What is billed.")
     credit_notes = CreditNoteSerializer(many=True, read_only=True, help_text="Credits against the invoice.")
     payments = PaymentSerializer(many=True, read_only=True, help_text="Payments received.")
@@ -120,7 +122,8 @@ class InvoiceSerializer(serializers.ModelSerializer):
             "voided_at": {"help_text": "When it was voided; null otherwise."},
         }
 
-    def get_amount_due(self, invoice: Invoice) -> Decimal:
+    @extend_schema_field(serializers.DecimalField(max_digits=16, decimal_places=2))
+    def get_amount_due(self, invoice: Invoice) -> str:
         credited = sum((note.amount for note in invoice.credit_notes.all()), ZERO)
         paid = sum((payment.amount for payment in invoice.payments.all()), ZERO)
         due = invoice.total - credited - paid
@@ -157,9 +160,12 @@ def _preview_line(line: RatedLine) -> dict:
 
 
 class PayoutStatementSerializer(serializers.ModelSerializer):
-    period = serializers.DateField(format="%Y-%m", help_text="The month paid for, YYYY-MM.")
+    period = MonthField(help_text="The month paid for, YYYY-MM.")
     carried_into = serializers.SlugRelatedField(
-        slug_field="number", read_only=True, help_text="The statement a negative net was carried into; null otherwise."
+        slug_field="number",
+        read_only=True,
+        allow_null=True,
+        help_text="The statement a negative net was carried into; null otherwise.",
     )
 
     class Meta:
