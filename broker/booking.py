@@ -231,8 +231,7 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
                     cursor.execute(_PREPARE)
                     _prepared_in.add(session)
                 cursor.execute(_EXECUTE, params)
-                row = cursor.fetchone()
-            return row
+                return cursor.fetchone()
         except ProgrammingError as error:
             if getattr(error.__cause__, "sqlstate", None) != _INVALID_STATEMENT_NAME or attempt == _ATTEMPTS - 1:
                 raise

@@ -261,7 +261,11 @@ class OrderBook:
         """The cheapest complete fill of the request now (``priced=False``: whatever its price)."""
         starts = _hour(request.starts_at)
         ends = _hour(request.ends_at)
-        candidates = self._candidates(request, starts, ends, priced=priced)
+        return self._plan_among(request, self._candidates(request, starts, ends, priced=priced), starts, ends)
+
+    def _plan_among(
+        self, request: ComputeRequest, candidates: list[BookListing], starts: int, ends: int
+    ) -> Fill | None:
         if not candidates:
             return None
         if request.colocated:
@@ -274,7 +278,9 @@ class OrderBook:
 
     def explain(self, request: ComputeRequest) -> Unfilled:
         """Why the request cannot be filled now, and the price at which it would be."""
-        whole = self.plan(request, priced=False)
+        starts, ends = _hour(request.starts_at), _hour(request.ends_at)
+        candidates = self._candidates(request, starts, ends, priced=False)
+        whole = self._plan_among(request, candidates, starts, ends)
         if whole is not None:
             price = max(listing.price for listing, _ in whole.parts)
             return Unfilled(
@@ -283,8 +289,6 @@ class OrderBook:
                 f"it would fill now at {price}.",
                 price,
             )
-        starts, ends = _hour(request.starts_at), _hour(request.ends_at)
-        candidates = self._candidates(request, starts, ends, priced=False)
         what = f"{request.gpu_count:,} {self.gpu_model_slug} GPUs{' colocated' if request.colocated else ''}"
         if not candidates:
             return Unfilled(
