@@ -34,6 +34,7 @@ from billing.models import (
 )
 from billing.usage_load import UsageLoad
 from broker.models import Contract
+from core import metrics
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
 from core.services import audit_record
@@ -148,6 +149,9 @@ def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
     candidates = _within_contracts(provider, _well_formed(records, result), result)
     if candidates:
         _store_within_capacity(provider, candidates, result)
+    metrics.usage_records_observed(
+        accepted=len(result.accepted), duplicates=len(result.duplicates), rejected=[r["code"] for r in result.rejected]
+    )
     return result
 
 

@@ -36,6 +36,7 @@ from billing.credit import Exposure, credit_limit_exceeded, lab_exposures, lab_e
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.selectors import compute_requests_to_match
 from broker.terms import contract_total
+from core import metrics
 from core.money import round_money
 from core.timeutils import HOUR
 from marketplace.models import BillingMode, GpuModel, Listing, ListingNode
@@ -412,6 +413,7 @@ def _release_segment_lock(gpu_model_id: int) -> None:
         cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCK_NAMESPACE, gpu_model_id])
 
 
+@metrics.matching_run
 def segment_match(*, gpu_model_id: int, wait: bool = False) -> MatchResult:
     """Fill what can be filled of the segment's open requests, oldest first.
 
@@ -453,6 +455,7 @@ def segment_unmark_pending(*, gpu_model_id: int) -> None:
     _pending_marks().delete(PENDING_KEY.format(gpu_model_id=gpu_model_id))
 
 
+@metrics.matching_run
 def segment_match_coalesced(*, gpu_model_id: int) -> MatchResult:
     """A worker's matching run: one pass, then one more as long as the segment was marked
     pending meanwhile; or none, leaving at once, if another run holds the segment.

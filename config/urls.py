@@ -4,6 +4,8 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from backoffice.views import market_overview_view
+from core.metrics import UNMATCHED
+from core.observability import healthz, metrics_view, readyz
 from core.views import ApiIndexView, not_found
 
 api_v1 = [
@@ -32,7 +34,12 @@ urlpatterns = [
     path("admin/market-overview/", admin.site.admin_view(market_overview_view), name="market-overview"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
-    re_path(r"^api/", not_found),
+    re_path(r"^api/", not_found, name=UNMATCHED),
+    # For operators' machines, outside the API and its schema: liveness, readiness (answered
+    # first by core.observability.HealthProbeMiddleware) and Prometheus metrics.
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 handler404 = "core.views.not_found"

@@ -10,6 +10,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from core import metrics
 from core.errors import DomainError, error_body
 
 
@@ -47,6 +48,15 @@ _CODES = {
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = _error_response(exc, context)
+    if response is not None:  # counted by route, status and code: 409s of the booking route are its conflicts
+        metrics.api_error_observed(
+            request=context.get("request"), status=response.status_code, code=response.data["error"]["code"]
+        )
+    return response
+
+
+def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
