@@ -222,7 +222,7 @@ def pgbench_binary() -> str:
     return found
 
 
-def _pgbench_command(url: str, *args: str) -> tuple[list[str], dict]:
+def _pgbench_command(url: str, *args: str, database: str = PGBENCH_DATABASE) -> tuple[list[str], dict]:
     parts = urlsplit(url)
     env = {**os.environ}
     if parts.password:
@@ -230,20 +230,24 @@ def _pgbench_command(url: str, *args: str) -> tuple[list[str], dict]:
     command = [pgbench_binary(), "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432)]
     if parts.username:
         command += ["-U", parts.username]
-    return [*command, *args, PGBENCH_DATABASE], env
+    return [*command, *args, database], env
 
 
-def pgbench_init(url: str, *, scale: int = 16) -> None:
+def pgbench_init(url: str, *, scale: int = 16, database: str = PGBENCH_DATABASE) -> None:
     """(Re)initialise the TPC-B-like tables in their own database on the bench server."""
-    create_database(server_url(url, PGBENCH_DATABASE))
-    command, env = _pgbench_command(url, "-i", "-q", "-s", str(scale))
+    create_database(server_url(url, database))
+    command, env = _pgbench_command(url, "-i", "-q", "-s", str(scale), database=database)
     log(f"pgbench -i -s {scale}")
     subprocess.run(command, env=env, check=True, capture_output=True, text=True, timeout=600)
 
 
-def pgbench_tps(url: str, *, clients: int = 16, threads: int = 2, seconds: int = 10) -> float:
+def pgbench_tps(
+    url: str, *, clients: int = 16, threads: int = 2, seconds: int = 10, database: str = PGBENCH_DATABASE
+) -> float:
     """pgbench's built-in TPC-B-like run; transactions per second without connection time."""
-    command, env = _pgbench_command(url, "-c", str(clients), "-j", str(threads), "-T", str(seconds))
+    command, env = _pgbench_command(
+        url, "-c", str(clients), "-j", str(threads), "-T", str(seconds), database=database
+    )
     log(f"pgbench -c {clients} -j {threads} -T {seconds}")
     done = subprocess.run(command, env=env, check=True, capture_output=True, text=True, timeout=seconds + 120)
     match = PGBENCH_TPS.search(done.stdout)
