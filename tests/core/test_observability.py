@@ -109,8 +109,14 @@ class TestHealthz:
         assert client.get("/api/v1/", HTTP_HOST="api.example.com").status_code == 301
         assert client.get("/api/v1/", HTTP_HOST="10.1.2.3:8000").status_code == 400
 
-    def test_probes_are_exempt_from_the_https_redirect_in_the_settings_too(self):
-        assert settings.SECURE_REDIRECT_EXEMPT == [r"^healthz$", r"^readyz$"]
+    @pytest.mark.django_db
+    def test_the_settings_exempt_the_probes_from_the_https_redirect_too(self):
+        without_probe_middleware = [m for m in settings.MIDDLEWARE if not m.endswith(".HealthProbeMiddleware")]
+        with override_settings(SECURE_SSL_REDIRECT=True, MIDDLEWARE=without_probe_middleware):
+            client = Client()
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/readyz").status_code == 200
+            assert client.get("/api/v1/").status_code == 301
 
 
 # -- /readyz -----------------------------------------------------------------------------------
@@ -535,7 +541,7 @@ def _free_port() -> int:
 def _get(url: str, **headers: str) -> tuple[int, dict, bytes]:
     request = urllib.request.Request(url, headers=headers)  # noqa: S310 (a local server)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (a local server)
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (a local server)
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
