@@ -34,9 +34,10 @@ run: install
 test: install
 	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} CELERY_TASK_ALWAYS_EAGER=true $(BIN)/pytest $(PYTEST_ARGS)
 
-## Schema-driven fuzzing (schemathesis) of the API served by gunicorn, as a provider, a lab and an
-## organization with both roles: no request may answer 5xx. In its own database fuzz_<name> on
-## DATABASE_URL's server if set, else on the embedded server. About two minutes.
+## Schema-driven fuzzing (schemathesis, every check) of the API served by gunicorn, with a Celery
+## worker when REDIS_URL is set (Redis databases 7-9 of its server), as a provider, a lab and an
+## organization with both roles. In its own database fuzz_<name> on DATABASE_URL's server if set,
+## else on the embedded server. A few minutes.
 fuzz: install
 	$(BIN)/python fuzz/run.py $(FUZZ_ARGS)
 

@@ -289,7 +289,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["core.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "core.pagination.StandardPagination",
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["core.filters.StrictFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "marketplace.api.schema.ApiSchema",
     "EXCEPTION_HANDLER": "core.exception_handler.api_exception_handler",
     # Per API key, API_RATE_LIMIT; failed authentications per address are limited by the
@@ -326,6 +326,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "core.schema.integer_path_ids",
         "core.schema.describe_shared_components",
+        "core.schema.response_links",
     ],
     # `check --deploy` is about the deployment's safety; the schema's own warnings (the docs'
     # quality) come from `manage.py spectacular --validate`.

@@ -13,6 +13,25 @@ class StandardPagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
+    def get_page_size(self, request: Request) -> int:
+        """``page_size`` if given, from 1 to ``max_page_size``; anything else is a 400, never
+        silently the default."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= self.max_page_size:
+            raise ValidationError({self.page_size_query_param: [f"A page size from 1 to {self.max_page_size}."]})
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        parameters = super().get_schema_operation_parameters(view)
+        bounds = {self.page_query_param: MAX_PAGE, self.page_size_query_param: self.max_page_size}
+        for parameter in parameters:
+            parameter["schema"] |= {"minimum": 1, "maximum": bounds[parameter["name"]]}
+        if parameters:
+            parameters[-1]["description"] += f" From 1 to {self.max_page_size}; {self.page_size} when not given."
+        return parameters
+
     def fetched_page(self, request: Request, fetch: Callable[..., tuple[list, int]]) -> tuple[list, dict]:
         """A page from a selector that returns ``(rows, total)`` for ``limit``/``offset`` in one go,
         with the same ``count``/``next``/``previous`` as every other list."""

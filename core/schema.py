@@ -1,9 +1,10 @@
 """OpenAPI schema hooks shared by every app."""
 
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import OpenApiResponse
 
 from core.routers import ID_PATTERN
-from core.serializers import ErrorSerializer
+from core.serializers import ErrorSerializer, StrictSerializer
 
 _ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}
 
@@ -21,6 +22,18 @@ def integer_path_ids(result, generator, request, public):
                 if parameter.get("in") == "path" and schema.get("pattern") == pattern:
                     parameter["schema"] = dict(_ID_SCHEMA)
     return result
+
+
+class StrictSerializerSchema(OpenApiSerializerExtension):
+    """A StrictSerializer refuses fields it does not know: its schema says so
+    (``additionalProperties: false``), so a client or a fuzzer knows that an extra field is a 400."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return schema | {"additionalProperties": False}
 
 
 def error_response(error_ref: dict, description: str) -> dict:
@@ -71,6 +84,64 @@ def describe_shared_components(result, generator, request, public):
     if "BlankEnum" in schemas:
         schemas["NotSetEnum"] = {**schemas.pop("BlankEnum"), "description": "The empty string: not set."}
         _replace_ref(result, "#/components/schemas/BlankEnum", "#/components/schemas/NotSetEnum")
+    return result
+
+
+# What a client can do next with an object it has just created: OpenAPI links from a creating
+# operation's response to the operations on that object (by operationId), passing the new
+# object's id. Clients and tools read them (the fuzz run's stateful phase creates a listing,
+# then books it and reads the contract).
+LINKS = {
+    ("api_keys_create", "201"): {
+        "ReadTheKey": "api_keys_retrieve",
+        "RevokeTheKey": "api_keys_revoke_create",
+    },
+    ("clusters_create", "201"): {
+        "ReadTheCluster": "clusters_retrieve",
+        "RenameTheCluster": "clusters_partial_update",
+        "ListItsNodes": "clusters_nodes_list",
+        "AddNodes": "clusters_nodes_create",
+    },
+    ("listings_create", "201"): {
+        "ReadTheListing": "listings_retrieve",
+        "BookTheListing": "listings_book_create",
+        "RepriceOrPauseTheListing": "listings_partial_update",
+        "WithdrawTheListing": "listings_withdraw_create",
+    },
+    ("listings_book_create", "201"): {
+        "ReadTheContract": "contracts_retrieve",
+        "ListItsNodes": "contracts_nodes_list",
+        "TerminateTheContract": "contracts_terminate_create",
+    },
+    ("compute_requests_create", "201"): {
+        "ReadTheRequest": "compute_requests_retrieve",
+        "CancelTheRequest": "compute_requests_cancel_create",
+    },
+}
+
+
+def response_links(result, generator, request, public):
+    """Add ``LINKS`` to the responses they start from; each passes the new object's ``id`` as the
+    linked operation's ``id`` path parameter."""
+    operations = {
+        operation["operationId"]: operation
+        for methods in result.get("paths", {}).values()
+        for operation in methods.values()
+        if isinstance(operation, dict) and "operationId" in operation
+    }
+    for (source, status), links in LINKS.items():
+        if source not in operations:  # not in this (partial) schema
+            continue
+        response = operations[source]["responses"][status]
+        response["links"] = {
+            name: {
+                "operationId": target,
+                "parameters": {"id": "$response.body#/id"},
+                "description": f"{target} on the object just created: its `id` is the path's `id`.",
+            }
+            for name, target in links.items()
+            if target in operations
+        }
     return result
 
 

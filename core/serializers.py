@@ -17,6 +17,25 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+EMPTY_PARAMETER = "Give a value, or leave the parameter out."
+
+
+def refuse_empty_parameters(query_params, names) -> None:
+    """A query parameter sent with no value (``?status=``) is a 400 naming it. DRF and
+    django-filter treat it as absent, as a form would, and answer as if no filter were asked."""
+    empty = sorted(name for name in names if query_params.get(name) == "")
+    if empty:
+        raise serializers.ValidationError({name: [EMPTY_PARAMETER] for name in empty})
+
+
+class QuerySerializer(serializers.Serializer):
+    """An operation's query parameters; one sent empty is refused, not ignored."""
+
+    def to_internal_value(self, data):
+        refuse_empty_parameters(data, self.fields)
+        return super().to_internal_value(data)
+
+
 def count_field(*, max_value: int = MAX_COUNT, **kwargs) -> serializers.IntegerField:
     """A positive whole count with an upper bound, so no value can overflow a column."""
     return serializers.IntegerField(min_value=1, max_value=max_value, **kwargs)

@@ -9,18 +9,21 @@
    ``backoffice.demo``: clusters, listings, open and filled requests, contracts, usage, a
    closed month with its invoice and payout; and an API key for each of three of its
    organizations: a provider, a lab, and one with both roles.
-2. For each of the three, a copy of that database (``fuzz_<name>_<role>``), and gunicorn
-   serving it on a free port of 127.0.0.1 with the production settings (DEBUG off, a
-   SECRET_KEY of its own) but plain HTTP, tasks in-process and no rate limits.
+2. For each of the three, a copy of that database (``fuzz_<name>_<role>``), served as in
+   production: gunicorn on a free port of 127.0.0.1 with the production settings (DEBUG off, a
+   SECRET_KEY of its own) but plain HTTP and no rate limits, and a Celery worker beside it
+   that runs the tasks the API queues (matching, above all) through Redis. Each role has a
+   Redis database of its own on REDIS_URL's server (``FUZZ_REDIS_DATABASES``). Without
+   REDIS_URL, tasks run in the server's process instead, and the run says so.
 3. schemathesis reads each served schema (/api/v1/schema/) and tests every operation in it,
    with valid and invalid inputs, in all its phases (examples, coverage, fuzzing, stateful),
    as that organization. The checks and the generation are in fuzz/schemathesis.toml.
 
 Each organization has a market of its own and each client sends one request at a time, with
-deterministic generation: a run sends the same requests, in the same order, to the same
-state as the last one, so the three run side by side and the outcome does not depend on
-timing. Exits 1 if any check failed (a 5xx, above all), after printing each failure with a
-curl command that reproduces it, and the server's tracebacks. The databases are dropped at
+deterministic generation: a run sends the same requests, in the same order, as the last one,
+so the three run side by side. Exits 1 if any check failed (a 5xx, above all) or a task
+failed in a worker, after printing each failure with a curl command that reproduces it, and
+the server's and the worker's tracebacks. The databases are dropped at
 the end unless ``--keep-databases``.
 """
 
@@ -77,6 +80,8 @@ MARKET_PARAMETERS = {
 PRICES = ["0.01", "1.05", "2.10", "2.45", "4.20", "1000.00"]
 COUNTS = [1, 2, 8, 16, 24, 64, 256, 2048]
 HOUR_OFFSETS = (0, 1, 2, 4, 22, 24, 48, 72, 168, 336)  # from two hours on, so none is past before the run ends
+# Each role's Celery broker: this Redis database on REDIS_URL's server (flushed at the start).
+FUZZ_REDIS_DATABASES = {"provider": 7, "lab": 8, "both": 9}
 
 _started = time.monotonic()
 
@@ -126,22 +131,27 @@ def drop_database(url: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database_name(url))))
 
 
-def server_environment(database_url: str, secret_key: str) -> dict[str, str]:
-    """The production settings, but plain HTTP on loopback, tasks in-process, no rate limits."""
-    env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
-    return env | {
-        "DATABASE_URL": database_url,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "CELERY_TASK_ALWAYS_EAGER": "true",
-        "DEBUG": "false",
-        "SECRET_KEY": secret_key,
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "false",
-        "API_RATE_LIMIT": "none",
-        "API_AUTH_FAILURE_RATE_LIMIT": "none",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONWARNINGS": "ignore:No directory at",  # no collectstatic: nothing static is fuzzed
-    }
+def server_environment(database_url: str, secret_key: str, redis_url: str = "") -> dict[str, str]:
+    """The production settings, but plain HTTP on loopback and no rate limits; tasks go to a
+    worker through ``redis_url``, or run in-process without one."""
+    env = {name: value for name, value in os.environ.items() if name not in ("REDIS_URL", "CELERY_TASK_ALWAYS_EAGER")}
+    tasks = {"REDIS_URL": redis_url} if redis_url else {"CELERY_TASK_ALWAYS_EAGER": "true"}
+    return (
+        env
+        | tasks
+        | {
+            "DATABASE_URL": database_url,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "DEBUG": "false",
+            "SECRET_KEY": secret_key,
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "SECURE_SSL_REDIRECT": "false",
+            "API_RATE_LIMIT": "none",
+            "API_AUTH_FAILURE_RATE_LIMIT": "none",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONWARNINGS": "ignore:No directory at",  # no collectstatic: nothing static is fuzzed
+        }
+    )
 
 
 def prepare_market(env: dict[str, str]) -> tuple[dict[str, IssuedApiKey], str]:
@@ -191,6 +201,19 @@ def market_dictionaries() -> str:
     return "\n".join(lines) + "\n"
 
 
+def role_redis_url(role: str) -> str:
+    """The role's own Redis database on REDIS_URL's server, emptied; "" without REDIS_URL."""
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        return ""
+    import redis
+
+    parts = urlsplit(url)
+    role_url = urlunsplit((parts.scheme, parts.netloc, f"/{FUZZ_REDIS_DATABASES[role]}", "", ""))
+    redis.Redis.from_url(role_url, socket_connect_timeout=5).flushdb()
+    return role_url
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -207,6 +230,7 @@ class Run:
     work_dir: Path
     port: int = 0
     server: subprocess.Popen | None = None
+    worker: subprocess.Popen | None = None
     client: subprocess.Popen | None = None
 
     @property
@@ -216,6 +240,10 @@ class Run:
     @property
     def server_log(self) -> Path:
         return self.work_dir / f"server-{self.role}.log"
+
+    @property
+    def worker_log(self) -> Path:
+        return self.work_dir / f"worker-{self.role}.log"
 
     @property
     def client_log(self) -> Path:
@@ -230,15 +258,22 @@ class Run:
                  "--timeout", "60", "--graceful-timeout", "5", "--no-control-socket"],
                 cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
             )  # fmt: skip
+        if env.get("REDIS_URL"):
+            with open(self.worker_log, "wb") as output:
+                self.worker = subprocess.Popen(
+                    [str(BIN / "celery"), "-A", "config", "worker", "--concurrency", "1", "--pool", "solo",
+                     "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                    cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                )  # fmt: skip
 
     def wait_until_served(self, deadline: float) -> None:
         while True:
             try:
-                with urllib.request.urlopen(f"{self.base_url}{SCHEMA_PATH}", timeout=10) as response:  # noqa: S310
+                with urllib.request.urlopen(f"{self.base_url}{SCHEMA_PATH}", timeout=30) as response:  # noqa: S310
                     if response.status == 200:
                         return
-            except (urllib.error.URLError, ConnectionError):
-                pass
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass  # not listening yet, or still building the schema on a busy machine
             if self.server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"gunicorn did not serve the schema:\n{self.server_log.read_text()[-3000:]}")
             time.sleep(0.3)
@@ -252,7 +287,7 @@ class Run:
             self.client = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        for process in (self.client, self.server):
+        for process in (self.client, self.server, self.worker):
             if process is not None and process.poll() is None:
                 process.terminate()
                 try:
@@ -262,13 +297,18 @@ class Run:
                     process.wait()
 
     def report(self) -> bool:
-        """Print the client's report (and the server's tracebacks if it failed); True if it passed."""
-        passed = self.client.returncode == 0
+        """Print the client's report (and the server's and the worker's tracebacks); True if it
+        passed and no task failed."""
         print(f"\n{'=' * 30} as the {self.role} ({ROLES[self.role]}) {'=' * 30}\n", flush=True)
         print(self.client_log.read_text(errors="replace"), flush=True)
+        worker_log = self.worker_log.read_text(errors="replace") if self.worker else ""
+        tasks_failed = "Traceback" in worker_log
+        passed = self.client.returncode == 0 and not tasks_failed
         server_log = self.server_log.read_text(errors="replace")
         if not passed and "Traceback" in server_log:
             print(f"== the server's tracebacks, as the {self.role}\n{server_log[server_log.find('Traceback') :]}")
+        if tasks_failed:
+            print(f"== tasks failed in the worker, as the {self.role}\n{worker_log[worker_log.find('Traceback') :]}")
         return passed
 
 
@@ -298,11 +338,12 @@ def main() -> int:
     try:
         for run in runs:
             create_database(run.database_url, template=database_name(market_url))
-            run.serve(server_environment(run.database_url, secret_key))
-        deadline = time.monotonic() + 60
+            run.serve(server_environment(run.database_url, secret_key, role_redis_url(run.role)))
+        deadline = time.monotonic() + 180
         for run in runs:
             run.wait_until_served(deadline)
-        log(f"serving a copy of the market to each of: {', '.join(roles)}; schemathesis runs as each")
+        tasks = "a Celery worker beside each" if runs and runs[0].worker else "tasks in-process (no REDIS_URL)"
+        log(f"serving a copy of the market to each of: {', '.join(roles)} ({tasks}); schemathesis runs as each")
         for run in runs:
             run.start_client(config, options)
         for run in runs:
@@ -322,7 +363,7 @@ def main() -> int:
     if failed:
         log(f"FAILED as the {', '.join(failed)}: see the failures and their curl reproductions above")
         return 1
-    log(f"passed as the {', '.join(roles)}: no request answered 5xx")
+    log(f"passed as the {', '.join(roles)}: every check held, no task failed")
     return 0
 
 

@@ -541,7 +541,8 @@ def listing_update(
             changes.append((action, f"{listing.status} -> {status}"))
             listing.status = status
             update_fields.append("status")
-        listing.save(update_fields=update_fields)
+        if len(update_fields) > 1:  # nothing given, nothing written
+            listing.save(update_fields=update_fields)
         for action, message in changes:
             audit_record(action=action, target=listing, actor=actor, actor_label=actor_label, message=message)
     return listing

@@ -6,15 +6,65 @@ from rest_framework import serializers
 from billing.close_sql import RatedLine
 from billing.models import CreditNote, Invoice, InvoiceLine, Payment, PayoutStatement, UsageRecord
 from core.money import QUANTITY_PLACES, ZERO
-from core.serializers import MonthField
+from core.serializers import MonthField, QuerySerializer, StrictSerializer
+
+# One usage record as sent. The service checks each record itself (billing.services.usage_ingest),
+# so that one bad record is rejected with its reason while the others of the batch are kept.
+USAGE_RECORD_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id", "contract", "started_at", "ended_at", "gpu_seconds"],
+    "properties": {
+        "id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "description": "Your id of the record, unique among your records: a record sent again is a duplicate.",
+        },
+        "contract": {"type": "integer", "minimum": 1, "description": "The contract the GPUs were used under."},
+        "node": {
+            "type": "string",
+            "nullable": True,
+            "minLength": 1,
+            "maxLength": 253,
+            "description": "The hostname of the contract's node that was used; omit for the contract as a whole.",
+        },
+        "started_at": {"type": "string", "format": "date-time", "description": "The start of the use, with a zone."},
+        "ended_at": {
+            "type": "string",
+            "format": "date-time",
+            "description": "The end of the use: after started_at, in the past, in the same UTC month.",
+        },
+        "gpu_seconds": {
+            "type": "string",
+            "format": "decimal",
+            "pattern": r"^[0-9]{1,12}(\.[0-9]{1,3})?$",
+            "description": "GPU-seconds used over [started_at, ended_at), at most 3 decimals (a JSON number is "
+            "accepted too).",
+        },
+    },
+    "example": {
+        "id": "dc1-h100-1-00001/2026-11-30T10",
+        "contract": 42,
+        "node": "dc1-h100-1-00001",
+        "started_at": "2026-11-30T10:00:00Z",
+        "ended_at": "2026-11-30T11:00:00Z",
+        "gpu_seconds": "28800",
+    },
+}
 
 
-class UsageBatchSerializer(serializers.Serializer):
+@extend_schema_field(USAGE_RECORD_SCHEMA)
+class UsageRecordField(serializers.JSONField):
+    """A usage record as sent; checked one by one by the service, not here."""
+
+
+class UsageBatchSerializer(StrictSerializer):
     records = serializers.ListField(
-        child=serializers.JSONField(),
+        child=UsageRecordField(),
         min_length=1,
         max_length=1000,
-        help_text="Up to 1,000 records {id, contract, node?, started_at, ended_at, gpu_seconds}.",
+        help_text="Up to 1,000 records.",
     )
 
 
@@ -130,8 +180,10 @@ class InvoiceSerializer(serializers.ModelSerializer):
         return serializers.DecimalField(max_digits=16, decimal_places=2).to_representation(due)
 
 
-class PreviewQuerySerializer(serializers.Serializer):
-    period = serializers.RegexField(r"^\d{4}-\d{2}$", help_text="YYYY-MM")
+class PreviewQuerySerializer(QuerySerializer):
+    period = serializers.RegexField(
+        r"^20[0-9]{2}-(0[1-9]|1[0-2])$", help_text="A month, YYYY-MM, from 2000-01 to 2099-12."
+    )
 
 
 class InvoicePreviewSerializer(serializers.Serializer):

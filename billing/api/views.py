@@ -1,5 +1,6 @@
 import django_filters
-from drf_spectacular.utils import extend_schema
+from django import forms
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -40,10 +41,17 @@ class AllRejected(DomainError):
         )
 
 
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": 2**62})
+class IdFilter(django_filters.Filter):
+    """An object's id: a whole number from 1, anything else a 400."""
+
+    field_class = forms.IntegerField
+
+
 class UsageFilter(django_filters.FilterSet):
     # A plain id, not a choice of contracts: another organization's contract and one that does
     # not exist filter to the same empty page, so the answer tells nothing about which ids exist.
-    contract = django_filters.NumberFilter(
+    contract = IdFilter(
         field_name="contract_id", min_value=1, max_value=2**62, help_text="Only this contract's records."
     )
 

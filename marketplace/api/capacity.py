@@ -3,7 +3,7 @@
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
-from core.serializers import StrictSerializer, count_field, price_field, time_field
+from core.serializers import QuerySerializer, StrictSerializer, count_field, price_field, time_field
 from marketplace.api.serializers import GpuModelField
 from marketplace.models import (
     HOSTNAME_VALIDATOR,
@@ -108,7 +108,9 @@ class NodeAddSerializer(StrictSerializer):
 
 class NodeUpdateSerializer(StrictSerializer):
     status = serializers.ChoiceField(
-        choices=Node.Status.choices, help_text="in_service, or maintenance to take the node out."
+        choices=Node.Status.choices,
+        required=False,
+        help_text="in_service, or maintenance to take the node out. Omitted: no change.",
     )
 
 
@@ -160,11 +162,6 @@ class ListingUpdateSerializer(StrictSerializer):
     status = serializers.ChoiceField(
         choices=[Listing.Status.ACTIVE, Listing.Status.PAUSED], required=False, help_text="Pause or resume."
     )
-
-    def validate(self, attrs):
-        if not attrs:
-            raise serializers.ValidationError("Give price_per_gpu_hour, status, or both.")
-        return attrs
 
 
 class ListingClusterSerializer(serializers.ModelSerializer):
@@ -221,7 +218,7 @@ class ListingSerializer(serializers.ModelSerializer):
         return None if available is None else available * listing.cluster.gpus_per_node
 
 
-class ListingSearchSerializer(serializers.Serializer):
+class ListingSearchSerializer(QuerySerializer):
     gpu_model = GpuModelField(
         required=False, help_text="Only this GPU model, by its slug (GET /api/v1/gpu-models); an unknown one is a 400."
     )

@@ -131,9 +131,10 @@ class ClusterViewSet(viewsets.GenericViewSet):
         node = get_object_or_404(Node, cluster=cluster, pk=node_id)
         serializer = NodeUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        node = node_set_status(
-            node=node, status=serializer.validated_data["status"], actor_label=request.user.audit_label
-        )
+        if "status" in serializer.validated_data:  # a PATCH with nothing to change changes nothing
+            node = node_set_status(
+                node=node, status=serializer.validated_data["status"], actor_label=request.user.audit_label
+            )
         return Response(NodeSerializer(node).data)
 
 

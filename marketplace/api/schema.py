@@ -56,6 +56,8 @@ class ApiSchema(AutoSchema):
                 own = responses[code]["description"]
                 title, _, rest = description.partition(". ")
                 responses[code]["description"] = f"{own} {rest if own.startswith(f'{title}. ') else description}"
+            elif isinstance(description, dict):
+                responses[code] = description
             else:
                 responses[code] = error_response(error_ref, description)
         if "429" in responses:
@@ -69,10 +71,8 @@ class ApiSchema(AutoSchema):
     def _errors(self, operation, *, authenticated: bool, idempotent: bool):
         parameters = operation.get("parameters", [])
         has_body = "requestBody" in operation
-        # A bad `page` is a 404 (below), a bad `page_size` is ignored: other query parameters are checked.
-        has_query = any(
-            parameter["in"] == "query" and parameter["name"] not in ("page", "page_size") for parameter in parameters
-        )
+        # A bad `page` is a 404 (below); every other query parameter, `page_size` included, is checked.
+        has_query = any(parameter["in"] == "query" and parameter["name"] != "page" for parameter in parameters)
         invalid = []
         if has_body:
             invalid.append("`invalid`: a value of the body was refused (`fields` names each, with why)")
@@ -110,6 +110,8 @@ class ApiSchema(AutoSchema):
             yield "409", f"Idempotency conflicts. {conflicts}."
         if has_body:
             yield "413", f"`payload_too_large`: the body is over {settings.API_MAX_BODY_BYTES} bytes."
+        if any(parameter["in"] == "query" for parameter in parameters):
+            yield "414", _URI_TOO_LONG
         if authenticated:
             yield (
                 "429",
@@ -117,6 +119,14 @@ class ApiSchema(AutoSchema):
                 "failed to authenticate. Retry after the `Retry-After` seconds.",
             )
 
+
+# A request line past the HTTP server's limit (gunicorn's 4,094 bytes, or the proxy's) never
+# reaches the API: the server answers it, in its own HTML.
+_URI_TOO_LONG = {
+    "description": "URI too long: the request line is over 4,094 bytes. Answered by the HTTP server, before the "
+    "API, as an HTML page; shorten the query.",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
 
 _IDEMPOTENCY_KEY_PARAMETER = {
     "in": "header",

@@ -3,6 +3,7 @@ import re
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from core.serializers import StrictSerializer
 from marketplace.models import ApiKey, GpuModel, Organization
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,64}$")
@@ -77,7 +78,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
         }
 
 
-class ApiKeyCreateSerializer(serializers.Serializer):
+class ApiKeyCreateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=100, default="default", help_text="A name to tell your keys apart.")
     scope = serializers.ChoiceField(
         choices=ApiKey.Scope.choices,

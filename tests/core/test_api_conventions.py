@@ -97,6 +97,18 @@ class TestBadInput:
         assert_error(post_raw(lab_client, "/api/v1/api-keys", body), 413, "payload_too_large")
         assert ApiKey.objects.filter(organization=lab_client.organization).count() == 1
 
+    @pytest.mark.parametrize("page_size", ["0", "501", "abc", "null", "1.5", "-1", "\u00b2", ""])
+    @pytest.mark.parametrize("path", ["/api/v1/api-keys", "/api/v1/listings", "/api/v1/contracts"])
+    def test_a_bad_page_size_is_400_naming_it(self, lab_client, path, page_size):
+        error = assert_error(lab_client.get(path, {"page_size": page_size}), 400, "invalid")
+        assert "page_size" in error["fields"]
+
+    def test_a_page_size_in_bounds_is_used(self, lab_client):
+        for _ in range(2):
+            lab_client.post("/api/v1/api-keys", {"name": "more"}, format="json")
+        body = lab_client.get("/api/v1/api-keys", {"page_size": "2"}).json()
+        assert len(body["results"]) == 2 and "page_size=2" in body["next"]
+
     def test_unknown_api_path_is_json_404(self, lab_client):
         assert_error(lab_client.get("/api/v1/no-such-thing"), 404)
 
@@ -206,3 +218,18 @@ class TestIdempotencyAndRouting:
             assert_error(method("/api/v1/clusters", {}, format="json", HTTP_IDEMPOTENCY_KEY="k"), 405)
         assert_error(provider_client.post("/api/v1/nowhere", {}, format="json", HTTP_IDEMPOTENCY_KEY="k"), 404)
         assert IdempotencyRecord.objects.filter(key="k").count() == 1
+
+
+class TestFilters:
+    @pytest.mark.parametrize("path", ["/api/v1/contracts", "/api/v1/invoices", "/api/v1/compute-requests"])
+    def test_a_filter_sent_empty_is_400_naming_it(self, lab_client, path):
+        error = assert_error(lab_client.get(path, {"status": ""}), 400, "invalid")
+        assert error["fields"] == {"status": ["Give a value, or leave the parameter out."]}
+
+    @pytest.mark.parametrize("param", ["status", "gpu_model", "mine", "starts_at"])
+    def test_a_search_parameter_sent_empty_is_400_naming_it(self, lab_client, param):
+        error = assert_error(lab_client.get("/api/v1/listings", {param: ""}), 400, "invalid")
+        assert error["fields"] == {param: ["Give a value, or leave the parameter out."]}
+
+    def test_a_filter_outside_its_choices_is_400(self, lab_client):
+        assert "status" in assert_error(lab_client.get("/api/v1/contracts", {"status": "nope"}), 400)["fields"]

@@ -47,7 +47,9 @@ def test_authenticated_operations_answer_401_and_429_with_retry_after(schema):
 def test_every_error_response_is_the_one_error_shape(schema):
     for method, path, op in operations(schema):
         for code, response in op["responses"].items():
-            if code.startswith("4"):
+            if code == "414":  # answered by the HTTP server before the API: its own HTML
+                assert set(response["content"]) == {"text/html"}, f"{method} {path}"
+            elif code.startswith("4"):
                 assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
                 assert response["description"], f"{method} {path} {code}"
 
@@ -58,10 +60,11 @@ def test_every_error_response_is_the_one_error_shape(schema):
         ("post", "/api/v1/listings/{id}/book", {"400", "401", "403", "404", "409", "413", "429"}),
         ("post", "/api/v1/listings", {"400", "401", "403", "409", "413", "429"}),
         ("get", "/api/v1/listings/{id}", {"401", "404", "429"}),
-        ("get", "/api/v1/invoices/preview", {"400", "401", "403", "429"}),
+        ("get", "/api/v1/invoices/preview", {"400", "401", "403", "414", "429"}),
         ("get", "/api/v1/gpu-models/{slug}", {"404"}),
         ("post", "/api/v1/usage", {"400", "401", "403", "409", "413", "422", "429"}),
-        ("get", "/api/v1/contracts/{id}/nodes", {"401", "404", "429"}),
+        ("get", "/api/v1/contracts/{id}/nodes", {"400", "401", "404", "414", "429"}),
+        ("get", "/api/v1/contracts", {"400", "401", "404", "414", "429"}),
     ],
 )
 def test_operation_documents_its_errors(schema, method, path, codes):
@@ -157,3 +160,24 @@ def test_examples_validate_against_their_schemas(schema):
             jsonschema.validate(example["value"], body_schema, format_checker=jsonschema.FormatChecker())
             checked += 1
     assert checked >= 4
+
+
+def test_creating_operations_link_to_what_can_be_done_next(schema):
+    by_id = {op["operationId"]: (method, path, op) for method, path, op in operations(schema)}
+    links = by_id["listings_create"][2]["responses"]["201"]["links"]
+    assert links["BookTheListing"] == {
+        "operationId": "listings_book_create",
+        "parameters": {"id": "$response.body#/id"},
+        "description": "listings_book_create on the object just created: its `id` is the path's `id`.",
+    }
+    assert by_id["listings_book_create"][2]["responses"]["201"]["links"]["ReadTheContract"]["operationId"] == (
+        "contracts_retrieve"
+    )
+    for method, path, op in operations(schema):
+        for response in op["responses"].values():
+            for link in response.get("links", {}).values():
+                _, target_path, _ = by_id[link["operationId"]]
+                assert "{id}" in target_path, f"{method} {path} links to {target_path}"
+                assert "id" in response["content"]["application/json"]["schema"].get("properties", {}) or (
+                    "$ref" in response["content"]["application/json"]["schema"]
+                )

@@ -339,6 +339,13 @@ class TestNodes:
         error = assert_error(provider_client.patch(path, {"status": status}, format="json"), 400)
         assert "status" in error["fields"]
 
+    def test_an_empty_patch_changes_nothing(self, provider_client):
+        cluster = ClusterFactory(provider=provider_client.organization)
+        node = Node.objects.get(pk=node_ids(cluster)[0])
+        response = provider_client.patch(f"{CLUSTERS}/{cluster.pk}/nodes/{node.pk}", {}, format="json")
+        assert response.json() == {"id": node.pk, "hostname": node.hostname, "status": "in_service"}
+        assert not Node.objects.filter(status=Node.Status.MAINTENANCE).exists()
+
     def test_node_of_another_cluster_is_404(self, provider_client):
         first = ClusterFactory(provider=provider_client.organization)
         second = ClusterFactory(provider=provider_client.organization)

@@ -374,7 +374,14 @@ class TestUpdate:
         response = provider_client.patch(f"{LISTINGS}/{listing.pk}", body, format="json")
         assert (response.json()["price_per_gpu_hour"], response.json()["status"]) == ("1.5000", "paused")
 
-    @pytest.mark.parametrize("body", [{}, {"status": "withdrawn"}, {"status": "sold"}, {"node_count": 1}])
+    def test_an_empty_patch_changes_nothing(self, provider_client, cluster):
+        listing = ListingFactory(cluster=cluster)
+        before = Listing.objects.values().get(pk=listing.pk)
+        response = provider_client.patch(f"{LISTINGS}/{listing.pk}", {}, format="json")
+        assert response.status_code == 200 and response.json()["id"] == listing.pk
+        assert Listing.objects.values().get(pk=listing.pk) == before
+
+    @pytest.mark.parametrize("body", [{"status": "withdrawn"}, {"status": "sold"}, {"node_count": 1}, {"": 1}])
     def test_bad_update_is_400(self, provider_client, cluster, body):
         listing = ListingFactory(cluster=cluster)
         assert_error(provider_client.patch(f"{LISTINGS}/{listing.pk}", body, format="json"), 400)
