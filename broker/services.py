@@ -13,7 +13,7 @@ from broker.matching import segment_mark_pending, segment_unmark_pending
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.tasks import match_segment
 from broker.terms import contract_total, validate_size, validate_window
-from core.errors import InvalidInput, InvalidTransition
+from core.errors import InvalidInput, InvalidTransition, NotAllowed
 from core.money import validate_price
 from core.services import audit_record
 from core.timeutils import HOUR, next_hour
@@ -177,7 +177,7 @@ def contract_terminate(*, contract: Contract, lab: Organization) -> Contract:
     with transaction.atomic():
         contract = Contract.objects.select_for_update().get(pk=contract.pk)
         if contract.lab_id != lab.pk:
-            raise InvalidTransition("Only the buying lab may terminate a contract.")
+            raise NotAllowed("Only the lab that bought a contract may terminate it; you sold this one.")
         if contract.billing_mode != BillingMode.METERED:
             raise InvalidTransition(
                 "A committed contract is paid in full and cannot be terminated; an operator may cancel it.",

@@ -44,6 +44,14 @@ class CreditLimitExceeded(DomainError):
     code = "credit_limit_exceeded"
 
 
+class NotAllowed(DomainError):
+    """The caller may see the object but not do this to it (a provider terminating the
+    contract it sold, say)."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+    code = "permission_denied"
+
+
 class NotFound(DomainError):
     status_code = status.HTTP_404_NOT_FOUND
     code = "not_found"

@@ -18,7 +18,7 @@ from broker.booking import listing_book
 from broker.models import ComputeRequest, Contract
 from broker.selectors import compute_request_list, contract_detail_list, contract_list, contract_nodes
 from broker.services import compute_request_cancel, compute_request_create, contract_terminate
-from core.schema import bad_request, conflict
+from core.schema import bad_request, conflict, documented_error
 from marketplace.permissions import IsLab
 from marketplace.selectors import listing_visible_to
 
@@ -121,7 +121,12 @@ class ContractViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             200: ContractDetailSerializer,
             409: conflict(
                 committed_contract="a committed contract is paid in full and cannot be terminated",
-                invalid_transition="the contract is not live, or you are not its buying lab",
+                invalid_transition="the contract is not live",
+            ),
+            403: documented_error(
+                "Forbidden",
+                permission_denied="you sold this contract (an organization with both roles): only the lab that "
+                "bought it may terminate it",
             ),
         },
         summary="Terminate a metered contract early",

@@ -12,7 +12,7 @@ from broker.matching import segment_match
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.services import contract_cancel, contract_terminate
 from broker.tasks import advance_lifecycle
-from core.errors import InvalidInput, InvalidTransition
+from core.errors import InvalidInput, InvalidTransition, NotAllowed
 from marketplace.services import listing_withdraw
 from tests.broker.factories import book, book_running, make_lab, oversell_violations, request_create
 from tests.conftest import assert_error
@@ -357,8 +357,19 @@ class TestTerminate:
         contract = book(lab=lab_client.organization, listing=metered_listing, nodes=1, starts_at=hour(1), hours=4)
         assert_error(provider_client.post(f"{URL}/{contract.pk}/terminate"), 403)
         assert_error(other_lab_client.post(f"{URL}/{contract.pk}/terminate"), 404)
-        with pytest.raises(InvalidTransition):
+        with pytest.raises(NotAllowed):
             contract_terminate(contract=contract, lab=other_lab_client.organization)
+        contract.refresh_from_db()
+        assert contract.status == "scheduled"
+
+    def test_an_organization_that_sold_the_contract_may_not_terminate_it(self, both_client, lab_client):
+        cluster = ClusterFactory(provider=both_client.organization, node_count=2)
+        sold = ListingFactory(
+            cluster=cluster, node_count=2, starts_at=hour(0), ends_at=hour(48), billing_mode="metered"
+        )
+        contract = book(lab=lab_client.organization, listing=sold, nodes=1, starts_at=hour(1), hours=4)
+        error = assert_error(both_client.post(f"{URL}/{contract.pk}/terminate"), 403, "permission_denied")
+        assert "sold" in error["message"]
         contract.refresh_from_db()
         assert contract.status == "scheduled"
 
