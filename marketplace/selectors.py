@@ -3,11 +3,10 @@ import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import TypedDict
 
 from django.db import connection
-from django.db.models import Count, DateTimeField, F, Q, QuerySet, Value
-from django.db.models.functions import Greatest
-from django.db.models.lookups import GreaterThanOrEqual
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from core.errors import InvalidInput
@@ -116,38 +115,53 @@ def _refuse_a_window_begun(*, starts_at: datetime | None, ends_at: datetime | No
         )
 
 
-# A listing covers the window it is judged on, and that window is not empty.
-_COVERS_SQL = "(w.starts_at <= w.ws AND w.we <= w.ends_at AND w.ws < w.we)"
-
-# What a lab's search adds: the listing covers the window, allows its length, and has a node free.
-_DELIVERABLE_SQL = (
-    f"{_COVERS_SQL} AND w.min_duration_hours <= EXTRACT(EPOCH FROM (w.we - w.ws)) / 3600 AND w.available_nodes >= 1"
-)
-
-# Free nodes of each candidate listing over the window it is judged on, [ws, we), and the page
-# of those that remain, with their total. {candidates} is the SQL of listing_candidates() (with
-# its parameters first), {covers} and {deliverable} the fragments above; every value is a
-# parameter. The reservation and allocation conditions here are the SQL of
-# ListingNode.objects.holding() and Allocation.objects.holding_during(ws, we).
-LISTING_AVAILABILITY_SQL = """
+# Free nodes of each candidate listing over the window it is judged on, [ws, we), the page of
+# those that remain with what the API shows of each, and their total: one statement, the same
+# text for every search. A filter left out is NULL and holds for every listing; the values are
+# bound into the text (Django's client-side binding), so PostgreSQL plans each search with the
+# filters it has, as if those were all it said. Every value is a parameter. The provider and
+# status conditions are the SQL of Listing.objects.of_trading_providers() and on_offer(); the
+# reservation and allocation conditions those of ListingNode.objects.holding() and
+# Allocation.objects.holding_during(ws, we).
+LISTING_SEARCH_SQL = """
     WITH candidates AS (
-        {candidates}
+        -- The listings the search judges, each with the window it is judged on: the one asked
+        -- for, else the rest of its own.
+        SELECT l.id, l.price_per_gpu_hour, l.starts_at, l.ends_at, l.node_count, l.status,
+               l.min_duration_hours, c.gpus_per_node,
+               COALESCE(%(starts_at)s, GREATEST(l.starts_at, %(now_hour)s)) AS ws,
+               COALESCE(%(ends_at)s, l.ends_at) AS we
+        FROM marketplace_listing l
+        JOIN marketplace_cluster c ON c.id = l.cluster_id
+        JOIN marketplace_organization p ON p.id = l.provider_id
+        WHERE CASE WHEN %(provider_id)s IS NULL THEN p.status <> %(suspended)s
+                   ELSE l.provider_id = %(provider_id)s END
+          AND (%(statuses)s IS NULL OR l.status = ANY (%(statuses)s))
+          AND (%(listing_id)s IS NULL OR l.id = %(listing_id)s)
+          AND (%(cluster_id)s IS NULL OR l.cluster_id = %(cluster_id)s)
+          AND (%(gpu_model)s IS NULL
+               OR c.gpu_model_id = (SELECT g.id FROM marketplace_gpumodel g WHERE g.slug = %(gpu_model)s))
+          AND (%(region)s IS NULL OR c.region = %(region)s)
+          AND (%(interconnect)s IS NULL OR c.interconnect = %(interconnect)s)
+          AND (%(billing_mode)s IS NULL OR l.billing_mode = %(billing_mode)s)
+          AND (%(max_price)s IS NULL OR l.price_per_gpu_hour <= %(max_price)s)
+          -- A lab's search: plain, index-friendly bounds (the exact ones are checked on the
+          -- window), and no listing too small even were nothing of it sold.
+          AND (NOT %(deliverable_only)s OR (
+                   l.ends_at > COALESCE(%(starts_at)s, %(now_hour)s)
+                   AND (%(starts_at)s IS NULL OR l.starts_at <= %(starts_at)s)
+                   AND (%(ends_at)s IS NULL OR (l.ends_at >= %(ends_at)s AND l.starts_at < %(ends_at)s))
+                   AND (%(min_gpus)s IS NULL OR l.node_count * c.gpus_per_node >= %(min_gpus)s)))
     ), out_of_service AS (
-        -- The candidates' reserved nodes out of service and not sold in the window (those
-        -- sold are counted with the sales). The EXISTS sits in the select list so that it
-        -- stays one index probe per node, never an anti-join over all allocations.
-        SELECT ln.listing_id, SUM(CASE WHEN EXISTS (
-                   SELECT 1 FROM broker_allocation a
-                   WHERE a.listing_node_id = ln.id AND a.starts_at < w.we AND a.ends_at > w.ws
-                     AND a.ends_at > a.starts_at
-               ) THEN 0 ELSE 1 END) AS nodes
+        -- The candidates' reserved nodes out of service: how many, and which.
+        SELECT ln.listing_id, COUNT(*) AS nodes, array_agg(ln.id) AS reservations
         FROM (
             -- Plan fence (OFFSET 0): start from the few nodes out of service, never from every
-            -- node the candidates reserved.
+            -- node the candidates reserved (one scan of listing_node_holding_by_node).
             SELECT ln.listing_id, ln.id
-            FROM marketplace_node n
-            JOIN marketplace_listingnode ln ON ln.node_id = n.id AND NOT ln.released
-            WHERE n.status <> %s
+            FROM marketplace_listingnode ln
+            WHERE NOT ln.released
+              AND ln.node_id = ANY (ARRAY(SELECT n.id FROM marketplace_node n WHERE n.status <> %(in_service)s))
             OFFSET 0
         ) ln
         JOIN candidates w ON w.id = ln.listing_id
@@ -156,109 +170,107 @@ LISTING_AVAILABILITY_SQL = """
         -- Plan fence (MATERIALIZED): join the candidates to those before the window conditions
         -- apply; pushed into that join, they make the planner expect a handful of candidates
         -- and loop over the out-of-service rows once for each.
-        SELECT w.*, COALESCE(oos.nodes, 0) AS out_of_service
+        SELECT w.*, COALESCE(oos.nodes, 0) AS out_of_service,
+               COALESCE(oos.reservations, '{}') AS out_of_service_reservations,
+               (w.starts_at <= w.ws AND w.we <= w.ends_at AND w.ws < w.we) AS covers
         FROM candidates w
         LEFT JOIN out_of_service oos ON oos.listing_id = w.id
     ), counted AS (
-        -- A listing's nodes sold for an hour of its window: one range of the allocations' index
-        -- (allocation_listing_sold), counted once per listing in a lateral join; a scalar
-        -- subquery would be run again by each condition on available_nodes.
-        SELECT w.*, CASE WHEN w.status = %s OR NOT {covers} THEN 0
+        -- The nodes blocked for an hour of the window are those out of service and those sold,
+        -- once each: a listing's nodes sold and in service are one range of the allocations'
+        -- index (allocation_listing_sold), counted once per listing in a lateral join (a scalar
+        -- subquery would be run again by each condition on available_nodes).
+        SELECT w.*, CASE WHEN w.status = %(withdrawn)s OR NOT w.covers THEN 0
                          ELSE w.node_count - w.out_of_service - sold.nodes END AS available_nodes
         FROM windows w
         CROSS JOIN LATERAL (
             SELECT COUNT(DISTINCT a.listing_node_id) AS nodes FROM broker_allocation a
             WHERE a.listing_id = w.id AND a.ends_at > w.ws AND a.starts_at < w.we AND a.ends_at > a.starts_at
+              AND a.listing_node_id <> ALL (w.out_of_service_reservations)
         ) sold
+    ), matching AS (
+        -- A lab's search keeps the listings that cover the window, allow its length, and can
+        -- deliver min_gpus (at least one node) in whole nodes.
+        SELECT w.id, w.price_per_gpu_hour, w.starts_at, GREATEST(w.available_nodes, 0) AS available_nodes
+        FROM counted w
+        WHERE NOT %(deliverable_only)s
+           OR (w.covers AND w.min_duration_hours <= EXTRACT(EPOCH FROM (w.we - w.ws)) / 3600
+               AND w.available_nodes >= 1
+               AND (%(min_gpus)s IS NULL OR w.available_nodes * w.gpus_per_node >= %(min_gpus)s))
+    ), page AS (
+        SELECT m.id, m.available_nodes
+        FROM matching m
+        ORDER BY m.price_per_gpu_hour, m.starts_at, m.id
+        LIMIT %(limit)s OFFSET %(offset)s
     )
-    SELECT w.id, w.available_nodes, COUNT(*) OVER ()
-    FROM counted w
-    WHERE {deliverable}
-    ORDER BY w.price_per_gpu_hour, w.starts_at, w.id
-    LIMIT %s OFFSET %s
+    -- The total, and the page's listings (a page past the last: one row, of the total alone).
+    SELECT total.listings AS total, listing.*
+    FROM (SELECT COUNT(*) AS listings FROM matching) total
+    LEFT JOIN (page CROSS JOIN LATERAL (
+        SELECT l.id, (SELECT p.name FROM marketplace_organization p WHERE p.id = l.provider_id) AS provider_name,
+               l.cluster_id, c.name AS cluster_name,
+               (SELECT g.slug FROM marketplace_gpumodel g WHERE g.id = c.gpu_model_id) AS gpu_model,
+               c.region, c.interconnect, c.gpus_per_node, l.node_count, l.starts_at, l.ends_at,
+               l.price_per_gpu_hour, l.min_duration_hours, l.billing_mode, l.status, page.available_nodes,
+               l.created_at
+        FROM marketplace_listing l
+        JOIN marketplace_cluster c ON c.id = l.cluster_id
+        WHERE l.id = page.id
+    ) listing) ON TRUE
+    ORDER BY listing.price_per_gpu_hour, listing.starts_at, listing.id
 """
 
 
-def listing_candidates(*, query: ListingQuery, now_hour: datetime) -> QuerySet[Listing]:
-    """The listings a search judges, as rows of the columns the availability statement reads,
-    each with the window it is judged on (ws, we): the one asked for, else the rest of its own.
-    """
-    lookups = {
-        "cluster__gpu_model__slug": query.gpu_model,
-        "cluster__region": query.region,
-        "cluster__interconnect": query.interconnect,
+class ListingRow(TypedDict):
+    """A listing of a search's page: what the API shows of it, with its availability."""
+
+    id: int
+    provider_name: str
+    cluster_id: int
+    cluster_name: str
+    gpu_model: str  # the slug
+    region: str
+    interconnect: str
+    gpus_per_node: int
+    node_count: int
+    starts_at: datetime
+    ends_at: datetime
+    price_per_gpu_hour: Decimal
+    min_duration_hours: int
+    billing_mode: str
+    status: str
+    available_nodes: int
+    created_at: datetime
+
+
+def listing_search_parameters(*, query: ListingQuery, now_hour: datetime, limit: int, offset: int) -> dict:
+    """LISTING_SEARCH_SQL's parameters for a query."""
+    return {
+        "gpu_model": query.gpu_model,
+        "region": query.region,
+        "interconnect": query.interconnect,
         "billing_mode": query.billing_mode,
+        "min_gpus": query.min_gpus or None,
+        "starts_at": query.starts_at,
+        "ends_at": query.ends_at,
+        "max_price": query.max_price,
+        "provider_id": query.provider_id,
         "cluster_id": query.cluster_id,
-        "pk": query.listing_id,
-        "price_per_gpu_hour__lte": query.max_price,
-        "status__in": query.statuses or None,
+        "listing_id": query.listing_id,
+        "statuses": list(query.statuses) or None,
+        "deliverable_only": query.deliverable_only,
+        "now_hour": now_hour,
+        "suspended": Organization.Status.SUSPENDED,
+        "in_service": Node.Status.IN_SERVICE,
+        "withdrawn": Listing.Status.WITHDRAWN,
+        "limit": limit,
+        "offset": offset,
     }
-    conditions = []
-    if query.deliverable_only:
-        # Plain, index-friendly bounds; the exact ones are checked on the window (ws, we).
-        if query.starts_at is not None:
-            lookups |= {"starts_at__lte": query.starts_at, "ends_at__gt": query.starts_at}
-        else:
-            lookups["ends_at__gt"] = now_hour
-        if query.ends_at is not None:
-            lookups |= {"ends_at__gte": query.ends_at, "starts_at__lt": query.ends_at}
-        if query.min_gpus:
-            # A listing too small even when nothing of it is sold needs no availability count.
-            conditions.append(GreaterThanOrEqual(F("node_count") * F("cluster__gpus_per_node"), query.min_gpus))
-    if query.provider_id is not None:
-        listings = Listing.objects.filter(provider_id=query.provider_id)
-    else:
-        listings = Listing.objects.of_trading_providers()
-    window_start = (
-        Value(query.starts_at, DateTimeField())
-        if query.starts_at is not None
-        else Greatest("starts_at", Value(now_hour, DateTimeField()))
-    )
-    window_end = Value(query.ends_at, DateTimeField()) if query.ends_at is not None else F("ends_at")
-    # Named columns: the statement reads them by name (SELECT w.*), never by position.
-    return (
-        listings.filter(*conditions, **{lookup: value for lookup, value in lookups.items() if value is not None})
-        .order_by()
-        .values(
-            "id",
-            "price_per_gpu_hour",
-            "starts_at",
-            "ends_at",
-            "node_count",
-            "status",
-            "min_duration_hours",
-            gpus_per_node=F("cluster__gpus_per_node"),
-            ws=window_start,
-            we=window_end,
-        )
-    )
 
 
-def listing_availability_statement(
-    *, query: ListingQuery, now_hour: datetime, limit: int, offset: int
-) -> tuple[str, list[object]]:
-    """LISTING_AVAILABILITY_SQL for a query, and its parameters."""
-    candidates_sql, candidates_params = listing_candidates(query=query, now_hour=now_hour).query.sql_with_params()
-    deliverable, deliverable_params = "TRUE", []
-    if query.deliverable_only:
-        deliverable = _DELIVERABLE_SQL
-        if query.min_gpus:
-            deliverable += " AND w.available_nodes * w.gpus_per_node >= %s"
-            deliverable_params.append(query.min_gpus)
-    sql = LISTING_AVAILABILITY_SQL.format(candidates=candidates_sql, covers=_COVERS_SQL, deliverable=deliverable)
-    params = [
-        *candidates_params,
-        Node.Status.IN_SERVICE,
-        Listing.Status.WITHDRAWN,
-        *deliverable_params,
-        limit,
-        offset,
-    ]
-    return sql, params
-
-
-def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[list[Listing], int]:
-    """Listings with ``available_nodes``: nodes free for the entire window after what is sold.
+def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[list[ListingRow], int]:
+    """A page of listings, each with ``available_nodes``: nodes free for the entire window
+    after what is sold; and how many listings there are in all.
 
     Each listing is judged on the window asked for, or else on the rest of its own window.
     With ``deliverable_only`` (labs searching) only active listings of non-suspended
@@ -267,30 +279,25 @@ def listing_search(*, query: ListingQuery, limit: int, offset: int) -> tuple[lis
     listings (``provider_id``) are all listed, with 0 available where the window is not theirs.
 
     ``available_nodes`` = ``node_count`` minus the listing's reserved nodes that are out of
-    service or sold for an hour of the window. A listing's sold nodes are counted in one range
-    of an index of its allocations (they carry their listing), so the work follows what is
-    sold in the window, not the size of the clusters. Reserved nodes out of service are found
-    from the few nodes out of service; only those not sold in the window are subtracted
-    again, so a node both sold and out of service counts once. Two queries whatever the
-    number of listings or results: one computes the page and the total together, one loads
-    its rows.
+    service or sold for an hour of the window, each node once. A listing's sold nodes are
+    counted in one range of an index of its allocations (they carry their listing), so the
+    work follows what is sold in the window, not the size of the clusters; reserved nodes out
+    of service are found from the few nodes out of service. One query whatever the number of
+    listings or results, and whatever the page: LISTING_SEARCH_SQL computes the availability,
+    the total and the page's rows together, and returns plain rows, never model instances.
     """
     now_hour = current_hour()
     if query.deliverable_only and query.starts_at is not None and query.starts_at < timezone.now():
         return [], 0  # hours already begun or past cannot be delivered
-    sql, params = listing_availability_statement(query=query, now_hour=now_hour, limit=limit, offset=offset)
+    parameters = listing_search_parameters(query=query, now_hour=now_hour, limit=limit, offset=offset)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(LISTING_SEARCH_SQL, parameters)
+        columns = [column.name for column in cursor.description][1:]  # the first is the total
         rows = cursor.fetchall()
-    if not rows:
-        return [], 0 if offset == 0 else _listing_search_count_past_end(query)
-    total = rows[0][2]
-    listings = Listing.objects.select_related("cluster__gpu_model", "provider").in_bulk([row[0] for row in rows])
-    page = []
-    for listing_id, available_nodes, _ in rows:
-        listing = listings[listing_id]
-        listing.available_nodes = max(available_nodes, 0)
-        page.append(listing)
+    total = rows[0][0]
+    page = [dict(zip(columns, row[1:], strict=True)) for row in rows]
+    if page[0]["id"] is None:  # no listing on this page: its one row carries the total alone
+        return [], total
     return page, total
 
 
@@ -301,13 +308,7 @@ def listing_available_nodes(*, listing: Listing) -> int:
         limit=1,
         offset=0,
     )
-    return rows[0].available_nodes if rows else 0
-
-
-def _listing_search_count_past_end(query: ListingQuery) -> int:
-    """The total when a page past the end was asked for (its query returned no row)."""
-    _, total = listing_search(query=query, limit=1, offset=0)
-    return total
+    return rows[0]["available_nodes"] if rows else 0
 
 
 def cluster_list(*, provider: Organization) -> QuerySet[Cluster]:

@@ -12,6 +12,7 @@ from marketplace.api.capacity import (
     ClusterSerializer,
     ClusterUpdateSerializer,
     ListingCreateSerializer,
+    ListingRowSerializer,
     ListingSearchSerializer,
     ListingSerializer,
     ListingUpdateSerializer,
@@ -189,7 +190,7 @@ class ListingViewSet(viewsets.GenericViewSet):
             return ([], 0) if query is None else listing_search(query=query, limit=limit, offset=offset)
 
         rows, links = self.paginator.fetched_page(request, fetch)
-        return Response({**links, "results": ListingSerializer(rows, many=True).data})
+        return Response({**links, "results": ListingRowSerializer(rows, many=True).data})
 
     @extend_schema(summary="Read a listing")
     def retrieve(self, request: Request, pk: str) -> Response:
