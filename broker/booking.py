@@ -25,6 +25,7 @@ from django.db import IntegrityError, ProgrammingError, connection, transaction
 from django.utils import timezone
 
 from billing.credit import lab_exposure
+from broker.free_spans import FREE_NODES
 from broker.models import Contract
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, InvalidInput
@@ -46,15 +47,7 @@ WITH terms AS (
       AND mod(%(gpus)s, gpus_per_node) = 0
       AND starts_at <= %(starts_at)s AND ends_at >= %(ends_at)s
       AND min_duration_hours <= %(hours)s
-), free AS (
-    SELECT ln.id, ln.node_id FROM allowed
-    JOIN marketplace_listingnode ln ON ln.listing_id = allowed.id AND NOT ln.released
-    JOIN marketplace_node n ON n.id = ln.node_id AND n.status = %(node_in_service)s
-    WHERE NOT EXISTS (SELECT 1 FROM broker_allocation a WHERE a.node_id = ln.node_id
-                      AND a.starts_at < %(ends_at)s AND a.ends_at > %(starts_at)s
-                      AND a.ends_at > a.starts_at)
-    ORDER BY ln.node_id
-    LIMIT %(gpus)s / (SELECT gpus_per_node FROM allowed)
+), free AS ({free_nodes}
 ), claim AS (
     -- The sale's value added to the lab's exposure, if its credit limit allows. The condition
     -- is checked on the lab's latest row, after any other sale to the lab has committed.
@@ -88,7 +81,10 @@ WITH terms AS (
 SELECT terms.status, terms.provider_status, terms.gpus_per_node, terms.starts_at, terms.ends_at,
        terms.min_duration_hours, terms.provider_id, terms.cluster_id, terms.price_per_gpu_hour, terms.billing_mode,
        (SELECT COUNT(*) FROM free), (SELECT id FROM contract)
-FROM terms"""
+FROM terms""".replace(
+    "{free_nodes}",
+    FREE_NODES.replace("%(limit)s", "coalesce(%(gpus)s / (SELECT gpus_per_node FROM allowed), 0)"),
+)
 
 # The statement is prepared once per database session and then run with EXECUTE: planning
 # it costs the server more CPU than running it, and from the sixth execution PostgreSQL
@@ -116,6 +112,7 @@ _STATUSES = [
     Contract.Status.SCHEDULED.value,
 ]
 _NAME = "broker_listing_book"
+_LOCK_LISTING = "SELECT 1 FROM marketplace_listing WHERE id = %s FOR UPDATE"
 _ATTEMPTS = 20
 
 
@@ -210,7 +207,15 @@ def listing_book(
 
 
 def _run(booking: _Booking, now: datetime) -> tuple | None:
-    """Run the statement until it is not refused by a sale made while it waited."""
+    """Run the statement until it is not refused by a sale made while it waited.
+
+    The first attempt is the statement alone: one round trip. A booker that waited for the
+    listing's lock read the free spans as they were before the sale it waited for, and may
+    pick a node that sale took; the exclusion constraint refuses it. Every later attempt
+    takes the listing's lock first, in a statement of its own, so that the booking statement
+    reads the spans after every sale before it: on a listing that many book at once, a booker
+    retries at most once, instead of once per sale made while it waited.
+    """
     params = [
         booking.listing_id,
         booking.lab.pk,
@@ -221,11 +226,15 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
         now,
         *_STATUSES,
     ]
+    lock_first = False
     for attempt in range(_ATTEMPTS):
         try:
-            # One statement commits by itself; inside a caller's transaction a savepoint keeps
-            # a refused attempt from spoiling that transaction.
-            with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+            # One statement commits by itself; inside a caller's transaction, or after the lock,
+            # a savepoint or a transaction keeps a refused attempt from spoiling anything.
+            atomic = lock_first or connection.in_atomic_block
+            with transaction.atomic() if atomic else nullcontext(), connection.cursor() as cursor:
+                if lock_first:
+                    cursor.execute(_LOCK_LISTING, [booking.listing_id])
                 session = connection.connection
                 if session not in _prepared_in:
                     cursor.execute(_PREPARE)
@@ -239,6 +248,7 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
         except IntegrityError:
             if attempt == _ATTEMPTS - 1:
                 raise CapacityUnavailable("That capacity was just sold.")
+            lock_first = True
     raise AssertionError("unreachable")
 
 

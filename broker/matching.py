@@ -33,13 +33,13 @@ from django.db.models import F
 from django.utils import timezone
 
 from billing.credit import Exposure, credit_limit_exceeded, lab_exposures, lab_exposures_add
-from broker.models import Allocation, ComputeRequest, Contract
+from broker.models import Allocation, ComputeRequest, Contract, FreeSpan
 from broker.selectors import compute_requests_to_match
 from broker.terms import contract_total
 from core import metrics
 from core.money import round_money
 from core.timeutils import HOUR
-from marketplace.models import BillingMode, GpuModel, Listing, ListingNode
+from marketplace.models import BillingMode, GpuModel, Listing, Node
 
 logger = logging.getLogger(__name__)
 
@@ -166,11 +166,16 @@ class OrderBook:
             return
         for listing_id in listing_ids:
             self.listings[listing_id].bindings = []
+        now = timezone.now()
+        # The reserved nodes with hours still free (broker.free_spans): a node sold out for the
+        # rest of its listing's window has no span, so it is never loaded nor walked.
         bindings = (
-            ListingNode.objects.sellable()
-            .filter(listing_id__in=listing_ids)
+            FreeSpan.objects.filter(
+                listing_id__in=listing_ids, ends_at__gt=now, node__status=Node.Status.IN_SERVICE
+            )
             .order_by("node_id")
-            .values_list("listing_id", "id", "node_id")
+            .values_list("listing_id", "listing_node_id", "node_id")
+            .distinct()
         )
         node_ids = []
         for listing_id, listing_node_id, node_id in bindings:
@@ -178,7 +183,6 @@ class OrderBook:
             node_ids.append(node_id)
         for node_id in node_ids:
             self.busy.pop(node_id, None)
-        now = timezone.now()
         sales = Allocation.objects.holding().filter(node_id__in=node_ids, ends_at__gt=now)
         for node_id, starts_at, ends_at in sales.values_list("node_id", "starts_at", "ends_at"):
             self.busy[node_id].append((_hour(starts_at), _hour(ends_at)))

@@ -197,3 +197,29 @@ class Allocation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.node_id} for contract {self.contract_id}"
+
+
+class FreeSpan(models.Model):
+    """Hours over which a listing's reserved node is free to sell: its listing node's window,
+    less the hours its node is allocated, as maximal ranges.
+
+    Derived data, kept by triggers of PostgreSQL (migration 0008) in the transaction that
+    changes the allocations or the listing nodes, and read by booking to find a listing's
+    free nodes for a window without reading the rest of the listing (``broker.free_spans``).
+    """
+
+    listing = models.ForeignKey(
+        Listing, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+    )
+    listing_node = models.ForeignKey(
+        ListingNode, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+    )
+    node = models.ForeignKey(Node, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(ends_at__gt=F("starts_at")), name="freespan_hours_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} free {self.starts_at:%Y-%m-%dT%H:%MZ} to {self.ends_at:%Y-%m-%dT%H:%MZ}"

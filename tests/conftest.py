@@ -213,3 +213,22 @@ def browser(tmp_path):
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(autouse=True)
+def free_spans_agree_with_their_definition(request):
+    """After every test that used the database, the free spans PostgreSQL keeps (broker.free_spans)
+    are exactly what their definition says: whatever the test sold, freed, listed or released."""
+    yield
+    if not {"db", "transactional_db", "django_db_reset_sequences"} & set(request.fixturenames):
+        return
+    if request.node.get_closest_marker("no_free_span_check"):
+        return
+    from django.db import connection
+
+    from broker.free_spans import free_spans_drift
+
+    if connection.needs_rollback:  # the test ended inside a failed transaction, as it meant to
+        return
+    drift = free_spans_drift()
+    assert drift == [], f"free spans drifted from their definition: {drift[:10]}"

@@ -1,5 +1,6 @@
 """A property: whatever listings, bookings, requests, matching runs and releases happen, in any
-order, no node-hour is sold twice. Checked from the database after every step."""
+order, no node-hour is sold twice, and the free spans booking reads are exactly their definition
+(broker.free_spans). Checked from the database after every step."""
 
 from datetime import timedelta
 from decimal import Decimal
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from broker.booking import listing_book
+from broker.free_spans import free_spans_drift
 from broker.matching import segment_match
 from broker.models import ComputeRequest, Contract
 from broker.services import contract_cancel, contract_terminate
@@ -231,5 +233,7 @@ def test_no_node_hour_is_ever_sold_twice(operations):
             market.apply(operation)
             problems = oversell_violations()
             assert problems == [], (step, operation, problems)
+            drift = free_spans_drift()
+            assert drift == [], (step, operation, drift)
         assert fill_violations() == []
         transaction.set_rollback(True)

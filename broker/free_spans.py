@@ -1,0 +1,55 @@
+"""A listing's free nodes for a window, found without reading the rest of the listing.
+
+``broker_freespan`` holds, for every reserved node (a listing node not released), its free
+hours: the listing node's window less the hours its node is allocated, as maximal ranges.
+PostgreSQL keeps it in the transaction that sells or frees anything (the triggers of
+migration 0008), so a node is free for [starts, ends) exactly when one of its spans contains
+that range. ``FREE_NODES`` walks a listing's spans in node order through one index and stops
+at the first ``limit`` nodes that fit: first fit, which packs sales onto the lowest nodes and
+keeps the others whole for long bookings. A node sold out for the listing's window has no
+span, so the walk never meets it, however much of the listing is sold: what it reads is the
+nodes with free hours that do not cover the window, which first fit keeps few.
+
+``FREE_SPANS_DRIFT`` is the definition itself, computed from the allocations and the listing
+nodes; the tests compare it with the kept rows after every test that writes them.
+"""
+
+from django.db import connection
+
+# A listing's free nodes for a window: (listing node id, node id), at most %(limit)s, in
+# service; the booking statement (broker.booking) runs it as its step "free".
+FREE_NODES = """
+    SELECT f.listing_node_id AS id, f.node_id
+    FROM broker_freespan f
+    JOIN marketplace_node n ON n.id = f.node_id AND n.status = %(node_in_service)s
+    WHERE f.listing_id = %(listing)s AND f.starts_at <= %(starts_at)s AND f.ends_at >= %(ends_at)s
+    ORDER BY f.node_id
+    LIMIT %(limit)s"""
+
+# The spans as defined, against the spans as kept: a row per difference, none when they agree.
+FREE_SPANS_DRIFT = """
+WITH expected AS (
+    SELECT ln.listing_id, ln.id AS listing_node_id, ln.node_id, lower(piece) AS starts_at, upper(piece) AS ends_at
+    FROM marketplace_listingnode ln
+    CROSS JOIN LATERAL unnest(
+        tstzmultirange(tstzrange(ln.starts_at, ln.ends_at, '[)')) - coalesce(
+            (SELECT range_agg(tstzrange(a.starts_at, a.ends_at, '[)')) FROM broker_allocation a
+             WHERE a.node_id = ln.node_id AND a.starts_at < ln.ends_at AND a.ends_at > ln.starts_at),
+            '{}'::tstzmultirange)
+    ) AS piece
+    WHERE NOT ln.released
+), kept AS (
+    SELECT listing_id, listing_node_id, node_id, starts_at, ends_at FROM broker_freespan
+)
+SELECT 'missing', * FROM (SELECT * FROM expected EXCEPT ALL SELECT * FROM kept) AS missing
+UNION ALL
+SELECT 'extra', * FROM (SELECT * FROM kept EXCEPT ALL SELECT * FROM expected) AS extra
+ORDER BY 3, 5"""
+
+
+def free_spans_drift() -> list[tuple]:
+    """Where the kept spans differ from their definition: ('missing' | 'extra', listing,
+    listing node, node, starts_at, ends_at) rows; empty when they agree."""
+    with connection.cursor() as cursor:
+        cursor.execute(FREE_SPANS_DRIFT)
+        return cursor.fetchall()
