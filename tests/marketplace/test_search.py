@@ -1,6 +1,7 @@
 """Availability search through the API: every filter, what sold capacity does, visibility,
 ordering, pagination and a constant number of queries."""
 
+import random
 from datetime import timedelta
 from decimal import Decimal
 
@@ -11,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from broker.models import Allocation
 from marketplace.models import BillingMode, GpuModel, Interconnect, Listing, Node
-from marketplace.services import organization_set_status
+from marketplace.services import listing_withdraw, organization_set_status
 from tests.conftest import assert_error
 from tests.marketplace.factories import (
     ClusterFactory,
@@ -540,6 +541,13 @@ class TestQueryCount:
         assert len(body["results"]) == 30
         assert one == thirty == QUERIES_PER_SEARCH
 
+    def test_a_page_past_the_last_costs_no_more(self, lab_client):
+        """The statement returns the total even when the page has no listing."""
+        listing()
+        queries, body = self._queries(lab_client, page=3)
+        assert (body["count"], body["results"]) == (1, [])
+        assert queries == QUERIES_PER_SEARCH
+
     def test_queries_do_not_grow_for_a_provider_either(self, provider_client):
         cluster = ClusterFactory(provider=provider_client.organization, node_count=40)
         listing(cluster=cluster, node_count=1)
@@ -549,3 +557,151 @@ class TestQueryCount:
         thirty, body = self._queries(provider_client)
         assert body["count"] == 30
         assert one == thirty == QUERIES_PER_SEARCH
+
+
+class TestPageRows:
+    """The search builds its page straight from the statement's rows (ListingRowSerializer):
+    each listing must read exactly as ListingSerializer shows it one by one."""
+
+    def test_a_lab_reads_each_result_as_the_listing_itself_reads(self, lab_client):
+        cheap = listing(node_count=3, price_per_gpu_hour=Decimal("1.2300"), billing_mode=BillingMode.METERED)
+        cluster = ClusterFactory(gpu_model=gpu_model("mi300x"), gpus_per_node=4, region="eu-west-1", node_count=2)
+        dear = listing(cluster=cluster, node_count=2, price_per_gpu_hour=Decimal("7.5000"), min_duration_hours=3)
+        sell(cheap, 2, hour(3), hour(5), lab_client.organization)
+        Listing.objects.filter(pk=dear.pk).update(created_at=F("created_at") + timedelta(microseconds=654321))
+        body = search(lab_client)  # no window: each listing over the rest of its own, as when read alone
+        assert [item["id"] for item in body["results"]] == [cheap.pk, dear.pk]
+        for item in body["results"]:
+            alone = lab_client.get(f"{LISTINGS}/{item['id']}")
+            assert alone.status_code == 200
+            assert item == alone.json()
+            assert list(item) == list(alone.json())  # and in the same order
+            assert list(item["cluster"]) == list(alone.json()["cluster"])
+        assert body["results"][0]["available_nodes"] == 1
+        assert body["results"][0]["available_gpus"] == 8
+        assert body["results"][1]["created_at"] == iso(Listing.objects.get(pk=dear.pk).created_at)
+
+    def test_a_provider_reads_its_own_listings_in_every_status_as_each_reads(self, provider_client, lab_client):
+        cluster = ClusterFactory(provider=provider_client.organization, node_count=6)
+        made = [
+            listing(cluster=cluster, node_count=2),
+            listing(cluster=cluster, node_count=2, status=Listing.Status.PAUSED),
+            listing(cluster=cluster, node_count=2, status=Listing.Status.WITHDRAWN),
+        ]
+        sell(made[0], 1, hour(2), hour(4), lab_client.organization)
+        results = search(provider_client)["results"]
+        assert {item["id"] for item in results} == {offer.pk for offer in made}
+        for item in results:
+            assert item == provider_client.get(f"{LISTINGS}/{item['id']}").json()
+
+
+class TestAgainstAnOracle:
+    """Random markets (sales, sales twice on a node, empty allocations, nodes out of service with
+    and without sales, paused and withdrawn listings, a suspended provider) searched over random
+    windows: each listing found, its free nodes, and the order must be what a plain Python count
+    over the rows says. A wrong free-capacity figure anywhere fails here."""
+
+    WINDOW_HOURS = 48
+
+    @staticmethod
+    def expected(*, now_hour, provider=None, min_gpus=None, starts_at=None, ends_at=None) -> list[tuple[int, int]]:
+        """(listing, free nodes) as the search should answer, from the rows one at a time."""
+        if provider is None:
+            listings = Listing.objects.filter(status=Listing.Status.ACTIVE).exclude(provider__status="suspended")
+        else:
+            listings = Listing.objects.filter(provider=provider)
+        found = []
+        for offer in listings.select_related("cluster").order_by("price_per_gpu_hour", "starts_at", "id"):
+            window_start = starts_at or max(offer.starts_at, now_hour)
+            window_end = ends_at or offer.ends_at
+            covers = offer.starts_at <= window_start and window_end <= offer.ends_at and window_start < window_end
+            blocked = {
+                reservation.pk
+                for reservation in offer.listing_nodes.filter(released=False).select_related("node")
+                if reservation.node.status != Node.Status.IN_SERVICE
+            }
+            blocked |= {
+                allocation.listing_node_id
+                for allocation in Allocation.objects.filter(listing_node__listing=offer)
+                if allocation.starts_at < window_end
+                and window_start < allocation.ends_at
+                and allocation.starts_at < allocation.ends_at
+            }
+            free = offer.node_count - len(blocked) if covers and offer.status != Listing.Status.WITHDRAWN else 0
+            if provider is not None:
+                found.append((offer.pk, max(free, 0)))
+            elif (
+                covers
+                and window_end - window_start >= timedelta(hours=offer.min_duration_hours)
+                and free >= 1
+                and (min_gpus is None or free * offer.cluster.gpus_per_node >= min_gpus)
+            ):
+                found.append((offer.pk, free))
+        return found
+
+    def build(self, rng, provider, lab) -> None:
+        from broker.services import contract_cancel
+
+        providers = [provider, OrganizationFactory(), OrganizationFactory()]
+        for index in range(5):
+            cluster = ClusterFactory(
+                provider=providers[index % 3], gpus_per_node=rng.choice([4, 8]), node_count=rng.randint(2, 6)
+            )
+            nodes = list(cluster.nodes.values_list("pk", flat=True))
+            cut = rng.randrange(6, self.WINDOW_HOURS - 6)
+            for start, end in ((1, cut), (cut, self.WINDOW_HOURS)):
+                left = len(nodes)
+                while left:
+                    size = rng.randint(1, left)
+                    left -= size
+                    offer = listing(
+                        cluster=cluster,
+                        node_count=size,
+                        starts_at=hour(start),
+                        ends_at=hour(end),
+                        price_per_gpu_hour=Decimal(rng.randint(100, 400)) / 100,
+                        min_duration_hours=rng.choice([1, 1, 1, 6]),
+                        status=rng.choice([Listing.Status.ACTIVE] * 6 + [Listing.Status.PAUSED]),
+                    )
+                    for _ in range(rng.randint(0, 4)):
+                        sale_start = rng.randrange(start, end)
+                        sale_end = rng.randint(sale_start + 1, min(end, sale_start + 12))
+                        try:
+                            contract = sell(offer, rng.randint(1, size), hour(sale_start), hour(sale_end), lab)
+                        except ValueError:  # not that many nodes free for those hours
+                            continue
+                        if rng.random() < 0.15:
+                            contract_cancel(contract=contract, reason="before its start")
+            for node in rng.sample(nodes, rng.randint(0, 2)):
+                Node.objects.filter(pk=node).update(status=Node.Status.MAINTENANCE)  # as an operator would
+        for offer in rng.sample(list(Listing.objects.filter(status=Listing.Status.ACTIVE)), 2):
+            if rng.random() < 0.5:
+                listing_withdraw(listing=offer)  # its sold nodes stay sold, the others are released
+        if rng.random() < 0.5:
+            organization_set_status(organization=providers[2], status="suspended")
+
+    def search_all(self, client, **params) -> list[tuple[int, int]]:
+        return [(item["id"], item["available_nodes"]) for item in search(client, page_size=500, **params)["results"]]
+
+    @pytest.mark.parametrize("seed", range(4))
+    def test_random_markets(self, provider_client, lab_client, frozen_time, seed):
+        rng = random.Random(seed)
+        self.build(rng, provider_client.organization, lab_client.organization)
+        # Some hours later: running listings are judged from the current hour, past sales no more.
+        now_hour = hour(rng.randint(0, 8))
+        frozen_time.move_to(now_hour + timedelta(minutes=17))
+        provider = provider_client.organization
+        assert self.search_all(lab_client) == self.expected(now_hour=now_hour)
+        assert self.search_all(provider_client) == self.expected(now_hour=now_hour, provider=provider)
+        first = (now_hour - hour(0)) // timedelta(hours=1) + 1
+        for _ in range(25):
+            start = rng.randrange(first, self.WINDOW_HOURS)
+            window = {"starts_at": hour(start)}
+            if rng.random() < 0.8:
+                window["ends_at"] = hour(rng.randint(start + 1, self.WINDOW_HOURS + 2))
+            min_gpus = rng.choice([None, None, 4, 8, 16, 24])
+            params = window | ({"min_gpus": min_gpus} if min_gpus else {})
+            expected = self.expected(now_hour=now_hour, min_gpus=min_gpus, **window)
+            assert self.search_all(lab_client, **params) == expected, params
+            expected = self.expected(now_hour=now_hour, provider=provider, **window)
+            assert self.search_all(provider_client, **window) == expected, window
