@@ -7,7 +7,10 @@ month (usage is reported for them); 16 labs with no credit limit, each with an A
 Serves it as README's "Production shape" does: gunicorn (``--workers``; DEBUG off, no rate
 limits) and a Celery worker (concurrency 1) on Redis db 11, both on that database; a compute
 request filled by the worker shows it is live. Then wrk (2 threads, 16 connections; its
-Lua scripts are in bench/wrk/) drives each of these for ``--seconds``, after ``--warmup``:
+Lua scripts are in bench/wrk/) drives each of these for ``--seconds`` in all, after a
+``--warmup``, in ``--rounds`` runs taken in turn, the order reversed every other round
+(get, search, ..., usage, usage, ..., search, get), so that a change in the machine's load
+weighs alike on the two figures of each ratio:
 
 - ``get``: GET /api/v1/organization, the cheapest authenticated call, the reference;
 - ``search``: GET /api/v1/listings for a window and ``min_gpus`` from a small set;
@@ -19,11 +22,12 @@ Lua scripts are in bench/wrk/) drives each of these for ``--seconds``, after ``-
 pgbench's TPC-B-like run (16 clients, 2 threads, database ``bench_http_pgbench``) runs before
 the servers start and after they stop, on the same PostgreSQL; its reference is the mean.
 
-    .venv/bin/python bench/http_load.py [--workers 4] [--threads 1] [--seconds 10] [--warmup 3] [--profile]
+    .venv/bin/python bench/http_load.py [--workers 4] [--threads 1] [--seconds 10] [--rounds 2] [--profile]
 
-Each measurement reports requests/s, wrk's latency percentiles, the statuses, and the CPU
-milliseconds per request of gunicorn, of its PostgreSQL sessions and of wrk: on a shared
-machine those are steadier than the rates (waiting for a core costs no CPU time).
+Each measurement reports requests/s, latency percentiles (from wrk's histograms, merged over
+the rounds), the statuses, and the CPU milliseconds per request of gunicorn, of its
+PostgreSQL sessions and of wrk: on a shared machine those are steadier than the rates
+(waiting for a core costs no CPU time).
 
 Prints one JSON line. Targets, as ratios within the run: booking spread >= 0.25 x pgbench's
 tps; booking the 12,500-node listing >= 0.90 x booking spread; search >= 0.50 x the GET.
@@ -53,10 +57,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import reduce
 from pathlib import Path
 
 from _common import (
@@ -104,6 +110,8 @@ SEARCHES = 40
 USAGE_NODES = 8  # per usage contract
 # Usage contracts are sized for this rate, so no node-hour is reported twice in a run.
 USAGE_RECORDS_PER_SECOND_CEILING = 60_000
+# The order of the measurements (reversed every other round): each ratio's two are neighbours.
+ORDER = ["get", "search", "book_spread", "book_big", "usage"]
 EXPECTED_STATUSES = {
     "get": {200},
     "search": {200},
@@ -472,31 +480,31 @@ def run_wrk(wrk: str, script: str, data: Path, *, port: int, seconds: float, con
     return json.loads(lines[-1])
 
 
-def figures(name: str, result: dict) -> dict:
-    """requests/s, latency and statuses of one wrk run; the problems it shows."""
-    seconds = result["duration_us"] / 1e6
-    statuses = {status: count for status, count in sorted(result["statuses"].items())}
-    errors = {kind: count for kind, count in result["errors"].items() if kind != "status" and count}
-    latency = result["latency_us"]
-    out = {
-        "requests": result["requests"],
-        "seconds": round(seconds, 2),
-        "requests_per_second": round(result["requests"] / seconds, 1),
-        "p50_ms": round(latency["p50"] / 1000, 2),
-        "p90_ms": round(latency["p90"] / 1000, 2),
-        "p99_ms": round(latency["p99"] / 1000, 2),
-        "max_ms": round(latency["max"] / 1000, 2),
-        "errors": errors,
-        "statuses": statuses,
-    }
-    problems = [f"{name}: socket {kind} errors: {count}" for kind, count in errors.items()]
-    unexpected = {status: count for status, count in statuses.items() if int(status) not in EXPECTED_STATUSES[name]}
-    if unexpected:
-        problems.append(f"{name}: unexpected statuses {unexpected}")
-    if sum(statuses.values()) != result["requests"]:
-        problems.append(f"{name}: {sum(statuses.values())} statuses for {result['requests']} requests")
-    out["problems"] = problems
+def percentiles_ms(runs: list[dict], shares: dict[str, float]) -> dict[str, float]:
+    """Latency percentiles of several wrk runs together. Each run gives its latency at a
+    ladder of percentiles; a value stands for the run's requests between the rung below and
+    its own."""
+    points = []
+    for run in runs:
+        below = 0.0
+        for percent, value in run["latency_quantiles_us"]:
+            points.append((value, run["requests"] * (percent - below) / 100))
+            below = percent
+    points.sort()
+    total = sum(weight for _, weight in points)
+    out = {}
+    for name, share in shares.items():
+        seen = 0.0
+        for value, weight in points:
+            seen += weight
+            if seen >= share * total - 1e-9:
+                out[name] = round(value / 1000, 1)
+                break
     return out
+
+
+def added(first: dict, second: dict) -> dict:
+    return {key: first.get(key, 0) + second.get(key, 0) for key in first.keys() | second.keys()}
 
 
 # --- Checks in the database ----------------------------------------------------------------
@@ -514,22 +522,28 @@ def usage_count() -> int:
     return UsageRecord.objects.count()
 
 
-def waiting_connections(port: int) -> int:
-    """Connections to the port not yet accepted, or with bytes not yet read (/proc/net/tcp*)."""
-    waiting = 0
+def open_connections(port: int) -> int:
+    """Connections to the port that the server has not closed yet (/proc/net/tcp*): queued,
+    being served, or waiting in a worker for a thread."""
+    # SYN_RECV, ESTABLISHED and CLOSE_WAIT (the client left first); a closed one is in
+    # LAST_ACK, TIME_WAIT or FIN_WAIT, and a LISTEN socket counts its accept queue.
+    open_states = {"03", "01", "08"}
+    count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with suppress(OSError), open(table) as lines:
             for line in list(lines)[1:]:
                 fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    listening = fields[3] == "0A"  # LISTEN: its receive queue is the accept queue
-                    if listening or fields[3] == "01":  # ESTABLISHED
-                        waiting += int(fields[4].split(":")[1], 16)
-    return waiting
+                if int(fields[1].rsplit(":", 1)[1], 16) != port:
+                    continue
+                if fields[3] in open_states:
+                    count += 1
+                elif fields[3] == "0A":
+                    count += int(fields[4].split(":")[1], 16)
+    return count
 
 
 def settle(port: int, timeout: float = 60) -> float:
-    """Wait until gunicorn has nothing queued and no session works in this database (three
+    """Wait until gunicorn holds no connection and no session works in this database (three
     looks 0.1 s apart). When wrk stops, gunicorn still serves the requests it had been sent
     (up to one per connection); the next measurement, and the counts, wait for them."""
     from django.db import connection
@@ -541,55 +555,60 @@ def settle(port: int, timeout: float = 60) -> float:
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND pid <> pg_backend_pid() AND state NOT IN ('idle', 'idle in transaction')"
             )
-            busy = cursor.fetchone()[0] + waiting_connections(port)
+            busy = cursor.fetchone()[0] + open_connections(port)
             quiet = quiet + 1 if busy == 0 else 0
             time.sleep(0.1)
     return elapsed()
 
 
-def group_cpu_seconds(group: int) -> float:
-    """CPU time used so far by the live processes of a process group (gunicorn's master and workers)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == group:  # pgrp
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+class CpuSampler(threading.Thread):
+    """CPU seconds used during a run by gunicorn's processes and by the other PostgreSQL
+    sessions of this database, read from /proc every 0.2 s. A process that exits meanwhile
+    (a session closed at CONN_MAX_AGE, say) counts up to its last reading."""
+
+    def __init__(self, gunicorn_group: int):
+        super().__init__(daemon=True)
+        self.group, self.own_session = gunicorn_group, backend_pid()
+        self.first = self._read()
+        self.last = dict(self.first)
+        self.stopped = threading.Event()
+
+    def _read(self) -> dict[tuple[str, int], float]:
+        readings = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == self.own_session:
+                continue
+            with suppress(OSError, ValueError):
+                head, tail = (entry / "stat").read_text().rsplit(")", 1)
+                fields = tail.split()
+                if int(fields[2]) == self.group:
+                    kind = "gunicorn"
+                elif head.endswith("(postgres") and f" {DATABASE} ".encode() in (entry / "cmdline").read_bytes():
+                    kind = "postgres"  # "postgres: user database host(port) state"
+                else:
+                    continue
+                readings[(kind, int(entry.name))] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return readings
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.2):
+            self.last.update(self._read())
+
+    def stop(self) -> dict[str, float]:
+        """Stop sampling; the CPU seconds of each kind since the sampler was made."""
+        self.stopped.set()
+        self.join(timeout=5)
+        self.last.update(self._read())
+        spent = {"gunicorn": 0.0, "postgres": 0.0}
+        for (kind, pid), seconds in self.last.items():
+            spent[kind] += seconds - self.first.get((kind, pid), 0.0)  # a newer process: all of its time
+        return spent
 
 
-def backends_cpu_seconds() -> dict[int, float]:
-    """CPU time used so far by each other PostgreSQL session of this database (the servers')."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        pids = [row[0] for row in cursor.fetchall()]
-    return {pid: seconds for pid in pids if (seconds := process_cpu_seconds(pid)) is not None}
-
-
-def cpu_snapshot(gunicorn_group: int) -> dict:
-    """CPU seconds used so far by gunicorn, by its PostgreSQL sessions and by wrk (ended children)."""
+def children_cpu_seconds() -> float:
+    """CPU time of this process's ended children (wrk, once it is waited for)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "gunicorn": group_cpu_seconds(gunicorn_group),
-        "postgres": backends_cpu_seconds(),
-        "wrk": children.ru_utime + children.ru_stime,
-    }
-
-
-def cpu_ms_per_request(before: dict, after: dict, requests: int) -> dict:
-    """CPU milliseconds per request between two snapshots. On a shared machine these are
-    steadier than rates: waiting for a core costs no CPU time."""
-    postgres = sum(seconds - before["postgres"].get(pid, 0.0) for pid, seconds in after["postgres"].items())
-    spent = {
-        "gunicorn": after["gunicorn"] - before["gunicorn"],
-        "postgres": postgres,
-        "wrk": after["wrk"] - before["wrk"],
-    }
-    return {name: round(1000 * seconds / max(requests, 1), 2) for name, seconds in spent.items()}
+    return children.ru_utime + children.ru_stime
 
 
 def nodes_sold_twice() -> int:
@@ -798,10 +817,12 @@ def start_servers(stack: ExitStack, scratch: Path, url: str, market: dict, args:
     return servers
 
 
-def measure(name: str, wrk: str, plan: tuple[str, list[tuple]], scratch: Path, market: dict, args, state: dict) -> dict:
-    """Warm up, then one measured wrk run; its figures, and the problems they show in ``problems``.
+def measure_once(name: str, wrk: str, plan: tuple[str, list[tuple]], scratch: Path, args, state: dict) -> dict:
+    """One measured wrk run, after a warm-up for the first of its kind: what wrk reported, the
+    CPU the servers used, and the contracts or usage records written meanwhile.
 
-    ``state["usage_base"]``: usage.lua's first request number not used yet.
+    ``state``: the port, gunicorn's process group, the listings of each booking measurement,
+    usage.lua's first request number not used yet (``usage_base``), the kinds warmed up.
     """
     script, items = plan
     run = {"port": state["port"], "connections": args.connections, "threads": args.wrk_threads}
@@ -810,57 +831,97 @@ def measure(name: str, wrk: str, plan: tuple[str, list[tuple]], scratch: Path, m
         usage = [("base", state["usage_base"])] if name == "usage" else []
         return write_data(scratch / f"{name}-{label}.txt", [*items, *usage])
 
-    warm = run_wrk(wrk, script, data("warmup"), seconds=args.warmup, **run)
-    state["usage_base"] = int(warm["highest"].get("next_base", state["usage_base"]))
-    settle(state["port"])
-    listings = {"book_big": [market["big_listing"]], "book_spread": market["small_listings"]}.get(name, [])
-    contracts_before = contracts_count(listings)
-    stored_before = usage_count()
-    log(f"{name}: wrk -t{args.wrk_threads} -c{args.connections} -d{args.seconds:g}s")
-    cpu_before = cpu_snapshot(state["gunicorn_group"])
-    result = run_wrk(wrk, script, data("measured"), seconds=args.seconds, **run)
-    cpu_after = cpu_snapshot(state["gunicorn_group"])
+    if name not in state["warm"]:
+        warm = run_wrk(wrk, script, data("warmup"), seconds=args.warmup, **run)
+        state["usage_base"] = int(warm["highest"].get("next_base", state["usage_base"]))
+        state["warm"].add(name)
+        settle(state["port"])
+    listings = state["listings"].get(name, [])
+    contracts_before, stored_before = contracts_count(listings), usage_count()
+    seconds = args.seconds / args.rounds
+    log(f"{name}: wrk -t{args.wrk_threads} -c{args.connections} -d{seconds:g}s")
+    sampler, wrk_cpu = CpuSampler(state["gunicorn_group"]), children_cpu_seconds()
+    sampler.start()
+    try:
+        result = run_wrk(wrk, script, data("measured"), seconds=seconds, **run)
+    finally:
+        cpu = sampler.stop()
+    cpu["wrk"] = children_cpu_seconds() - wrk_cpu
     state["usage_base"] = int(result["highest"].get("next_base", state["usage_base"]))
-    measured = figures(name, result)
-    measured["cpu_ms_per_request"] = cpu_ms_per_request(cpu_before, cpu_after, result["requests"])
-    measured["drain_seconds"] = round(settle(state["port"]), 2)
-    problems, tally = measured["problems"], result["tally"]
-    if listings:
-        booked = measured["statuses"].get("201", 0)
-        written = contracts_count(listings) - contracts_before
-        measured.update(
-            bookings_per_second=round(booked / measured["seconds"], 1),
+    drain = settle(state["port"])
+    return {
+        **result,
+        "cpu": cpu,
+        "drain_seconds": drain,
+        "contracts_written": contracts_count(listings) - contracts_before,
+        "records_stored": usage_count() - stored_before,
+    }
+
+
+def summarize(name: str, runs: list[dict], args) -> dict:
+    """The figures of a measurement's runs together, and the problems they show (``problems``)."""
+    requests = sum(run["requests"] for run in runs)
+    seconds = sum(run["duration_us"] for run in runs) / 1e6
+    statuses = dict(sorted(reduce(added, (run["statuses"] for run in runs), {}).items()))
+    errors = reduce(added, (run["errors"] for run in runs), {})
+    errors = {kind: n for kind, n in errors.items() if n and kind != "status"}  # statuses are counted apart
+    tally = reduce(added, (run["tally"] for run in runs), {})
+    cpu = reduce(added, (run["cpu"] for run in runs), {})
+    out = {
+        "requests": requests,
+        "seconds": round(seconds, 2),
+        "requests_per_second": round(requests / seconds, 1),
+        **percentiles_ms(runs, {"p50_ms": 0.50, "p90_ms": 0.90, "p99_ms": 0.99}),
+        "max_ms": round(max(run["latency_us"]["max"] for run in runs) / 1000, 1),
+        "errors": errors,
+        "statuses": statuses,
+        # On a shared machine steadier than the rates: waiting for a core costs no CPU time.
+        "cpu_ms_per_request": {kind: round(1000 * spent / max(requests, 1), 2) for kind, spent in cpu.items()},
+        "rounds": len(runs),
+        "drain_seconds": round(max(run["drain_seconds"] for run in runs), 2),
+    }
+    problems = [f"{name}: socket {kind} errors: {n}" for kind, n in errors.items()]
+    unexpected = {status: n for status, n in statuses.items() if int(status) not in EXPECTED_STATUSES[name]}
+    if unexpected:
+        problems.append(f"{name}: unexpected statuses {unexpected}")
+    if sum(statuses.values()) != requests:
+        problems.append(f"{name}: {sum(statuses.values())} statuses for {requests} requests")
+    # Requests in flight when wrk stops are still served (one per connection): no more.
+    in_flight = len(runs) * args.connections
+    if name.startswith("book_"):
+        booked, written = statuses.get("201", 0), sum(run["contracts_written"] for run in runs)
+        out.update(
+            bookings_per_second=round(booked / seconds, 1),
             booked=booked,
-            conflicts=measured["statuses"].get("409", 0),
+            conflicts=statuses.get("409", 0),
             conflicts_by_code={
                 "capacity_unavailable": int(tally.get("conflicts_capacity", 0)),
                 "credit_limit_exceeded": int(tally.get("conflicts_credit", 0)),
             },
             contracts_written=written,
         )
-        # Requests in flight when wrk stops are still served; no other contract may appear.
-        if not booked <= written <= booked + args.connections:
+        if not booked <= written <= booked + in_flight:
             problems.append(f"{name}: {booked} answered 201 but {written} contracts were written")
         if booked == 0:
             problems.append(f"{name}: nothing booked")
     if name == "usage":
-        accepted = measured["statuses"].get("200", 0) * args.usage_batch
-        stored = usage_count() - stored_before
-        measured.update(
+        accepted = statuses.get("200", 0) * args.usage_batch
+        stored = sum(run["records_stored"] for run in runs)
+        out.update(
             batch=args.usage_batch,
-            records_per_second=round(accepted / measured["seconds"]),
+            records_per_second=round(accepted / seconds),
             records_stored=stored,
             batches_with_duplicates=int(tally.get("batches_with_duplicates", 0)),
             batches_with_rejections=int(tally.get("batches_with_rejections", 0)),
             batches_past_the_month=int(tally.get("exhausted", 0)),
         )
         for field in ("batches_with_duplicates", "batches_with_rejections", "batches_past_the_month"):
-            if measured[field]:
-                problems.append(f"usage: {field}: {measured[field]}")
-        if not accepted <= stored <= accepted + args.connections * args.usage_batch:
+            if out[field]:
+                problems.append(f"usage: {field}: {out[field]}")
+        if not accepted <= stored <= accepted + in_flight * args.usage_batch:
             problems.append(f"usage: {accepted} records answered 200 but {stored} were stored")
-    log(f"{name}: {measured}")
-    return measured
+    out["problems"] = problems
+    return out
 
 
 def ratios_and_targets(results: dict, tps: float | None) -> dict:
@@ -886,6 +947,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes (README: 4)")
     parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker (>1: gthread workers)")
     parser.add_argument("--seconds", type=float, default=10, help="each measurement, and each pgbench run")
+    parser.add_argument("--rounds", type=int, default=2, help="each measurement in this many runs, in A B B A order")
     parser.add_argument("--warmup", type=float, default=3, help="wrk before each measurement, not counted")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--wrk-threads", type=int, default=2)
@@ -898,9 +960,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.usage_batch % USAGE_NODES or not USAGE_NODES <= args.usage_batch <= 1000:
         raise SystemExit(f"--usage-batch must be a multiple of {USAGE_NODES} from {USAGE_NODES} to 1000")
-    if min(args.workers, args.threads, args.labs, args.wrk_threads) < 1 or args.connections < args.wrk_threads:
-        raise SystemExit("--workers, --threads, --labs and --wrk-threads are at least 1, --connections at least those")
+    if min(args.workers, args.threads, args.labs, args.wrk_threads, args.rounds) < 1:
+        raise SystemExit("--workers, --threads, --labs, --wrk-threads and --rounds must be at least 1")
+    if args.connections < args.wrk_threads:
+        raise SystemExit("--connections must be at least --wrk-threads")
 
+    # A SIGTERM unwinds like Ctrl-C, through the blocks that stop the servers.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     # Only bench_http* databases, on DATABASE_URL's server if it names a local one.
     url = server_url(database_url(DATABASE), DATABASE)
     os.environ["DATABASE_URL"] = url
@@ -911,7 +977,8 @@ def main() -> None:
     try:
         import redis
 
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).flushdb()  # db 11 is this benchmark's alone
+        # db 11 is this benchmark's alone: no task or count left from an earlier run
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5, socket_timeout=5).flushdb()
     except Exception as error:
         raise SystemExit(f"Redis is needed at {REDIS_URL}: {error}")
 
@@ -945,7 +1012,12 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     problems: list[str] = []
-    state = {"usage_base": 0}
+    state = {
+        "usage_base": 0,
+        "warm": set(),
+        "listings": {"book_big": [market["big_listing"]], "book_spread": market["small_listings"]},
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in ORDER}
     connection.close()  # reopened for the counts between runs
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_http_")))
@@ -954,9 +1026,11 @@ def main() -> None:
             servers = start_servers(stack, scratch, url, market, args)
             state.update(port=servers.pop("port"), gunicorn_group=servers.pop("gunicorn_group"))
             log(f"servers ready: {servers}")
-            for name, plan in plans.items():
-                results[name] = measure(name, wrk, plan, scratch, market, args, state)
-                problems += results[name].pop("problems")
+            for number in range(args.rounds):
+                # A B ... B A: the members of each ratio run next to each other, and a drift of
+                # the machine's load over the run weighs on both alike.
+                for name in ORDER if number % 2 == 0 else reversed(ORDER):
+                    runs[name].append(measure_once(name, wrk, plans[name], scratch, args, state))
         except RunBroken as error:
             problems.append(str(error))
             log(f"run broken: {error}")
@@ -968,6 +1042,11 @@ def main() -> None:
                 problems.append(f"gunicorn logged {tracebacks} tracebacks")
                 log(f"gunicorn's log ends:\n{log_tail(gunicorn_log, 80)}")
     reference()
+    for name in ORDER:
+        if runs[name]:
+            results[name] = summarize(name, runs[name], args)
+            problems += results[name].pop("problems")
+            log(f"{name}: {results[name]}")
 
     profile = None
     if args.profile and not problems:
@@ -990,6 +1069,7 @@ def main() -> None:
             "connections": args.connections,
             "wrk_threads": args.wrk_threads,
             "seconds": args.seconds,
+            "rounds": args.rounds,
             "warmup_seconds": args.warmup,
             **results,
             "pgbench_tps": tps and round(tps, 1),

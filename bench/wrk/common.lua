@@ -103,6 +103,23 @@ local function object(values)
    return "{" .. table.concat(parts, ",") .. "}"
 end
 
+-- Latency quantiles as [percentile, microseconds] pairs, so that the bench can merge runs:
+-- every percent, then every 0.1 percent from 98 (each one scans the histogram), and the maximum.
+local function quantiles(latency)
+   local pairs_ = {}
+   for tenth = 10, 1000, 10 do
+      if tenth > 980 then
+         break
+      end
+      pairs_[#pairs_ + 1] = string.format("[%g,%d]", tenth / 10, latency:percentile(tenth / 10))
+   end
+   for tenth = 981, 999 do
+      pairs_[#pairs_ + 1] = string.format("[%g,%d]", tenth / 10, latency:percentile(tenth / 10))
+   end
+   pairs_[#pairs_ + 1] = string.format("[100,%d]", latency.max)
+   return "[" .. table.concat(pairs_, ",") .. "]"
+end
+
 function done(summary, latency, requests)
    local all_statuses, all_tally, all_highest = {}, {}, {}
    for _, thread in ipairs(threads) do
@@ -120,10 +137,10 @@ function done(summary, latency, requests)
    io.write(string.format(
       '{"requests":%d,"duration_us":%d,"bytes":%d,"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},'
          .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},'
-         .. '"statuses":%s,"tally":%s,"highest":%s}\n',
+         .. '"statuses":%s,"tally":%s,"highest":%s,"latency_quantiles_us":%s}\n',
       summary.requests, summary.duration, summary.bytes,
       latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
       errors.connect, errors.read, errors.write, errors.status, errors.timeout,
-      object(all_statuses), object(all_tally), object(all_highest)
+      object(all_statuses), object(all_tally), object(all_highest), quantiles(latency)
    ))
 end
