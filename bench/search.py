@@ -8,7 +8,9 @@ key, and measures latency and SQL queries per search.
 
     .venv/bin/python bench/search.py [--rebuild] [--searches N] [--seed N] [--explain]
 
-Prints one JSON line. Target: p99 under 50 ms, and the same number of queries per search.
+Prints one JSON line. Target: p99 under 25 ms, and the same number of queries per search.
+Beside the latencies: the reference request's (same run), the search statement's own time
+(sent to answered) and the garbage collector's pauses during the timed searches.
 ``--explain`` prints EXPLAIN ANALYZE of the slowest search's SQL, and of the broadest (a lab's
 search with no filter: every listing on offer is a candidate), to stderr.
 """
@@ -16,15 +18,17 @@ search with no filter: every listing on offer is a candidate), to stderr.
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import statistics
 import sys
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from _common import analyze, emit, log, setup, stopwatch, truncate
 
-TARGET_P99_MS = 50
+TARGET_P99_MS = 25
 CLUSTERS = 1000
 NODES = 100_000
 LISTINGS_PER_CLUSTER = 5
@@ -403,6 +407,9 @@ def main() -> None:
             analyze(vacuum=("broker_allocation", "marketplace_listingnode", "marketplace_node"))
         build_seconds = elapsed()
         counts = market_counts()
+        # Searches are timed in a process in the state of a server's: not in the wake of the
+        # build, whose objects pushed the collector towards a full collection.
+        gc.collect()
         log(f"market ready in {build_seconds:.1f}s: {counts}")
 
     lab = Organization.objects.get(name=LAB_NAME)
@@ -416,18 +423,45 @@ def main() -> None:
     # The machine is shared and noisy: a trivial authenticated request, timed in the same run,
     # is the reference to compare against.
     reference_ms = []
-    for _ in range(100):
+    for _ in range(200):
         with stopwatch() as elapsed:
             assert client.get("/api/v1/organization").status_code == 200
         reference_ms.append(elapsed() * 1000)
 
     latencies_ms: list[float] = []
+    statement_ms: list[float] = []
     queries: list[int] = []
     results: list[int] = []
     key_touches = 0
     slowest = (0.0, "", {})
+
+    def time_the_search_statement(execute, sql, params, many, context):
+        if not sql.lstrip().startswith("WITH"):
+            return execute(sql, params, many, context)
+        start = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            statement_ms.append((time.perf_counter() - start) * 1000)
+
+    pauses_ms: list[float] = []
+    collections = [0, 0, 0]
+    pause_start = [0.0]
+
+    def time_the_collector(phase: str, info: dict) -> None:
+        if phase == "start":
+            pause_start[0] = time.perf_counter()
+        else:
+            pauses_ms.append((time.perf_counter() - pause_start[0]) * 1000)
+            collections[info["generation"]] += 1
+
+    gc.callbacks.append(time_the_collector)
     for params in searches:
-        with CaptureQueriesContext(connection) as captured, stopwatch() as elapsed:
+        with (
+            connection.execute_wrapper(time_the_search_statement),
+            CaptureQueriesContext(connection) as captured,
+            stopwatch() as elapsed,
+        ):
             response = client.get("/api/v1/listings", params)
         if response.status_code != 200:
             raise SystemExit(f"search {params} answered {response.status_code}: {response.content[:300]!r}")
@@ -442,6 +476,7 @@ def main() -> None:
         if latencies_ms[-1] > slowest[0]:
             search_sql = max(captured.captured_queries, key=lambda query: float(query["time"]))["sql"]
             slowest = (latencies_ms[-1], search_sql, params)
+    gc.callbacks.remove(time_the_collector)
     log(f"slowest search {slowest[0]:.1f} ms: {slowest[2]}")
     if args.explain:
         explain(slowest[1], "slowest search")
@@ -462,11 +497,23 @@ def main() -> None:
             "meets_target": p99 < TARGET_P99_MS,
             "queries_per_search_min": min(queries),
             "queries_per_search_max": max(queries),
-            # 2: no result (no rows to load); 3: a page of results; 4: a page past the last (one more count).
+            # 2: the key's lookup and the search's one statement (whatever the results and the
+            # page); 3: and the GPU model's, when a search names one (its slug is checked).
             "queries_per_search_histogram": {str(count): queries.count(count) for count in sorted(set(queries))},
             "api_key_touches": key_touches,
             "reference_request_p50_ms": round(percentile(reference_ms, 0.50), 2),
+            "reference_request_p99_ms": round(percentile(reference_ms, 0.99), 2),
             "p50_over_reference": round(percentile(latencies_ms, 0.50) / percentile(reference_ms, 0.50), 1),
+            "statement_ms": {
+                "p50": round(percentile(statement_ms, 0.50), 2),
+                "p90": round(percentile(statement_ms, 0.90), 2),
+                "p99": round(percentile(statement_ms, 0.99), 2),
+            },
+            "gc": {
+                "collections": collections,
+                "pause_ms_total": round(sum(pauses_ms), 1),
+                "pause_ms_max": round(max(pauses_ms, default=0.0), 1),
+            },
             "results_per_search_mean": round(statistics.fmean(results), 1),
             "searches_with_no_result": sum(1 for count in results if count == 0),
             "market_reused": reused,
