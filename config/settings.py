@@ -399,6 +399,14 @@ if METRICS_TOKEN and (len(METRICS_TOKEN) < 32 or not METRICS_TOKEN.isascii() or 
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 if _metrics_dir and not os.path.isdir(_metrics_dir):
     raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR must name an existing directory, got {_metrics_dir!r}")
+# A Celery worker records what it runs (matching runs above all) and, with WORKER_METRICS_PORT,
+# serves those metrics itself for Prometheus, on WORKER_METRICS_ADDR (loopback by default: a
+# separate bind, reached by the scraper on the worker's host, not by the public). Its pool's
+# processes share them through PROMETHEUS_MULTIPROC_DIR (a directory of the worker's own).
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0)
+WORKER_METRICS_ADDR = os.environ.get("WORKER_METRICS_ADDR") or "127.0.0.1"
+if not 0 <= WORKER_METRICS_PORT <= 65535:
+    raise ImproperlyConfigured("WORKER_METRICS_PORT must be a TCP port (0: not served).")
 
 # Every response says what a browser may load: the admin and the API docs (Swagger UI and
 # Redoc, from drf-spectacular-sidecar's static files) use no inline script; Swagger UI's

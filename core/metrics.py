@@ -33,7 +33,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db.models import Count, FilteredRelation, Q
 from django.urls import Resolver404, resolve
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -316,6 +316,23 @@ def scrape_registry() -> CollectorRegistry:
     registry.register(OpenComputeRequestsCollector())
     registry.register(CeleryQueueLengthCollector())
     return registry
+
+
+def worker_registry() -> CollectorRegistry:
+    """What a Celery worker serves: what its processes recorded (every pool process's files in
+    multiprocess mode, else its own), without the gauges read from the database and the broker,
+    which the API's /metrics serves once for everyone."""
+    registry = CollectorRegistry()
+    if multiprocess_mode():
+        MultiProcessCollector(registry)
+    else:
+        registry.register(REGISTRY)
+    return registry
+
+
+def serve_worker_metrics(*, port: int, addr: str) -> None:
+    """Serve ``worker_registry`` over HTTP on (addr, port), from a thread of this process."""
+    start_http_server(port, addr=addr, registry=worker_registry())
 
 
 def exposition(accept: str | None) -> tuple[bytes, str]:

@@ -37,7 +37,7 @@ from core.observability import RequestIdFilter
 from tests.billing.factories import contract_create, make_provider, record
 from tests.billing.factories import make_lab as make_billing_lab
 from tests.broker.factories import make_lab, request_create
-from tests.conftest import _redis_unreachable
+from tests.conftest import _redis_unreachable, wait_until
 from tests.marketplace.factories import NOW, ClusterFactory, ListingFactory, gpu_model, hour, iso
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -647,3 +647,64 @@ def test_gunicorn_workers_share_their_metrics(transactional_db, tmp_path):
         per_worker.append(_healthz_count(alone))
     assert len([count for count in per_worker if count >= 1]) == 2, per_worker
     assert sum(per_worker) == served
+
+
+@requires_redis
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_serves_the_matching_runs_its_pool_made(tmp_path):
+    """A real `celery worker` (prefork pool) with WORKER_METRICS_PORT serves, on its own bind,
+    the matching runs its pool process made: counted per segment, timed."""
+    segment = str(gpu_model().pk)
+    queue = f"metrics-test-{uuid.uuid4().hex[:8]}"  # its own queue: no other worker takes the task
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics_dir = tmp_path / "worker-metrics"
+    metrics_dir.mkdir()
+    env = os.environ | {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "CELERY_QUEUE": queue,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "WORKER_METRICS_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+    }
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=prefork", "--concurrency=1",
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queue],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def scraped() -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+                return parse_exposition(response.read().decode())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            assert worker.poll() is None, log_path.read_text()[-3000:]
+            return None
+
+    runs = ("gpubroker_matching_runs_total", (("outcome", "matched"), ("segment", segment)))
+    timed = ("gpubroker_matching_run_duration_seconds_count", (("segment", segment),))
+    try:
+        wait_until(lambda: scraped() is not None, timeout=60, interval=0.3)  # serving, nothing recorded yet
+        from config.celery import app
+
+        eager, app.conf.task_always_eager = app.conf.task_always_eager, False  # sent to the worker
+        try:
+            match_segment.apply_async(args=[int(segment)], queue=queue)
+        finally:
+            app.conf.task_always_eager = eager
+        served = wait_until(lambda: (found := scraped()) and found.get(runs) and found, timeout=60, interval=0.3)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        redis.Redis.from_url(settings.REDIS_URL).delete(queue)
+    assert served[runs] == 1 and served[timed] == 1
+    assert not [key for key in served if key[0] == "gpubroker_open_compute_requests"]  # the API serves those
