@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,6 +29,7 @@ import redis
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from billing.credit import Exposure, credit_limit_exceeded, lab_exposures, lab_exposures_add
@@ -75,8 +75,43 @@ class BookListing:
 
 
 @dataclass(slots=True)
+class OpenRequest:
+    """An open request as the engine reads it: a row, not a model instance (a chunk reads
+    thousands). Attribute names are ``ComputeRequest``'s; ``starts`` and ``ends`` are hours."""
+
+    pk: int
+    lab_id: int
+    gpu_count: int
+    starts_at: datetime
+    ends_at: datetime
+    duration_hours: int
+    max_price_per_gpu_hour: Decimal
+    billing_mode: str
+    colocated: bool
+    region: str
+    interconnect: str
+    unfilled_reason: str
+    unfilled_detail: str
+    fill_price_now: Decimal | None
+    starts: int = 0
+    ends: int = 0
+
+    def __post_init__(self):
+        self.starts = _hour(self.starts_at)
+        self.ends = _hour(self.ends_at)
+
+
+_OPEN_REQUEST_FIELDS = [name for name in OpenRequest.__slots__ if name not in {"starts", "ends"}]
+
+
+def _ids(ids) -> RawSQL:
+    """``pk__in=_ids(ids)``: the ids as one array parameter, not one parameter each."""
+    return RawSQL("SELECT unnest(%s::bigint[])", [list(ids)])
+
+
+@dataclass(slots=True)
 class Fill:
-    request: ComputeRequest
+    request: OpenRequest
     parts: list[tuple[BookListing, list[tuple[int, int]]]]
     starts: int
     ends: int
@@ -104,15 +139,31 @@ class MatchResult:
 
 
 class OrderBook:
-    """The segment's listings sorted by price then listing time, and each node's sold hours."""
+    """The segment's listings sorted by price then listing time, and each node's sold hours.
+
+    A node's sold hours are one integer, a bit per hour from ``origin`` (the hour the book was
+    loaded; what ended before it is not loaded): a window clashes with them when the two masks
+    share a bit. Holds never overlap what they are added to (only free nodes are held), so
+    releasing one clears its bits.
+    """
 
     def __init__(self, gpu_model_id: int):
         self.gpu_model_id = gpu_model_id
         self.gpu_model_slug = ""
         self.listings: dict[int, BookListing] = {}
         self.by_price: list[BookListing] = []
-        self.busy: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        self.busy: dict[int, int] = {}
+        self.origin = 0
+        # (billing mode, start hour) -> the listings on those terms whose window holds that
+        # hour, in price order: requests of a segment start at a few hundred distinct hours.
+        self._covering: dict[tuple[str, int], list[BookListing]] = {}
         self._resort = False
+
+    def _mask(self, starts: int, ends: int) -> int:
+        """The bits of the hours [starts, ends); hours before ``origin`` are not tracked."""
+        low = max(starts - self.origin, 0)
+        high = ends - self.origin
+        return ((1 << (high - low)) - 1) << low if high > low else 0
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -140,6 +191,8 @@ class OrderBook:
         )
         self.listings = {}
         self.by_price = []
+        self._covering = {}
+        self.origin = _hour(now)
         for row in rows:
             listing = BookListing(
                 id=row[0],
@@ -157,7 +210,7 @@ class OrderBook:
             )
             self.listings[listing.id] = listing
             self.by_price.append(listing)
-        self.busy = defaultdict(list)
+        self.busy = {}
         self._load_inventory(list(self.listings))
 
     def _load_inventory(self, listing_ids: list[int]) -> None:
@@ -171,21 +224,24 @@ class OrderBook:
         # rest of its listing's window has no span, so it is never loaded nor walked.
         bindings = (
             FreeSpan.objects.filter(
-                listing_id__in=listing_ids, ends_at__gt=now, node__status=Node.Status.IN_SERVICE
+                listing_id__in=_ids(listing_ids), ends_at__gt=now, node__status=Node.Status.IN_SERVICE
             )
             .order_by("node_id")
             .values_list("listing_id", "listing_node_id", "node_id")
             .distinct()
         )
         node_ids = []
+        listings = self.listings
         for listing_id, listing_node_id, node_id in bindings:
-            self.listings[listing_id].bindings.append((listing_node_id, node_id))
+            listings[listing_id].bindings.append((listing_node_id, node_id))
             node_ids.append(node_id)
+        busy = self.busy
         for node_id in node_ids:
-            self.busy.pop(node_id, None)
-        sales = Allocation.objects.holding().filter(node_id__in=node_ids, ends_at__gt=now)
+            busy.pop(node_id, None)
+        sales = Allocation.objects.holding().filter(node_id__in=_ids(node_ids), ends_at__gt=now)
+        mask = self._mask
         for node_id, starts_at, ends_at in sales.values_list("node_id", "starts_at", "ends_at"):
-            self.busy[node_id].append((_hour(starts_at), _hour(ends_at)))
+            busy[node_id] = busy.get(node_id, 0) | mask(_hour(starts_at), _hour(ends_at))
 
     def refresh(self) -> None:
         """Under the listing locks: re-read price and status, reload changed inventories."""
@@ -193,7 +249,7 @@ class OrderBook:
             return
         rows = (
             Listing.objects.select_for_update()
-            .filter(pk__in=list(self.listings))
+            .filter(pk__in=_ids(self.listings))
             .order_by("pk")
             .values_list("pk", "status", "price_per_gpu_hour", "inventory_version")
         )
@@ -209,6 +265,7 @@ class OrderBook:
                 changed.append(listing_id)
         if self._resort:
             self.by_price.sort(key=lambda item: (item.price, item.id))
+            self._covering = {}
             self._resort = False
         if changed:
             self._load_inventory(changed)
@@ -216,41 +273,48 @@ class OrderBook:
     # -- planning ----------------------------------------------------------------------------
 
     def _free_nodes(self, listing: BookListing, starts: int, ends: int, limit: int) -> list[tuple[int, int]]:
-        busy = self.busy
+        """The listing's first ``limit`` nodes (in node order) free for the window: first fit."""
+        sold = self.busy.get
+        window = self._mask(starts, ends)
+        bindings = listing.bindings
+        if limit >= len(bindings):  # the whole listing is looked at anyway
+            return [binding for binding in bindings if not sold(binding[1], 0) & window][:limit]
         found = []
-        for binding in listing.bindings:
-            intervals = busy.get(binding[1])
-            if intervals:
-                clash = False
-                for sold_start, sold_end in intervals:
-                    if sold_start < ends and sold_end > starts:
-                        clash = True
-                        break
-                if clash:
-                    continue
+        for binding in bindings:
+            if sold(binding[1], 0) & window:
+                continue
             found.append(binding)
             if len(found) == limit:
                 break
         return found
 
-    def _candidates(self, request: ComputeRequest, starts: int, ends: int, *, priced: bool = True) -> list[BookListing]:
+    def _covering_hour(self, mode: str, hour: int) -> list[BookListing]:
+        key = (mode, hour)
+        covering = self._covering.get(key)
+        if covering is None:
+            covering = [
+                listing
+                for listing in self.by_price
+                if listing.billing_mode == mode and listing.starts <= hour < listing.ends
+            ]
+            self._covering[key] = covering
+        return covering
+
+    def _candidates(self, request: OpenRequest, starts: int, ends: int, *, priced: bool = True) -> list[BookListing]:
         """The listings that could serve the request, cheapest first: at or under its maximum
         price, or (``priced=False``) at any price."""
         max_price = request.max_price_per_gpu_hour if priced else None
         gpu_count = request.gpu_count
         duration = ends - starts
-        mode = request.billing_mode
         region = request.region
         interconnect = request.interconnect
         lab_id = request.lab_id
         out = []
-        for listing in self.by_price:
+        for listing in self._covering_hour(request.billing_mode, starts):
             if max_price is not None and listing.price > max_price:
                 break
             if (
                 listing.active
-                and listing.billing_mode == mode
-                and listing.starts <= starts
                 and listing.ends >= ends
                 and listing.min_duration <= duration
                 and gpu_count % listing.gpus_per_node == 0
@@ -262,15 +326,13 @@ class OrderBook:
                 out.append(listing)
         return out
 
-    def plan(self, request: ComputeRequest, *, priced: bool = True) -> Fill | None:
+    def plan(self, request: OpenRequest, *, priced: bool = True) -> Fill | None:
         """The cheapest complete fill of the request now (``priced=False``: whatever its price)."""
-        starts = _hour(request.starts_at)
-        ends = _hour(request.ends_at)
+        starts = request.starts
+        ends = request.ends
         return self._plan_among(request, self._candidates(request, starts, ends, priced=priced), starts, ends)
 
-    def _plan_among(
-        self, request: ComputeRequest, candidates: list[BookListing], starts: int, ends: int
-    ) -> Fill | None:
+    def _plan_among(self, request: OpenRequest, candidates: list[BookListing], starts: int, ends: int) -> Fill | None:
         if not candidates:
             return None
         if request.colocated:
@@ -281,9 +343,9 @@ class OrderBook:
             return None
         return Fill(request=request, parts=parts, starts=starts, ends=ends)
 
-    def explain(self, request: ComputeRequest) -> Unfilled:
+    def explain(self, request: OpenRequest) -> Unfilled:
         """Why the request cannot be filled now, and the price at which it would be."""
-        starts, ends = _hour(request.starts_at), _hour(request.ends_at)
+        starts, ends = request.starts, request.ends
         candidates = self._candidates(request, starts, ends, priced=False)
         whole = self._plan_among(request, candidates, starts, ends)
         if whole is not None:
@@ -342,6 +404,8 @@ class OrderBook:
             if best_cost is not None and listings[0].price * gpu_count >= best_cost:
                 break
             needed = gpu_count // listings[0].gpus_per_node
+            if sum(len(listing.bindings) for listing in listings) < needed:
+                continue  # fewer nodes with free hours than needed, before looking at the hours
             parts = []
             cost = Decimal(0)
             for listing in listings:
@@ -378,6 +442,8 @@ class OrderBook:
         return best
 
     def _greedy_spread(self, gpu_count, candidates, starts, ends):
+        if sum(len(listing.bindings) * listing.gpus_per_node for listing in candidates) < gpu_count:
+            return None  # fewer GPUs on nodes with free hours than asked, before looking at the hours
         remaining = gpu_count
         parts = []
         for listing in candidates:
@@ -393,15 +459,19 @@ class OrderBook:
         return None
 
     def hold(self, fill: Fill) -> None:
+        busy = self.busy
+        window = self._mask(fill.starts, fill.ends)
         for _, nodes in fill.parts:
             for _, node_id in nodes:
-                self.busy[node_id].append((fill.starts, fill.ends))
+                busy[node_id] = busy.get(node_id, 0) | window
 
     def release(self, fill: Fill) -> None:
         """Undo ``hold``: the fill will not be written."""
+        busy = self.busy
+        window = self._mask(fill.starts, fill.ends)
         for _, nodes in fill.parts:
             for _, node_id in nodes:
-                self.busy[node_id].remove((fill.starts, fill.ends))
+                busy[node_id] &= ~window
 
 
 def _acquire_segment_lock(gpu_model_id: int, wait: bool) -> bool:
@@ -516,15 +586,15 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
         # Locks in the order every other writer takes them: listings, requests, and the labs
         # last, only to write (matchers of other segments sell to the same labs).
         book.refresh()
-        labs = ComputeRequest.objects.filter(pk__in=request_ids).values_list("lab_id", flat=True).distinct()
-        credit = _Credit(lab_exposures(labs))
-        requests = list(
-            compute_requests_to_match()
+        requests = [
+            OpenRequest(*row)
+            for row in compute_requests_to_match()
             .select_for_update(of=("self",))
-            .filter(pk__in=request_ids)
+            .filter(pk__in=_ids(request_ids))
             .order_by("created_at", "id")
-        )
-        held: list[tuple[int, tuple[int, int]]] = []
+            .values_list(*_OPEN_REQUEST_FIELDS)
+        ]
+        credit = _Credit(lab_exposures({request.lab_id for request in requests}))
         fills: list[Fill] = []
         unplanned = []
         for request in requests:
@@ -535,8 +605,6 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
             if not credit.take(request, fill):
                 continue
             book.hold(fill)
-            for _, nodes in fill.parts:
-                held.extend((node_id, (fill.starts, fill.ends)) for _, node_id in nodes)
             fills.append(fill)
         if fills:
             # Planned on figures read without a lock: lock the buyers, read again, and keep
@@ -547,9 +615,6 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
                 for fill in fills:
                     if id(fill) not in kept_ids:
                         book.release(fill)
-            held = [
-                (node_id, (fill.starts, fill.ends)) for fill in kept for _, nodes in fill.parts for _, node_id in nodes
-            ]
             fills = kept
         # Explained once the chunk's fills hold their nodes: what is left now.
         unfilled = {request.pk: book.explain(request) for request in unplanned} | credit.refused
@@ -559,8 +624,8 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
         try:
             _write_fills(fills)
         except IntegrityError:
-            for node_id, interval in held:
-                book.busy[node_id].remove(interval)
+            for fill in fills:
+                book.release(fill)
             raise
         lab_exposures_add(credit.sold)
     result.requests_filled += len(fills)
@@ -576,7 +641,7 @@ class _Credit:
         self.sold: dict[int, tuple[Decimal, Decimal]] = {}  # lab -> (committed, metered) values
         self.refused: dict[int, Unfilled] = {}  # request id -> why
 
-    def take(self, request: ComputeRequest, fill: Fill) -> bool:
+    def take(self, request: OpenRequest, fill: Fill) -> bool:
         """Sell the fill to the request's lab if its credit limit allows, or note why not."""
         committed, metered = _values(fill)
         exposure = self.exposures[request.lab_id]
@@ -626,15 +691,16 @@ WHERE r.id = u.id
 """
 
 
-def _record_unfilled(requests: list[ComputeRequest], unfilled: dict[int, Unfilled]) -> None:
+def _record_unfilled(requests: list[OpenRequest], unfilled: dict[int, Unfilled]) -> None:
     """Say on each open request why it is still open and the price it would fill at now
     (one statement for the requests whose answer changed)."""
     changed = []
+    max_length = ComputeRequest._meta.get_field("unfilled_detail").max_length
     for request in requests:
         why = unfilled.get(request.pk)
         if why is None:
             continue  # filled by this chunk
-        detail = why.detail[: ComputeRequest._meta.get_field("unfilled_detail").max_length]
+        detail = why.detail[:max_length]
         if (request.unfilled_reason, request.unfilled_detail, request.fill_price_now) != (
             why.reason,
             detail,
@@ -675,12 +741,12 @@ def _write_fills(fills: list[Fill]) -> None:
             )
             contracts.append((fill.request, listing, nodes, gpu_count, total))
     _copy_contracts(contracts, now)
-    ComputeRequest.objects.filter(pk__in=[fill.request.pk for fill in fills]).update(
+    ComputeRequest.objects.filter(pk__in=_ids(fill.request.pk for fill in fills)).update(
         status=ComputeRequest.Status.FILLED, filled_at=now, unfilled_reason="", unfilled_detail="", fill_price_now=None
     )
     # Our own writes change these listings' inventory; keep the snapshot's versions in step.
     touched = {listing.id: listing for _, listing, _, _, _ in contracts}
-    Listing.objects.filter(pk__in=list(touched)).update(inventory_version=F("inventory_version") + 1)
+    Listing.objects.filter(pk__in=_ids(touched)).update(inventory_version=F("inventory_version") + 1)
     for listing in touched.values():
         listing.version += 1
 
@@ -701,12 +767,12 @@ def _copy_contracts(contracts, now) -> None:
                      gpu_count, len(nodes), request.starts_at, request.ends_at, listing.price, listing.billing_mode,
                      total, Contract.Status.SCHEDULED, "", now)
                 )  # fmt: skip
+                # An allocation is a line of COPY's text format: integers and timestamps only.
+                window = f"\t{listing.id}\t{request.starts_at.isoformat()}\t{request.ends_at.isoformat()}\n"
                 allocations.extend(
-                    (contract_id, listing_node_id, node_id, listing.id, request.starts_at, request.ends_at)
-                    for listing_node_id, node_id in nodes
+                    f"{contract_id}\t{listing_node_id}\t{node_id}{window}" for listing_node_id, node_id in nodes
                 )
         with cursor.copy(_ALLOCATION_COPY) as copy:
-            for row in allocations:
-                copy.write_row(row)
+            copy.write("".join(allocations))
         # Deferred foreign keys are checked now, so a violation rolls back this chunk only.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")

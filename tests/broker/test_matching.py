@@ -267,6 +267,16 @@ class TestSharingCapacity:
         assert len(nodes) == 1
         assert oversell_violations() == []
 
+    def test_a_sale_under_way_keeps_its_node_for_the_hours_it_has_left(self, lab, frozen):
+        target = listing("1.00", nodes=1)
+        book(lab=make_lab(), listing=target, nodes=1, starts_at=hour(1), hours=4)
+        frozen.shift(2 * 3600)  # the sale started an hour before the engine's first hour
+        during = request_create(lab=lab, gpu_count=8, starts_at=hour(4), duration_hours=1)
+        after = request_create(lab=lab, gpu_count=8, starts_at=hour(5), duration_hours=1)
+        match()
+        assert (status_of(during), status_of(after)) == ("open", "filled")
+        assert oversell_violations() == []
+
     def test_sold_nodes_are_not_sold_again(self, lab):
         target = listing("1.00", nodes=2)
         book(lab=make_lab(), listing=target, nodes=1, starts_at=hour(3), hours=2)
