@@ -272,10 +272,10 @@ class OrderBook:
 
     # -- planning ----------------------------------------------------------------------------
 
-    def _free_nodes(self, listing: BookListing, starts: int, ends: int, limit: int) -> list[tuple[int, int]]:
-        """The listing's first ``limit`` nodes (in node order) free for the window: first fit."""
+    def _free_nodes(self, listing: BookListing, window: int, limit: int) -> list[tuple[int, int]]:
+        """The listing's first ``limit`` nodes (in node order) free for the hours of ``window``
+        (``_mask``): first fit."""
         sold = self.busy.get
-        window = self._mask(starts, ends)
         bindings = listing.bindings
         if limit >= len(bindings):  # the whole listing is looked at anyway
             return [binding for binding in bindings if not sold(binding[1], 0) & window][:limit]
@@ -378,6 +378,7 @@ class OrderBook:
     def _most_deliverable(self, request, candidates, starts, ends) -> tuple[int, Decimal | None]:
         """The most GPUs the free nodes of one cluster (colocated) or of every candidate can
         deliver for the window, and the highest price among the listings that deliver them."""
+        window = self._mask(starts, ends)
         groups: dict[int, list[BookListing]] = {}
         for listing in candidates:
             groups.setdefault(listing.cluster_id if request.colocated else 0, []).append(listing)
@@ -385,7 +386,7 @@ class OrderBook:
         for listings in groups.values():
             gpus, price = 0, None
             for listing in listings:
-                free = len(self._free_nodes(listing, starts, ends, request.gpu_count // listing.gpus_per_node))
+                free = len(self._free_nodes(listing, window, request.gpu_count // listing.gpus_per_node))
                 if free:
                     gpus += free * listing.gpus_per_node
                     price = listing.price
@@ -395,6 +396,7 @@ class OrderBook:
 
     def _plan_colocated(self, gpu_count, candidates, starts, ends):
         """The cheapest complete fill inside one cluster, from its listings cheapest first."""
+        window = self._mask(starts, ends)
         by_cluster: dict[int, list[BookListing]] = {}
         for listing in candidates:
             by_cluster.setdefault(listing.cluster_id, []).append(listing)
@@ -409,7 +411,7 @@ class OrderBook:
             parts = []
             cost = Decimal(0)
             for listing in listings:
-                nodes = self._free_nodes(listing, starts, ends, needed)
+                nodes = self._free_nodes(listing, window, needed)
                 if nodes:
                     parts.append((listing, nodes))
                     cost += listing.price * len(nodes) * listing.gpus_per_node
@@ -444,13 +446,14 @@ class OrderBook:
     def _greedy_spread(self, gpu_count, candidates, starts, ends):
         if sum(len(listing.bindings) * listing.gpus_per_node for listing in candidates) < gpu_count:
             return None  # fewer GPUs on nodes with free hours than asked, before looking at the hours
+        window = self._mask(starts, ends)
         remaining = gpu_count
         parts = []
         for listing in candidates:
             wanted = remaining // listing.gpus_per_node
             if wanted == 0:
                 continue
-            nodes = self._free_nodes(listing, starts, ends, wanted)
+            nodes = self._free_nodes(listing, window, wanted)
             if nodes:
                 parts.append((listing, nodes))
                 remaining -= len(nodes) * listing.gpus_per_node
