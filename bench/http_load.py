@@ -51,6 +51,7 @@ import math
 import os
 import random
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -110,6 +111,17 @@ SEARCHES = 40
 USAGE_NODES = 8  # per usage contract
 # Usage contracts are sized for this rate, so no node-hour is reported twice in a run.
 USAGE_RECORDS_PER_SECOND_CEILING = 60_000
+# The servers' settings the JSON line shows (the secrets stay out).
+SHOWN_SETTINGS = (
+    "DEBUG",
+    "SECURE_SSL_REDIRECT",
+    "ALLOWED_HOSTS",
+    "API_RATE_LIMIT",
+    "API_AUTH_FAILURE_RATE_LIMIT",
+    "REDIS_URL",
+    "CELERY_TASK_ALWAYS_EAGER",
+    "LOG_FORMAT",
+)
 # The order of the measurements (reversed every other round): each ratio's two are neighbours.
 ORDER = ["get", "search", "book_spread", "book_big", "usage"]
 EXPECTED_STATUSES = {
@@ -294,7 +306,8 @@ def free_port() -> int:
 
 
 def server_environment(url: str) -> dict:
-    """README's production shape, on this machine: DEBUG off, plain HTTP on loopback, no rate limits."""
+    """README's production shape, on this machine: DEBUG off, plain HTTP on loopback, no rate
+    limits, JSON logs, Redis db 11."""
     env = {
         name: value
         for name, value in os.environ.items()
@@ -310,6 +323,8 @@ def server_environment(url: str) -> dict:
         API_RATE_LIMIT="none",
         API_AUTH_FAILURE_RATE_LIMIT="none",
         CELERY_TASK_ALWAYS_EAGER="false",
+        LOG_FORMAT="json",
+        METRICS_TOKEN=secrets.token_urlsafe(36),
         DJANGO_SETTINGS_MODULE="config.settings",
     )
     return env
@@ -744,7 +759,7 @@ def search_paths(rng: random.Random, base: datetime) -> list[str]:
 def wrk_plans(market: dict, searches: list[str], args: argparse.Namespace) -> dict[str, tuple[str, list[tuple]]]:
     """Each measurement's Lua script and data file items (usage.lua's ``base`` comes later)."""
     base = market["base"]
-    common = [("seed", args.seed), ("threads", args.wrk_threads)]
+    common = [("threads", args.wrk_threads)]
     labs = [*common, *(("key", key) for key in market["lab_keys"])]
     # Bookings start from the hour after the listings' first, so none is in the past during the run.
     booking = [
@@ -778,12 +793,19 @@ def start_servers(stack: ExitStack, scratch: Path, url: str, market: dict, args:
     env = server_environment(url)
     celery_name = f"bench_http_{os.getpid()}@{socket.gethostname()}"
     celery_log = scratch / "celery.log"
+    # The worker serves its own metrics, from a metrics folder of its own (README).
+    (scratch / "worker-metrics").mkdir()
+    celery_env = {
+        **env,
+        "PROMETHEUS_MULTIPROC_DIR": str(scratch / "worker-metrics"),
+        "WORKER_METRICS_PORT": str(free_port()),
+    }
     celery = stack.enter_context(
         process_group(
             "celery",
             [str(ROOT / ".venv/bin/celery"), "-A", "config", "worker", "--concurrency=1", "--loglevel=INFO"]
             + ["-n", celery_name],
-            env=env,
+            env=celery_env,
             log_path=celery_log,
         )
     )
@@ -808,6 +830,7 @@ def start_servers(stack: ExitStack, scratch: Path, url: str, market: dict, args:
             "config": str(GUNICORN_CONFIG.relative_to(ROOT)) if GUNICORN_CONFIG.exists() else None,
         },
         "celery": {"concurrency": 1},
+        "environment": {name: env[name] for name in SHOWN_SETTINGS},
     }
     lab_key = market["lab_keys"][0]
     servers["gunicorn"]["ready_seconds"] = round(wait_for_gunicorn(gunicorn, port, lab_key, gunicorn_log), 2)
@@ -828,8 +851,12 @@ def measure_once(name: str, wrk: str, plan: tuple[str, list[tuple]], scratch: Pa
     run = {"port": state["port"], "connections": args.connections, "threads": args.wrk_threads}
 
     def data(label: str) -> Path:
-        usage = [("base", state["usage_base"])] if name == "usage" else []
-        return write_data(scratch / f"{name}-{label}.txt", [*items, *usage])
+        # Each wrk run draws other requests (and Idempotency-Keys) than the runs before it.
+        state["invocation"] = state.get("invocation", 0) + 1
+        run_items = [("seed", args.seed * 1000 + state["invocation"]), ("invocation", state["invocation"])]
+        if name == "usage":
+            run_items.append(("base", state["usage_base"]))
+        return write_data(scratch / f"{name}-{label}.txt", [*items, *run_items])
 
     if name not in state["warm"]:
         warm = run_wrk(wrk, script, data("warmup"), seconds=args.warmup, **run)

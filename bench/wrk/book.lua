@@ -1,10 +1,11 @@
 -- POST /api/v1/listings/{id}/book: a listing of the data file's "listing" lines at random,
 -- "gpus" GPUs for "hours" (min max) hours, starting at a random hour of the bookable
 -- "window" (first start, in seconds since 1970, and its length in hours). With an
--- "idempotency" line, every request carries an Idempotency-Key of its own.
+-- "idempotency" line, every request carries an Idempotency-Key of its own (the line's
+-- value, the "invocation" of wrk, the thread and a counter).
 dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "common.lua")
 
-local listings, gpus, min_hours, max_hours, first, window, idempotency
+local listings, gpus, min_hours, max_hours, first, window, idempotency, invocation
 local sent = 0
 
 function init(args)
@@ -15,6 +16,7 @@ function init(args)
    min_hours, max_hours = number(data, "hours", 1), number(data, "hours", 2)
    first, window = number(data, "window", 1), number(data, "window", 2)
    idempotency = data.idempotency and data.idempotency[1][1]
+   invocation = number(data, "invocation")
 end
 
 function request()
@@ -24,7 +26,7 @@ function request()
    local extra = { ["Content-Type"] = "application/json" }
    if idempotency then
       sent = sent + 1
-      extra["Idempotency-Key"] = string.format("%s-%d-%d", idempotency, thread_number, sent)
+      extra["Idempotency-Key"] = string.format("%s-%d-%d-%d", idempotency, invocation, thread_number, sent)
    end
    return wrk.format("POST", "/api/v1/listings/" .. pick(listings) .. "/book", headers(extra), body)
 end

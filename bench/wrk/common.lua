@@ -5,6 +5,7 @@
 --   dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "common.lua")
 -- and is run as `wrk ... -s <script> <url> -- <data file>`. The data file has one item a
 -- line: a word, then its values ("key gpb_...", "path /api/v1/organization", "seed 7").
+-- The bench gives each run of wrk a seed of its own.
 
 local threads = {}
 
