@@ -30,14 +30,16 @@ from broker.models import Contract
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, InvalidInput
 from core.timeutils import HOUR
-from marketplace.models import BillingMode, Listing, Node, Organization
+from marketplace.models import BillingMode, Cluster, GpuModel, Listing, Node, Organization
 
 LISTING_BOOK = """
 WITH terms AS (
     SELECT l.id, l.status, p.status AS provider_status, c.gpus_per_node, l.starts_at, l.ends_at,
-           l.min_duration_hours, l.provider_id, l.cluster_id, l.price_per_gpu_hour, l.billing_mode
+           l.min_duration_hours, l.provider_id, l.cluster_id, l.price_per_gpu_hour, l.billing_mode,
+           p.name AS provider_name, c.name AS cluster_name, c.region, c.interconnect, c.gpu_model_id, g.slug
     FROM marketplace_listing l
     JOIN marketplace_cluster c ON c.id = l.cluster_id
+    JOIN marketplace_gpumodel g ON g.id = c.gpu_model_id
     JOIN marketplace_organization p ON p.id = l.provider_id
     WHERE l.id = %(listing)s
     FOR UPDATE OF l
@@ -80,7 +82,11 @@ WITH terms AS (
 )
 SELECT terms.status, terms.provider_status, terms.gpus_per_node, terms.starts_at, terms.ends_at,
        terms.min_duration_hours, terms.provider_id, terms.cluster_id, terms.price_per_gpu_hour, terms.billing_mode,
-       (SELECT COUNT(*) FROM free), (SELECT id FROM contract)
+       (SELECT COUNT(*) FROM free), (SELECT id FROM contract),
+       -- What the answer shows besides: the seller, the cluster, the nodes' hostnames (sorted as
+       -- the contract's detail sorts them).
+       terms.provider_name, terms.cluster_name, terms.region, terms.interconnect, terms.gpu_model_id, terms.slug,
+       (SELECT array_agg(n.hostname ORDER BY n.hostname, n.id) FROM free JOIN marketplace_node n ON n.id = free.node_id)
 FROM terms""".replace(
     "{free_nodes}",
     FREE_NODES.replace("%(limit)s", "coalesce(%(gpus)s / (SELECT gpus_per_node FROM allowed), 0)"),
@@ -165,7 +171,7 @@ def listing_book(
     if row is None:
         raise CapacityUnavailable("This listing is not on offer.")
     status, provider_status, gpus_per_node, starts, ends, min_hours, provider_id, cluster_id, price, mode = row[:10]
-    found, contract_id = row[10:]
+    found, contract_id = row[10:12]
     node_count = _check_terms(
         booking,
         status=status,
@@ -181,12 +187,26 @@ def listing_book(
         )
     if contract_id is None:  # the terms allow it and the nodes are free: the lab's credit does not
         raise lab_exposure(booking.lab.pk).refusal(booking.gpu_count * booking.hours * price)
+    provider_name, cluster_name, region, interconnect, gpu_model_id, gpu_model_slug, hostnames = row[12:]
+    # The seller and the cluster as the statement read them; any other field of theirs is
+    # deferred, so reading it loads it, never a blank.
+    cluster = _loaded(
+        Cluster,
+        id=cluster_id,
+        name=cluster_name,
+        region=region,
+        interconnect=interconnect,
+        gpus_per_node=gpus_per_node,
+        gpu_model_id=gpu_model_id,
+        provider_id=provider_id,
+    )
+    cluster.gpu_model = _loaded(GpuModel, id=gpu_model_id, slug=gpu_model_slug)
     contract = Contract(
         pk=contract_id,
         listing_id=booking.listing_id,
         lab=booking.lab,
-        provider_id=provider_id,
-        cluster_id=cluster_id,
+        provider=_loaded(Organization, id=provider_id, name=provider_name),
+        cluster=cluster,
         gpu_count=booking.gpu_count,
         node_count=node_count,
         starts_at=booking.starts_at,
@@ -203,7 +223,15 @@ def listing_book(
     )
     contract._state.adding = False
     contract._state.db = connection.alias
+    contract.node_hostnames = hostnames  # the answer needs no read of what was just written
     return contract
+
+
+def _loaded(model, **values):
+    """An instance of ``model`` as if read from the database with only these fields; the others
+    are deferred (Model.from_db), so reading one loads it."""
+    names = [field.attname for field in model._meta.concrete_fields if field.attname in values]
+    return model.from_db(connection.alias, names, [values[name] for name in names])
 
 
 def _run(booking: _Booking, now: datetime) -> tuple | None:

@@ -189,6 +189,9 @@ class ContractDetailSerializer(ContractSerializer):
         fields = [*(name for name in ContractSerializer.Meta.fields if name != "created_at"), "nodes", "created_at"]
 
     def get_nodes(self, contract: Contract) -> list[str]:
+        written = getattr(contract, "node_hostnames", None)  # a booking's, from its statement
+        if written is not None:
+            return written
         return [allocation.node.hostname for allocation in contract.allocations.all()]
 
 

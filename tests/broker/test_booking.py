@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from broker.models import Allocation, Contract
 from marketplace.models import Listing
@@ -53,6 +54,21 @@ def test_books_and_answers_201_with_the_contract(lab_client, listing):
     assert Allocation.objects.filter(contract_id=data["id"]).count() == 2
     assert set(Allocation.objects.filter(contract_id=data["id"]).values_list("listing_id", flat=True)) == {listing.pk}
     assert lab_client.get(f"/api/v1/contracts/{data['id']}").status_code == 200
+
+
+def test_the_answer_is_the_contract_as_read_back_from_the_database(lab_client, listing):
+    """The booking's answer is built from what its statement returned (nothing is read back), and
+    reads as the contract does."""
+    ListingFactory(cluster=listing.cluster, node_count=1, starts_at=hour(1), ends_at=hour(25))  # h-3, another listing
+    first = post_book(lab_client, listing, gpu_count=8, duration_hours=2).json()  # the key's use recorded
+    with CaptureQueriesContext(connection) as queries:
+        answer = post_book(lab_client, listing, gpu_count=8).json()
+    statements = [query["sql"].split()[0] for query in queries.captured_queries]
+    # The key, the listing, the booking (the savepoint is the test's transaction's).
+    assert [word for word in statements if word not in ("SAVEPOINT", "RELEASE")] == ["SELECT", "SELECT", "EXECUTE"]
+    assert (first["nodes"], answer["nodes"]) == (["h-1"], ["h-2"])
+    for booked in (first, answer):
+        assert booked == lab_client.get(f"/api/v1/contracts/{booked['id']}").json()
 
 
 def test_capacity_gone_is_409_in_the_error_shape(lab_client, other_lab_client, listing):
