@@ -4,11 +4,12 @@
 hours: the listing node's window less the hours its node is allocated, as maximal ranges.
 PostgreSQL keeps it in the transaction that sells or frees anything (the triggers of
 migration 0008), so a node is free for [starts, ends) exactly when one of its spans contains
-that range. ``FREE_NODES`` walks a listing's spans in node order through one index and stops
-at the first ``limit`` nodes that fit: first fit, which packs sales onto the lowest nodes and
-keeps the others whole for long bookings. A node sold out for the listing's window has no
-span, so the walk never meets it, however much of the listing is sold: what it reads is the
-nodes with free hours that do not cover the window, which first fit keeps few.
+that range. ``FREE_NODES`` walks a listing's nodes that have spans in node order, one index
+probe per node, and stops at the first ``limit`` nodes that fit: first fit, which packs sales
+onto the lowest nodes and keeps the others whole for long bookings. A node sold out for the
+listing's window has no span, so the walk never meets it, however much of the listing is sold;
+and a node cut into many spans costs one probe, as a whole one does: what the walk reads is
+the nodes with free hours that do not cover the window, which first fit keeps few.
 
 ``FREE_SPANS_DRIFT`` is the definition itself, computed from the allocations and the listing
 nodes; the tests compare it with the kept rows after every test that writes them.
@@ -17,13 +18,28 @@ nodes; the tests compare it with the kept rows after every test that writes them
 from django.db import connection
 
 # A listing's free nodes for a window: (listing node id, node id), at most %(limit)s, in
-# service; the booking statement (broker.booking) runs it as its step "free".
+# service; the booking statement (broker.booking) runs it as its step "free". It walks the
+# listing's nodes that have spans, in node order, one index probe each (a loose index scan:
+# "walk"), and for each reads only the span that could contain the window, the last one to
+# start by the window's start ("fit"); so a node cut into many spans by many short sales costs
+# one probe, as a whole one does. The lateral join keeps the walk's order: first fit.
 FREE_NODES = """
-    SELECT f.listing_node_id AS id, f.node_id
-    FROM broker_freespan f
-    JOIN marketplace_node n ON n.id = f.node_id AND n.status = %(node_in_service)s
-    WHERE f.listing_id = %(listing)s AND f.starts_at <= %(starts_at)s AND f.ends_at >= %(ends_at)s
-    ORDER BY f.node_id
+    WITH RECURSIVE walk AS (
+        (SELECT f.node_id FROM broker_freespan f WHERE f.listing_id = %(listing)s ORDER BY f.node_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT f.node_id FROM broker_freespan f
+                WHERE f.listing_id = %(listing)s AND f.node_id > walk.node_id ORDER BY f.node_id LIMIT 1)
+        FROM walk WHERE walk.node_id IS NOT NULL
+    )
+    SELECT fit.listing_node_id AS id, fit.node_id
+    FROM walk CROSS JOIN LATERAL (
+        SELECT span.listing_node_id, span.node_id
+        FROM (SELECT f.listing_node_id, f.node_id, f.ends_at FROM broker_freespan f
+              WHERE f.listing_id = %(listing)s AND f.node_id = walk.node_id AND f.starts_at <= %(starts_at)s
+              ORDER BY f.starts_at DESC LIMIT 1) AS span
+        WHERE span.ends_at >= %(ends_at)s
+          AND EXISTS (SELECT 1 FROM marketplace_node n WHERE n.id = span.node_id AND n.status = %(node_in_service)s)
+    ) AS fit
     LIMIT %(limit)s"""
 
 # The spans as defined, against the spans as kept: a row per difference, none when they agree.
