@@ -124,11 +124,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
 
 
 @pytest.fixture
@@ -141,6 +137,18 @@ def real_worker(celery_worker_process, transactional_db):
         yield celery_worker_process
     finally:
         app.conf.task_always_eager = settings.CELERY_TASK_ALWAYS_EAGER
+
+
+def stop_process(process, timeout: float = 20) -> None:
+    """Stop a server or worker this test started: terminate, and kill it if it lingers."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1):

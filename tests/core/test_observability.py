@@ -37,7 +37,7 @@ from core.observability import RequestIdFilter
 from tests.billing.factories import contract_create, make_provider, record
 from tests.billing.factories import make_lab as make_billing_lab
 from tests.broker.factories import make_lab, request_create
-from tests.conftest import _redis_unreachable, wait_until
+from tests.conftest import _redis_unreachable, stop_process, wait_until
 from tests.marketplace.factories import NOW, ClusterFactory, ListingFactory, gpu_model, hour, iso
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -627,12 +627,7 @@ def test_gunicorn_workers_share_their_metrics(transactional_db, tmp_path):
         assert status == 200, body[:500]
         scraped = parse_exposition(body.decode())
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
 
     assert scraped[HEALTHZ] == served  # the stale 1,000 cleared; both workers' requests summed
     assert not (metrics_dir / "counter_999999.db").exists()
@@ -699,12 +694,7 @@ def test_a_worker_serves_the_matching_runs_its_pool_made(tmp_path):
             app.conf.task_always_eager = eager
         served = wait_until(lambda: (found := scraped()) and found.get(runs) and found, timeout=60, interval=0.3)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker)
         redis.Redis.from_url(settings.REDIS_URL).delete(queue)
     assert served[runs] == 1 and served[timed] == 1
     assert not [key for key in served if key[0] == "gpubroker_open_compute_requests"]  # the API serves those
