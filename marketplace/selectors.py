@@ -127,7 +127,7 @@ LISTING_SEARCH_SQL = """
     WITH candidates AS (
         -- The listings the search judges, each with the window it is judged on: the one asked
         -- for, else the rest of its own.
-        SELECT l.id, l.price_per_gpu_hour, l.starts_at, l.ends_at, l.node_count, l.status,
+        SELECT l.id, l.cluster_id, l.price_per_gpu_hour, l.starts_at, l.ends_at, l.node_count, l.status,
                l.min_duration_hours, c.gpus_per_node,
                COALESCE(%(starts_at)s, GREATEST(l.starts_at, %(now_hour)s)) AS ws,
                COALESCE(%(ends_at)s, l.ends_at) AS we
@@ -156,12 +156,15 @@ LISTING_SEARCH_SQL = """
         -- The candidates' reserved nodes out of service: how many, and which.
         SELECT ln.listing_id, COUNT(*) AS nodes, array_agg(ln.id) AS reservations
         FROM (
-            -- Plan fence (OFFSET 0): start from the few nodes out of service, never from every
-            -- node the candidates reserved (one scan of listing_node_holding_by_node).
+            -- Plan fence (OFFSET 0): start from the few nodes out of service in the candidates'
+            -- clusters, never from every node the candidates reserved (one scan of
+            -- listing_node_holding_by_node).
             SELECT ln.listing_id, ln.id
             FROM marketplace_listingnode ln
             WHERE NOT ln.released
-              AND ln.node_id = ANY (ARRAY(SELECT n.id FROM marketplace_node n WHERE n.status <> %(in_service)s))
+              AND ln.node_id = ANY (ARRAY(
+                  SELECT n.id FROM marketplace_node n
+                  WHERE n.status <> %(in_service)s AND n.cluster_id IN (SELECT w.cluster_id FROM candidates w)))
             OFFSET 0
         ) ln
         JOIN candidates w ON w.id = ln.listing_id
@@ -189,12 +192,13 @@ LISTING_SEARCH_SQL = """
               AND a.listing_node_id <> ALL (w.out_of_service_reservations)
         ) sold
     ), matching AS (
-        -- A lab's search keeps the listings that cover the window, allow its length, and can
-        -- deliver min_gpus (at least one node) in whole nodes.
+        -- A lab's search keeps the listings that cover the window, allow its length (in
+        -- timestamp arithmetic: an EXTRACT of the hours is numeric, slower on every row), and
+        -- can deliver min_gpus (at least one node) in whole nodes.
         SELECT w.id, w.price_per_gpu_hour, w.starts_at, GREATEST(w.available_nodes, 0) AS available_nodes
         FROM counted w
         WHERE NOT %(deliverable_only)s
-           OR (w.covers AND w.min_duration_hours <= EXTRACT(EPOCH FROM (w.we - w.ws)) / 3600
+           OR (w.covers AND w.ws + w.min_duration_hours * INTERVAL '1 hour' <= w.we
                AND w.available_nodes >= 1
                AND (%(min_gpus)s IS NULL OR w.available_nodes * w.gpus_per_node >= %(min_gpus)s))
     ), page AS (
