@@ -119,9 +119,10 @@ def _refuse_a_window_begun(*, starts_at: datetime | None, ends_at: datetime | No
 # those that remain with what the API shows of each, and their total: one statement, the same
 # text for every search. A filter left out is NULL and holds for every listing; the values are
 # bound into the text (Django's client-side binding), so PostgreSQL plans each search with the
-# filters it has, as if those were all it said. Every value is a parameter. The provider and
-# status conditions are the SQL of Listing.objects.of_trading_providers() and on_offer(); the
-# reservation and allocation conditions those of ListingNode.objects.holding() and
+# filters it has, as if those were all it said (a generic plan, prepared once for all searches,
+# runs several times slower). Every value is a parameter. The provider and status conditions
+# are the SQL of Listing.objects.of_trading_providers() and on_offer(); the reservation and
+# allocation conditions those of ListingNode.objects.holding() and
 # Allocation.objects.holding_during(ws, we).
 LISTING_SEARCH_SQL = """
     WITH candidates AS (
