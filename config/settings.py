@@ -173,6 +173,13 @@ if DEFAULT_CREDIT_LIMIT is not None and (
 ):
     raise ImproperlyConfigured("DEFAULT_CREDIT_LIMIT must be whole cents from 0.00 below 10^14, or none.")
 
+# After the sale (broker.handover, events.webhooks). A contract its provider has not reported
+# delivered this many minutes after its start is late, and its late hours are credited.
+DELIVERY_GRACE_MINUTES = env_int("DELIVERY_GRACE_MINUTES", 30)
+# Webhook URLs must be https and resolve to public addresses; true lets plain http reach
+# loopback addresses (development and tests), never private or link-local ones.
+WEBHOOK_ALLOW_LOOPBACK = env_bool("WEBHOOK_ALLOW_LOOPBACK", default=False)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -190,6 +197,7 @@ INSTALLED_APPS = [
     "csp",
     "core",
     "marketplace",
+    "events",
     "broker",
     "billing",
     "backoffice",
@@ -347,6 +355,11 @@ CELERY_BEAT_SCHEDULE = {
     "purge-idempotency-keys": {"task": "marketplace.tasks.purge_idempotency_keys", "schedule": crontab(minute=17)},
     "rematch-open-requests": {"task": "broker.tasks.rematch_open_requests", "schedule": 30.0},
     "advance-lifecycle": {"task": "broker.tasks.advance_lifecycle", "schedule": 60.0},
+    # Webhook deliveries due (new events, retries whose backoff ran out); new events also
+    # wake it at once (events.services).
+    "deliver-webhooks": {"task": "events.tasks.deliver_webhooks", "schedule": 5.0},
+    "purge-events": {"task": "events.tasks.purge_events", "schedule": crontab(hour="1", minute="41")},
+    "measure-reliability": {"task": "broker.tasks.measure_reliability", "schedule": crontab(minute="7")},
     "close-previous-month": {
         "task": "billing.tasks.close_previous_month",
         # Daily, so a missed 1st is caught up the next day; closing twice creates nothing.

@@ -1,3 +1,5 @@
+from decimal import Decimal
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -45,6 +47,29 @@ class Organization(models.Model):
     exposure_committed = models.DecimalField(max_digits=24, decimal_places=4, default=0, editable=False)
     exposure_metered = models.DecimalField(max_digits=24, decimal_places=4, default=0, editable=False)
     exposure_unpaid = models.DecimalField(max_digits=24, decimal_places=4, default=0, editable=False)
+    # Measured reliability over the last 30 days, from incidents (broker.reliability, which
+    # sets them again on every incident and hourly): None until first measured.
+    availability_30d = models.DecimalField(
+        max_digits=7,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Percent of node-hours in service over the last 30 days (failures count against it).",
+    )
+    mean_time_to_replace_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Mean seconds from a failure's start to its replacement node, over the last 30 days.",
+    )
+    late_deliveries_30d = models.PositiveIntegerField(
+        default=0,
+        db_default=0,
+        editable=False,
+        help_text="Contracts delivered late (or not at all) in the last 30 days.",
+    )
+    reliability_measured_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -134,6 +159,28 @@ class ApiKey(models.Model):
         return self.revoked_at is None
 
 
+class SshKey(models.Model):
+    """A lab's SSH public key, attached by the lab to its contracts for the provider to install
+    (the contract's access manifest). Only public keys: a private key is refused."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="ssh_keys")
+    name = models.CharField(max_length=100)
+    public_key = models.TextField(help_text="One OpenSSH public key line: type, base64 body, optional comment.")
+    fingerprint = models.CharField(max_length=64, help_text="SHA256:<base64>, as ssh-keygen -l prints it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "SSH key"
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="ssh_key_name_unique_per_org"),
+            models.UniqueConstraint(fields=["organization", "fingerprint"], name="ssh_key_unique_per_org"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.fingerprint})"
+
+
 class GpuModel(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=100)
@@ -162,6 +209,29 @@ class Cluster(models.Model):
     region = models.CharField(max_length=63, validators=[REGION_VALIDATOR])
     interconnect = models.CharField(max_length=16, choices=Interconnect.choices)
     gpus_per_node = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(64)])
+    # Measured reliability over the last 30 days, from incidents (broker.reliability, which
+    # sets them again on every incident and hourly): None until first measured.
+    availability_30d = models.DecimalField(
+        max_digits=7,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Percent of node-hours in service over the last 30 days (failures count against it).",
+    )
+    mean_time_to_replace_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Mean seconds from a failure's start to its replacement node, over the last 30 days.",
+    )
+    late_deliveries_30d = models.PositiveIntegerField(
+        default=0,
+        db_default=0,
+        editable=False,
+        help_text="Contracts delivered late (or not at all) in the last 30 days.",
+    )
+    reliability_measured_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -182,6 +252,7 @@ class Node(models.Model):
     class Status(models.TextChoices):
         IN_SERVICE = "in_service", "In service"  # can be listed and sold
         MAINTENANCE = "maintenance", "Maintenance"  # taken out by its provider
+        FAILED = "failed", "Failed"  # cordoned by an open failure incident (broker.incidents)
 
     cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="nodes")
     hostname = models.CharField(max_length=253, validators=[HOSTNAME_VALIDATOR])
@@ -231,6 +302,23 @@ class Listing(models.Model):
     price_per_gpu_hour = PriceField()
     min_duration_hours = models.PositiveIntegerField(default=1)
     billing_mode = models.CharField(max_length=16, choices=BillingMode.choices)
+    sla_availability = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=Decimal("99.00"),
+        db_default=Decimal("99.00"),
+        validators=[MinValueValidator(Decimal("50")), MaxValueValidator(Decimal("100"))],
+        help_text="The availability promised, in percent of the contract's GPU-hours (billing.sla).",
+    )
+    sla_breach_credit_rate = models.DecimalField(
+        max_digits=4,
+        decimal_places=2,
+        default=Decimal("1.50"),
+        db_default=Decimal("1.50"),
+        validators=[MinValueValidator(Decimal("1")), MaxValueValidator(Decimal("10"))],
+        help_text="The multiple of the price credited per lost GPU-hour once a contract's lost hours "
+        "exceed the promise (billing.sla); below it, lost hours are credited at the price.",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     inventory_version = models.PositiveBigIntegerField(
         default=0, help_text="Bumped whenever what this listing can deliver changes (a sale, a release, a node)."
@@ -247,6 +335,13 @@ class Listing(models.Model):
             models.CheckConstraint(condition=Q(node_count__gte=1), name="listing_node_count_positive"),
             models.CheckConstraint(condition=Q(price_per_gpu_hour__gt=0), name="listing_price_positive"),
             models.CheckConstraint(condition=Q(min_duration_hours__gte=1), name="listing_min_duration_positive"),
+            models.CheckConstraint(
+                condition=Q(sla_availability__gte=50, sla_availability__lte=100), name="listing_sla_availability_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(sla_breach_credit_rate__gte=1, sla_breach_credit_rate__lte=10),
+                name="listing_sla_breach_rate_range",
+            ),
         ]
         indexes = [
             models.Index(fields=["status", "price_per_gpu_hour", "starts_at"]),
