@@ -109,6 +109,8 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
         "DATABASE_URL": _worker_database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "CELERY_TASK_ALWAYS_EAGER": "false",
+        # Webhook tests deliver to a receiver on 127.0.0.1 (events.webhooks).
+        "WEBHOOK_ALLOW_LOOPBACK": "true",
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
