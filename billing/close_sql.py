@@ -32,8 +32,10 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from billing.models import Account, Invoice, InvoiceLine, LedgerTransaction, PayoutStatement
+from billing.sla import SLA_LINES, sla_params
 from core.money import AMOUNT_PLACES
 from core.timeutils import period_bounds
 from marketplace.models import BillingMode
@@ -62,11 +64,12 @@ class RatedLine:
     fee_amount: Decimal
 
 
-# The lines a close of %(period)s bills, for every lab or only %(lab)s. ``part`` orders them
-# as an invoice lists them: committed blocks by contract, then usage by (month, contract).
+# The lines a close of %(period)s bills, for every lab or only %(lab)s: the sales, then the
+# SLA credits (billing.sla). ``part`` orders them as an invoice lists them: committed blocks
+# by contract, then usage by (month, contract), then credits.
 # ``numerator`` / ``denominator`` is the exact quantity, so the amount is rounded from the
 # exact value, not from a rounded quantity.
-RATE_LINES = """
+_RATE_SALES = """
 WITH usage_sums AS (
     -- The usage this close bills, per (contract, month): kept by a trigger as usage arrives
     -- (see UsageTotal), so this reads one row per contract-month, not every record.
@@ -118,7 +121,8 @@ WITH usage_sums AS (
     FROM exact e
     JOIN marketplace_organization o ON o.id = e.provider_id
     WHERE e.numerator > 0
-)
+), """
+_RATE_SELECT = """
 SELECT part, lab_id, id AS contract_id, provider_id, kind, service_period,
        'Contract ' || id || ': ' || gpu_count || ' x ' || gpu_model || ', '
            || CASE kind WHEN %(committed)s THEN 'committed ' || %(month)s
@@ -127,18 +131,23 @@ SELECT part, lab_id, id AS contract_id, provider_id, kind, service_period,
        numerator / denominator AS quantity, price AS unit_price, amount, fee_rate,
        round(amount * fee_rate, %(places)s) AS fee_amount
 FROM priced
+UNION ALL
+SELECT part, lab_id, contract_id, provider_id, kind, service_period, description, quantity, unit_price, amount,
+       fee_rate, round(amount * fee_rate, %(places)s)
+FROM sla_lines
 """
+RATE_LINES = "".join((_RATE_SALES, SLA_LINES, _RATE_SELECT))
 
 _MATERIALISE_LINES = "CREATE TEMPORARY TABLE billing_close_line ON COMMIT DROP AS " + RATE_LINES
 
 _ENSURE_ACCOUNTS = """
 INSERT INTO billing_account (kind, organization_id)
 SELECT DISTINCT kind, organization_id FROM (
-    SELECT %(receivable)s AS kind, lab_id AS organization_id FROM billing_close_line WHERE amount > 0
+    SELECT %(receivable)s AS kind, lab_id AS organization_id FROM billing_close_line WHERE amount <> 0
     UNION ALL
-    SELECT %(payable)s, provider_id FROM billing_close_line WHERE amount > fee_amount
+    SELECT %(payable)s, provider_id FROM billing_close_line WHERE amount <> fee_amount
     UNION ALL
-    SELECT %(revenue)s, NULL FROM billing_close_line WHERE fee_amount > 0
+    SELECT %(revenue)s, NULL FROM billing_close_line WHERE fee_amount <> 0
 ) legs
 ON CONFLICT DO NOTHING
 """
@@ -155,8 +164,8 @@ WITH seq AS (
 ), issued AS (
     INSERT INTO billing_invoice (lab_id, period, number, status, total, created_at, issued_at, paid_at)
     SELECT t.lab_id, %(period)s, %(number_prefix)s || lpad((seq.base + t.n)::text, 6, '0'),
-           CASE WHEN t.total <> 0 THEN %(issued)s ELSE %(paid)s END, t.total, %(now)s, %(now)s,
-           CASE WHEN t.total <> 0 THEN NULL ELSE %(now)s::timestamptz END
+           CASE WHEN t.total > 0 THEN %(issued)s ELSE %(paid)s END, t.total, %(now)s, %(now)s,
+           CASE WHEN t.total > 0 THEN NULL ELSE %(now)s::timestamptz END
     FROM totals t CROSS JOIN seq
     ORDER BY t.lab_id
     RETURNING id, lab_id, number, total
@@ -175,11 +184,13 @@ ORDER BY l.part, l.service_period, l.contract_id
 """
 
 # Each issued invoice posts: the lab owes the total; each provider is owed its lines' net;
-# the platform earns the fees. Zero legs are left out; an invoice of 0.00 posts nothing.
+# the platform earns the fees (credit lines take their share back). Zero legs are left out;
+# an invoice whose lines are all 0.00 posts nothing.
 _POST = """
 WITH invoices AS (
     SELECT id, lab_id, number, total, %(source_prefix)s || id AS source_key
-    FROM billing_close_invoice WHERE total <> 0
+    FROM billing_close_invoice i
+    WHERE EXISTS (SELECT 1 FROM billing_close_line l WHERE l.lab_id = i.lab_id AND l.amount <> 0)
 ), txns AS (
     INSERT INTO billing_ledgertransaction (kind, source_key, memo, created_at)
     SELECT %(kind)s, source_key, %(memo_prefix)s || number, %(now)s FROM invoices ORDER BY id
@@ -221,13 +232,15 @@ WITH credits AS (
     FOR UPDATE
 ), totals AS (
     SELECT provider_id, SUM(amount) AS gross, SUM(fee_amount) AS fee, SUM(carried) AS carried_in,
-           row_number() OVER (ORDER BY provider_id) AS n
+           SUM(sla) AS sla_credits, row_number() OVER (ORDER BY provider_id) AS n
     FROM (
-        SELECT provider_id, amount, fee_amount, 0 AS carried FROM billing_close_line
+        SELECT provider_id, amount, fee_amount, 0 AS carried,
+               CASE WHEN kind = %(sla_credit)s THEN amount ELSE 0 END AS sla
+        FROM billing_close_line
         UNION ALL
-        SELECT provider_id, -amount, -fee_amount, 0 FROM credits
+        SELECT provider_id, -amount, -fee_amount, 0, 0 FROM credits
         UNION ALL
-        SELECT provider_id, 0, 0, net FROM owed
+        SELECT provider_id, 0, 0, net, 0 FROM owed
     ) parts
     GROUP BY provider_id
 ), seq AS (
@@ -236,9 +249,9 @@ WITH credits AS (
     RETURNING last_value - (SELECT COUNT(*) FROM totals) AS base
 ), statements AS (
     INSERT INTO billing_payoutstatement
-        (provider_id, period, number, gross, fee, carried_in, net, status, created_at)
+        (provider_id, period, number, gross, fee, carried_in, sla_credits, net, status, created_at)
     SELECT t.provider_id, %(period)s, %(number_prefix)s || lpad((seq.base + t.n)::text, 6, '0'),
-           t.gross, t.fee, t.carried_in, t.gross - t.fee + t.carried_in, %(issued)s, %(now)s
+           t.gross, t.fee, t.carried_in, t.sla_credits, t.gross - t.fee + t.carried_in, %(issued)s, %(now)s
     FROM totals t CROSS JOIN seq
     ORDER BY t.provider_id
     RETURNING id, provider_id
@@ -255,10 +268,11 @@ SELECT COUNT(*) FROM statements
 """
 
 
-def rate_lines_params(*, period: date, lab_id: int | None = None) -> dict:
+def rate_lines_params(*, period: date, lab_id: int | None = None, now: datetime | None = None) -> dict:
     """The parameters of ``RATE_LINES``: the month, the lab (None: every lab), statuses and rates."""
     start, end = period_bounds(period)
     return {
+        **sla_params(end=end, now=now or timezone.now()),
         "start": start,
         "end": end,
         "period": period,
@@ -294,7 +308,7 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
     and none is half-written.
     """
     with connection.cursor() as cursor:
-        cursor.execute(_MATERIALISE_LINES, rate_lines_params(period=period))
+        cursor.execute(_MATERIALISE_LINES, rate_lines_params(period=period, now=now))
         legs = {
             "receivable": Account.Kind.LAB_RECEIVABLE,
             "payable": Account.Kind.PROVIDER_PAYABLE,
@@ -348,6 +362,7 @@ def close_in_sql(*, period: date, now: datetime) -> tuple[int, int]:
                 "now": now,
                 "issued": PayoutStatement.Status.ISSUED,
                 "carried": PayoutStatement.Status.CARRIED,
+                "sla_credit": InvoiceLine.Kind.SLA_CREDIT,
             },
         )
         statements = cursor.fetchone()[0]

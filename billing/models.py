@@ -167,6 +167,10 @@ class InvoiceLine(models.Model):
         COMMITTED = "committed", "Committed block"  # GPU-hours of the window in the period
         METERED = "metered", "Metered usage"  # reported GPU-seconds in the period
         ADJUSTMENT = "adjustment", "Late usage adjustment"  # usage of a closed period
+        # GPU-hours lost to failures and late delivery, credited without a claim (billing.sla):
+        # a negative amount and fee, so the invoice, the provider's statement and the ledger
+        # all net it out of the sale.
+        SLA_CREDIT = "sla_credit", "SLA credit"
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     # One composite key (contract, provider) -> contract (id, provider) checks both, and
@@ -194,9 +198,16 @@ class InvoiceLine(models.Model):
         ordering = ["id"]
         constraints = [
             models.CheckConstraint(condition=Q(quantity__gte=0), name="invoice_line_quantity_non_negative"),
-            models.CheckConstraint(condition=Q(amount__gte=0), name="invoice_line_amount_non_negative"),
+            # A sale bills a positive amount (or nothing); a credit line gives back a negative one.
             models.CheckConstraint(
-                condition=Q(fee_amount__gte=0, fee_amount__lte=F("amount")), name="invoice_line_fee_within_amount"
+                condition=(~Q(kind="sla_credit") & Q(amount__gte=0)) | Q(kind="sla_credit", amount__lt=0),
+                name="invoice_line_amount_sign",
+            ),
+            # The platform's fee is a share of the line: between 0 and the amount, on either side.
+            models.CheckConstraint(
+                condition=Q(fee_amount__gte=0, fee_amount__lte=F("amount"))
+                | Q(fee_amount__lte=0, fee_amount__gte=F("amount")),
+                name="invoice_line_fee_within_amount_signed",
             ),
         ]
         indexes = [models.Index(fields=["contract", "service_period"])]
@@ -288,6 +299,11 @@ class PayoutStatement(models.Model):
     gross = AmountField()
     fee = AmountField()
     carried_in = AmountField(default=0, help_text="Negative nets of earlier statements deducted here.")
+    sla_credits = AmountField(
+        default=0,
+        db_default=0,
+        help_text="SLA credits charged back (negative), already counted in gross, with the fee's share in fee.",
+    )
     net = AmountField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ISSUED)
     carried_into = models.ForeignKey(
@@ -305,6 +321,7 @@ class PayoutStatement(models.Model):
                 name="payout_net_is_gross_less_fee_and_carried",
             ),
             models.CheckConstraint(condition=Q(carried_in__lte=0), name="payout_carried_in_non_positive"),
+            models.CheckConstraint(condition=Q(sla_credits__lte=0), name="payout_sla_credits_non_positive"),
             models.CheckConstraint(
                 condition=Q(status="carried", carried_into__isnull=False, net__lt=0)
                 | (~Q(status="carried") & Q(carried_into__isnull=True)),

@@ -878,7 +878,9 @@ def credit_note_create(
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if invoice.status != Invoice.Status.ISSUED:
             raise InvalidTransition(f"Only an unpaid issued invoice can be credited; this one is {invoice.status}.")
-        lines = list(invoice.lines.all() if contract is None else invoice.lines.filter(contract=contract))
+        # A note reverses sales; an SLA credit line (a negative amount) is never reversed.
+        sales = invoice.lines.filter(amount__gt=0)
+        lines = list(sales if contract is None else sales.filter(contract=contract))
         room = _line_credit_room(lines)
         available = min(sum((r[0] for r in room.values()), ZERO), invoice_amount_due(invoice))
         amount = available if amount is None else amount
@@ -958,7 +960,7 @@ def contract_credit_invoiced(*, contract: Contract, reason: str, actor=None, act
     notes = []
     invoices = Invoice.objects.filter(status=Invoice.Status.ISSUED, lines__contract=contract).distinct()
     for invoice in invoices.order_by("id"):
-        lines = list(invoice.lines.filter(contract=contract))
+        lines = list(invoice.lines.filter(contract=contract, amount__gt=0))
         room = sum((amount for amount, _ in _line_credit_room(lines).values()), ZERO)
         due = invoice_amount_due(invoice)
         amount = min(room, due)

@@ -329,6 +329,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "NodeStatusEnum": "marketplace.models.Node.Status",
         "ListingStatusEnum": "marketplace.models.Listing.Status",
+        "InvoiceLineKindEnum": "billing.models.InvoiceLine.Kind",
+        "IncidentKindEnum": "broker.models.Incident.Kind",
+        "EventTypeEnum": "events.models.EventType",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

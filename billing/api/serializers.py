@@ -109,7 +109,9 @@ class InvoiceLineSerializer(serializers.ModelSerializer):
         fields = ["contract", "kind", "service_period", "description", "quantity", "unit_price", "amount"]
         extra_kwargs = {
             "contract": {"help_text": "The contract billed."},
-            "kind": {"help_text": "What the line bills."},
+            "kind": {
+                "help_text": "What the line bills; sla_credit lines give back lost GPU-hours (a negative amount)."
+            },
             "description": {"help_text": "The line in words."},
             "unit_price": {"help_text": "The price per GPU-hour."},
             "amount": {"help_text": "quantity x unit_price, rounded half-up to cents."},
@@ -229,6 +231,7 @@ class PayoutStatementSerializer(serializers.ModelSerializer):
             "gross",
             "fee",
             "carried_in",
+            "sla_credits",
             "net",
             "status",
             "carried_into",
@@ -238,7 +241,11 @@ class PayoutStatementSerializer(serializers.ModelSerializer):
         extra_kwargs = {
             "id": {"help_text": "The statement's id."},
             "number": {"help_text": "The statement's number."},
-            "gross": {"help_text": "What the provider's contracts billed for the month."},
+            "gross": {"help_text": "What the provider's contracts billed for the month, less its SLA credits."},
+            "sla_credits": {
+                "help_text": "SLA credits charged back for lost GPU-hours (zero or negative), counted in gross; "
+                "the fee gives back its share of them."
+            },
             "fee": {"help_text": "The platform's fee."},
             "net": {"help_text": "gross - fee + carried_in: what is paid out."},
             "status": {"help_text": "Where the statement is."},
