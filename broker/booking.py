@@ -17,7 +17,6 @@ row's latest version, after any other sale to the lab has committed.
 
 import weakref
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,10 +25,13 @@ from django.utils import timezone
 
 from billing.credit import lab_exposure
 from broker.free_spans import FREE_NODES
+from broker.handover import contract_data, contract_notices
 from broker.models import Contract
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, InvalidInput
 from core.timeutils import HOUR
+from events.models import EventType
+from events.services import events_publish
 from marketplace.models import BillingMode, Cluster, GpuModel, Listing, Node, Organization
 
 LISTING_BOOK = """
@@ -257,10 +259,9 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
     lock_first = False
     for attempt in range(_ATTEMPTS):
         try:
-            # One statement commits by itself; inside a caller's transaction, or after the lock,
-            # a savepoint or a transaction keeps a refused attempt from spoiling anything.
-            atomic = lock_first or connection.in_atomic_block
-            with transaction.atomic() if atomic else nullcontext(), connection.cursor() as cursor:
+            # The contract and its event commit together. A transaction (or, inside a caller's,
+            # a savepoint) also keeps a refused attempt from spoiling anything.
+            with transaction.atomic(), connection.cursor() as cursor:
                 if lock_first:
                     cursor.execute(_LOCK_LISTING, [booking.listing_id])
                 session = connection.connection
@@ -268,7 +269,10 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
                     cursor.execute(_PREPARE)
                     _prepared_in.add(session)
                 cursor.execute(_EXECUTE, params)
-                return cursor.fetchone()
+                row = cursor.fetchone()
+                if row is not None and row[11] is not None:
+                    _publish_created(booking, row)
+                return row
         except ProgrammingError as error:
             if getattr(error.__cause__, "sqlstate", None) != _INVALID_STATEMENT_NAME or attempt == _ATTEMPTS - 1:
                 raise
@@ -278,6 +282,29 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
                 raise CapacityUnavailable("That capacity was just sold.")
             lock_first = True
     raise AssertionError("unreachable")
+
+
+def _publish_created(booking: _Booking, row: tuple) -> None:
+    """``contract.created`` to the lab and the provider, from what the statement returned."""
+    gpus_per_node, provider_id, cluster_id, price, mode, contract_id = (*row[2:3], *row[6:10], row[11])
+    data = contract_data(
+        {
+            "id": contract_id,
+            "status": Contract.Status.SCHEDULED.value,
+            "request_id": None,
+            "listing_id": booking.listing_id,
+            "lab_id": booking.lab.pk,
+            "provider_id": provider_id,
+            "cluster_id": cluster_id,
+            "gpu_count": booking.gpu_count,
+            "node_count": booking.gpu_count // gpus_per_node,
+            "billing_mode": mode,
+            "price_per_gpu_hour": price,
+            "starts_at": booking.starts_at,
+            "ends_at": booking.ends_at,
+        }
+    )
+    events_publish(contract_notices(EventType.CONTRACT_CREATED, [(data, booking.lab.pk, provider_id)]))
 
 
 def _check_terms(booking: _Booking, *, status, provider_status, gpus_per_node, window, min_hours) -> int:

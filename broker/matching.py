@@ -33,12 +33,15 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from billing.credit import Exposure, credit_limit_exceeded, lab_exposures, lab_exposures_add
+from broker.handover import contract_data, contract_notices, request_data
 from broker.models import Allocation, ComputeRequest, Contract, FreeSpan
 from broker.selectors import compute_requests_to_match
 from broker.terms import contract_total
 from core import metrics
 from core.money import round_money
 from core.timeutils import HOUR
+from events.models import EventType
+from events.services import Notice, events_publish
 from marketplace.models import BillingMode, GpuModel, Listing, Node
 
 logger = logging.getLogger(__name__)
@@ -625,7 +628,7 @@ def _match_chunk(book: OrderBook, request_ids: list[int], result: MatchResult) -
         if not fills:
             return
         try:
-            _write_fills(fills)
+            _write_fills(fills, gpu_model_id=book.gpu_model_id)
         except IntegrityError:
             for fill in fills:
                 book.release(fill)
@@ -724,8 +727,9 @@ _ALLOCATION_COPY = (
 )
 
 
-def _write_fills(fills: list[Fill]) -> None:
-    """Write the chunk's contracts and allocations, mark its requests filled, bump versions.
+def _write_fills(fills: list[Fill], *, gpu_model_id: int) -> None:
+    """Write the chunk's contracts and allocations, mark its requests filled, bump versions,
+    and publish ``contract.created`` and ``compute_request.filled`` (one statement for all).
 
     The rows go in with COPY from plain tuples: building tens of thousands of model
     instances for bulk_create cost more than the database's own work. Contract ids are
@@ -743,7 +747,7 @@ def _write_fills(fills: list[Fill]) -> None:
                 else None
             )
             contracts.append((fill.request, listing, nodes, gpu_count, total))
-    _copy_contracts(contracts, now)
+    ids = _copy_contracts(contracts, now)
     ComputeRequest.objects.filter(pk__in=_ids(fill.request.pk for fill in fills)).update(
         status=ComputeRequest.Status.FILLED, filled_at=now, unfilled_reason="", unfilled_detail="", fill_price_now=None
     )
@@ -752,9 +756,60 @@ def _write_fills(fills: list[Fill]) -> None:
     Listing.objects.filter(pk__in=_ids(touched)).update(inventory_version=F("inventory_version") + 1)
     for listing in touched.values():
         listing.version += 1
+    events_publish(_fill_notices(contracts, ids, gpu_model_id=gpu_model_id, now=now))
 
 
-def _copy_contracts(contracts, now) -> None:
+def _fill_notices(contracts, ids: list[int], *, gpu_model_id: int, now) -> list[Notice]:
+    """``contract.created`` to both parties of each contract, ``compute_request.filled`` to each
+    request's lab with its contracts' ids; keyed, though a request is filled only once."""
+    created = []
+    by_request: dict[int, tuple[OpenRequest, list[int]]] = {}
+    for contract_id, (request, listing, nodes, gpu_count, _) in zip(ids, contracts, strict=True):
+        data = contract_data(
+            {
+                "id": contract_id,
+                "status": Contract.Status.SCHEDULED.value,
+                "request_id": request.pk,
+                "listing_id": listing.id,
+                "lab_id": request.lab_id,
+                "provider_id": listing.provider_id,
+                "cluster_id": listing.cluster_id,
+                "gpu_count": gpu_count,
+                "node_count": len(nodes),
+                "billing_mode": listing.billing_mode,
+                "price_per_gpu_hour": listing.price,
+                "starts_at": request.starts_at,
+                "ends_at": request.ends_at,
+            }
+        )
+        created.append((data, request.lab_id, listing.provider_id))
+        by_request.setdefault(request.pk, (request, []))[1].append(contract_id)
+    notices = contract_notices(EventType.CONTRACT_CREATED, created)
+    filled = EventType.COMPUTE_REQUEST_FILLED.value
+    for request_id, (request, contract_ids) in by_request.items():
+        data = request_data(
+            {
+                "id": request_id,
+                "status": ComputeRequest.Status.FILLED.value,
+                "lab_id": request.lab_id,
+                "gpu_model_id": gpu_model_id,
+                "gpu_count": request.gpu_count,
+                "starts_at": request.starts_at,
+                "ends_at": request.ends_at,
+                "duration_hours": request.duration_hours,
+                "billing_mode": request.billing_mode,
+                "max_price_per_gpu_hour": request.max_price_per_gpu_hour,
+                "colocated": request.colocated,
+                "unfilled_reason": "",
+            },
+            filled_at=now.isoformat().replace("+00:00", "Z"),
+            contract_ids=contract_ids,
+        )
+        notices.append(Notice(request.lab_id, filled, data, f"{filled}:{request_id}"))
+    return notices
+
+
+def _copy_contracts(contracts, now) -> list[int]:
     # cursor.copy() is psycopg's own: wrap it so a refused row raises Django's IntegrityError.
     with connection.cursor() as cursor, connection.wrap_database_errors:
         cursor.execute(
@@ -779,3 +834,4 @@ def _copy_contracts(contracts, now) -> None:
             copy.write("".join(allocations))
         # Deferred foreign keys are checked now, so a violation rolls back this chunk only.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    return ids

@@ -1,14 +1,16 @@
 import contextlib
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from billing.credit import lab_exposure, lab_exposures_refresh
 from billing.services import contract_credit_invoiced
+from broker.handover import CONTRACT_COLUMNS, REQUEST_COLUMNS, contract_data, contract_notices, request_data
 from broker.matching import segment_mark_pending, segment_unmark_pending
 from broker.models import Allocation, ComputeRequest, Contract
 from broker.tasks import match_segment
@@ -17,6 +19,8 @@ from core.errors import InvalidInput, InvalidTransition, NotAllowed
 from core.money import validate_price
 from core.services import audit_record
 from core.timeutils import HOUR, next_hour
+from events.models import EventType
+from events.services import Notice, events_publish
 from marketplace.models import BillingMode, GpuModel, Organization
 from marketplace.services import listing_inventory_changed
 
@@ -138,13 +142,34 @@ def compute_request_rematch(*, request: ComputeRequest, actor=None, actor_label:
     _enqueue_matching(gpu_model_id=request.gpu_model_id, request_id=request.pk, force=True)
 
 
+_EXPIRE_REQUESTS = """
+UPDATE broker_computerequest SET status = %(expired)s, closed_at = %(now)s
+WHERE status = %(open)s AND starts_at < %(now)s
+RETURNING {columns}
+""".replace("{columns}", ", ".join(REQUEST_COLUMNS))
+
+
 def compute_requests_expire(*, now: datetime | None = None) -> int:
     """Expire open requests whose start has passed: filled later, they would charge for time
-    already past. One statement; safe to run twice."""
+    already past. One statement, and one more for their labs' events; safe to run twice."""
     now = now or timezone.now()
-    return ComputeRequest.objects.filter(status=ComputeRequest.Status.OPEN, starts_at__lt=now).update(
-        status=ComputeRequest.Status.EXPIRED, closed_at=now
-    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            _EXPIRE_REQUESTS,
+            {"expired": ComputeRequest.Status.EXPIRED.value, "open": ComputeRequest.Status.OPEN.value, "now": now},
+        )
+        rows = cursor.fetchall()
+        lab = REQUEST_COLUMNS.index("lab_id")
+        events_publish(
+            Notice(
+                row[lab],
+                EventType.COMPUTE_REQUEST_EXPIRED.value,
+                request_data(row),
+                f"compute_request.expired:{row[0]}",
+            )
+            for row in rows
+        )
+    return len(rows)
 
 
 # --- Contract lifecycle --------------------------------------------------------------------
@@ -187,7 +212,8 @@ def contract_terminate(*, contract: Contract, lab: Organization) -> Contract:
             return contract
         if contract.status not in LIVE_STATUSES:
             raise InvalidTransition(f"A {contract.status} contract cannot be terminated.")
-        _end_early(contract, Contract.Status.TERMINATED)
+        release_at = _end_early(contract, Contract.Status.TERMINATED)
+        _publish_ended(contract, EventType.CONTRACT_TERMINATED, released_at=release_at)
     return contract
 
 
@@ -207,6 +233,7 @@ def contract_cancel(*, contract: Contract, reason: str, actor=None, actor_label:
         if contract.status not in LIVE_STATUSES:
             raise InvalidTransition(f"A {contract.status} contract cannot be cancelled.")
         release_at = _end_early(contract, Contract.Status.CANCELLED, cancel_reason=reason)
+        _publish_ended(contract, EventType.CONTRACT_CANCELLED, released_at=release_at, cancel_reason=reason)
         credit_notes = contract_credit_invoiced(
             contract=contract,
             reason=f"Contract {contract.pk} cancelled: {reason}",
@@ -224,13 +251,87 @@ def contract_cancel(*, contract: Contract, reason: str, actor=None, actor_label:
     return contract
 
 
+def _publish_ended(contract: Contract, type: str, **about) -> None:
+    data = contract_data(contract, **{name: _iso(value) for name, value in about.items()})
+    events_publish(contract_notices(type, [(data, contract.lab_id, contract.provider_id)]))
+
+
+def _iso(value):
+    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+
+_COLUMNS = ", ".join(CONTRACT_COLUMNS)
+# Each statement of the lifecycle changes its contracts and returns what their events say.
+# Undelivered DELIVERY_GRACE_MINUTES after its start: late (the partial index
+# contract_awaiting_delivery holds only the undelivered, unmarked contracts).
+_MARK_LATE = """
+UPDATE broker_contract SET delivery_late_at = %(now)s
+WHERE delivered_at IS NULL AND delivery_late_at IS NULL AND starts_at <= %(late_from)s AND status = ANY(%(live)s)
+RETURNING {columns}
+""".replace("{columns}", _COLUMNS)
+_COMPLETE = """
+UPDATE broker_contract SET status = %(completed)s
+WHERE status = ANY(%(live)s) AND ends_at <= %(now)s
+RETURNING {columns}
+""".replace("{columns}", _COLUMNS)
+_ACTIVATE = """
+UPDATE broker_contract SET status = %(active)s
+WHERE status = %(scheduled)s AND starts_at <= %(now)s AND ends_at > %(now)s
+RETURNING {columns}
+""".replace("{columns}", _COLUMNS)
+# Active contracts ending within ENDING_NOTICE that have not been told so: the event's own
+# dedupe key says whether they were (both parties' events are written together).
+ENDING_NOTICE = 24 * HOUR
+_ENDING = """
+SELECT {columns} FROM broker_contract c
+WHERE status = %(active)s AND ends_at > %(now)s AND ends_at <= %(ending_by)s
+  AND NOT EXISTS (
+      SELECT 1 FROM events_event e
+      WHERE e.dedupe_key = %(ending)s || ':' || c.id || ':' || c.lab_id
+  )
+""".replace("{columns}", _COLUMNS)
+
+
 def contracts_advance(*, now: datetime | None = None) -> dict[str, int]:
-    """Start and finish contracts by the clock. Set-based, so running it twice changes nothing."""
+    """Mark late deliveries, finish and start contracts by the clock, and tell contracts
+    ending within a day, each in one statement; their parties' events in one more. Running
+    it twice changes nothing and publishes nothing new (every event has its dedupe key)."""
     now = now or timezone.now()
-    completed = Contract.objects.filter(status__in=LIVE_STATUSES, ends_at__lte=now).update(
-        status=Contract.Status.COMPLETED
-    )
-    activated = Contract.objects.filter(status=Contract.Status.SCHEDULED, starts_at__lte=now, ends_at__gt=now).update(
-        status=Contract.Status.ACTIVE
-    )
-    return {"activated": activated, "completed": completed}
+    params = {
+        "now": now,
+        "late_from": now - timedelta(minutes=settings.DELIVERY_GRACE_MINUTES),
+        "ending_by": now + ENDING_NOTICE,
+        "live": [status.value for status in LIVE_STATUSES],
+        "scheduled": Contract.Status.SCHEDULED.value,
+        "active": Contract.Status.ACTIVE.value,
+        "completed": Contract.Status.COMPLETED.value,
+        "ending": EventType.CONTRACT_ENDING.value,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        changed = {}
+        # Late first: a contract that also ends in this run was still undelivered when live.
+        for name, statement in (
+            ("late", _MARK_LATE),
+            ("completed", _COMPLETE),
+            ("activated", _ACTIVATE),
+            ("ending", _ENDING),
+        ):
+            cursor.execute(statement, params)
+            changed[name] = cursor.fetchall()
+        _publish_advanced(changed, now)
+    return {"activated": len(changed["activated"]), "completed": len(changed["completed"])}
+
+
+def _publish_advanced(changed: dict[str, list[tuple]], now: datetime) -> None:
+    types = {
+        "late": (EventType.CONTRACT_DELIVERY_LATE, {"delivery_late_at": _iso(now)}),
+        "completed": (EventType.CONTRACT_COMPLETED, {}),
+        "activated": (EventType.CONTRACT_ACTIVATED, {}),
+        "ending": (EventType.CONTRACT_ENDING, {}),
+    }
+    lab, provider = CONTRACT_COLUMNS.index("lab_id"), CONTRACT_COLUMNS.index("provider_id")
+    notices = []
+    for name, rows in changed.items():
+        type, about = types[name]
+        notices += contract_notices(type, ((contract_data(row, **about), row[lab], row[provider]) for row in rows))
+    events_publish(notices)
