@@ -1,6 +1,8 @@
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 
-from broker.models import Allocation, ComputeRequest, Contract
+from broker.models import Allocation, ComputeRequest, Contract, Incident, Replacement
+from core.timeutils import HORIZON
 from marketplace.models import Organization
 
 
@@ -31,16 +33,34 @@ def contract_list(*, organization: Organization) -> QuerySet[Contract]:
     )
 
 
+def _serving(allocations: QuerySet[Allocation]) -> QuerySet[Allocation]:
+    """Leave out a node replaced before it served the contract an hour (``broker.incidents``
+    cuts it to equal bounds); the history keeps it. A contract released before its start
+    still lists its nodes."""
+    replaced = Replacement.objects.filter(contract_id=OuterRef("contract_id"), failed_node_id=OuterRef("node_id"))
+    return allocations.exclude(Q(ends_at=F("starts_at")) & Q(Exists(replaced)))
+
+
 def contract_detail_list(*, organization: Organization) -> QuerySet[Contract]:
-    """``contract_list`` with each contract's allocations and their nodes, by hostname."""
+    """``contract_list`` with each contract's serving allocations and their nodes, by hostname."""
     return contract_list(organization=organization).prefetch_related(
-        Prefetch("allocations", queryset=Allocation.objects.select_related("node").order_by(*_BY_HOSTNAME))
+        Prefetch("allocations", queryset=_serving(Allocation.objects.select_related("node")).order_by(*_BY_HOSTNAME))
     )
 
 
-def contract_nodes(*, contract: Contract) -> QuerySet[Allocation]:
-    """A contract's nodes (its allocations, with their node), by hostname."""
-    return Allocation.objects.filter(contract=contract).select_related("node").order_by(*_BY_HOSTNAME)
+def contract_nodes(*, contract: Contract, history: bool = False) -> QuerySet[Allocation]:
+    """A contract's nodes (its allocations, with their node), by hostname, each with the
+    hostname of the node it replaced (``replaces``, None for an original node). Without
+    ``history``, a node replaced before it served an hour is left out."""
+    replaced = Replacement.objects.filter(contract_id=OuterRef("contract_id"), replacement_node_id=OuterRef("node_id"))
+    allocations = Allocation.objects.filter(contract=contract)
+    if not history:
+        allocations = _serving(allocations)
+    return (
+        allocations.select_related("node")
+        .annotate(replaces=Subquery(replaced.values("failed_node__hostname")[:1]))
+        .order_by(*_BY_HOSTNAME, "starts_at")
+    )
 
 
 def compute_requests_to_match() -> QuerySet[ComputeRequest]:
@@ -57,3 +77,31 @@ def compute_requests_to_match() -> QuerySet[ComputeRequest]:
 def segments_with_open_requests() -> list[int]:
     """The market segments (GPU models) with requests to match, for the periodic re-match."""
     return list(compute_requests_to_match().values_list("gpu_model_id", flat=True).distinct().order_by("gpu_model_id"))
+
+
+def incident_list(*, organization: Organization) -> QuerySet[Incident]:
+    """Incidents an organization may see: as a provider, those of its nodes; as a lab, those on
+    nodes that served (or serve, or were to serve) its contracts while the incident lasted,
+    and those that replaced a node of its contracts. Each with the replacements made for
+    contracts it is a party to, and the nodes' hostnames."""
+    visible = Q(provider=organization)
+    if organization.is_lab:
+        overlapping = Allocation.objects.filter(
+            node_id=OuterRef("node_id"), contract__lab=organization, ends_at__gte=OuterRef("started_at")
+        ).exclude(starts_at__gte=Coalesce(OuterRef("resolved_at"), Value(HORIZON)))
+        replaced = Replacement.objects.filter(incident_id=OuterRef("pk"), contract__lab=organization)
+        visible |= Q(Exists(overlapping)) | Q(Exists(replaced))
+    party = Q(contract__lab=organization) | Q(contract__provider=organization)
+    return (
+        Incident.objects.filter(visible)
+        .select_related("node")
+        .prefetch_related(
+            Prefetch(
+                "replacements",
+                queryset=Replacement.objects.filter(party)
+                .select_related("failed_node", "replacement_node")
+                .order_by("id"),
+            )
+        )
+        .order_by("-started_at", "-id")
+    )

@@ -43,5 +43,9 @@ def advance_lifecycle() -> dict:
 
 @shared_task
 def measure_reliability() -> int:
-    """Measure every provider's and cluster's reliability over the last 30 days again."""
-    return 0
+    """Measure every provider's and cluster's reliability over the last 30 days again; returns
+    how many clusters and providers were measured."""
+    from broker.reliability import reliability_measure
+
+    clusters, providers = reliability_measure()
+    return clusters + providers

@@ -3,7 +3,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_sc
 from rest_framework import serializers
 
 from broker.models import Allocation, ComputeRequest, Contract
-from core.serializers import StrictSerializer, count_field, price_field, time_field
+from core.serializers import QuerySerializer, StrictSerializer, count_field, price_field, time_field
 from marketplace.api.serializers import GpuModelField
 from marketplace.models import REGION_VALIDATOR, BillingMode, Interconnect
 
@@ -222,13 +222,29 @@ class ContractNodeSerializer(serializers.ModelSerializer):
     starts_at = serializers.DateTimeField(read_only=True, help_text="From when the node serves the contract.")
     ends_at = serializers.DateTimeField(
         read_only=True,
-        help_text="Until when it serves the contract: the contract's end, or the hour it was freed early "
-        "(equal to starts_at when freed before it started).",
+        help_text="Until when it serves the contract: the contract's end, the hour it was freed early, or the "
+        "hour a replacement took over from it after a failure (equal to starts_at when that was before it "
+        "started).",
+    )
+    replaces = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="The hostname of the failed node this one replaced (GET /api/v1/incidents); null for a node "
+        "the contract was sold with.",
     )
 
     class Meta:
         model = Allocation
-        fields = ["id", "hostname", "starts_at", "ends_at"]
+        fields = ["id", "hostname", "starts_at", "ends_at", "replaces"]
+
+
+class ContractNodesQuerySerializer(QuerySerializer):
+    history = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Also list nodes replaced before they served the contract an hour (they show starts_at equal "
+        "to ends_at). Without it, those are left out; a node that served some hours is always listed.",
+    )
 
 
 @extend_schema_serializer(

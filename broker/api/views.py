@@ -12,6 +12,7 @@ from broker.api.serializers import (
     ComputeRequestSerializer,
     ContractDetailSerializer,
     ContractNodeSerializer,
+    ContractNodesQuerySerializer,
     ContractSerializer,
 )
 from broker.booking import listing_book
@@ -104,15 +105,20 @@ class ContractViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return super().retrieve(request, pk=pk)
 
     @extend_schema(
+        parameters=[ContractNodesQuerySerializer],
         responses=ContractNodeSerializer(many=True),
         summary="List a contract's nodes",
         description="The contract's nodes by hostname, each with the hours it serves the contract, a page at a "
-        "time; for the lab that bought it and the provider that sold it.",
+        "time; for the lab that bought it and the provider that sold it. A node that failed is replaced from "
+        "the next whole hour (GET /api/v1/incidents): it is listed with the hours it served, and its "
+        "replacement with the hours from then on and `replaces` naming it.",
     )
     @action(detail=True, methods=["get"], filter_backends=[])  # the contracts' filters are not the nodes'
     def nodes(self, request: Request, pk: str) -> Response:
         contract = self.get_object()
-        page = self.paginate_queryset(contract_nodes(contract=contract))
+        params = ContractNodesQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        page = self.paginate_queryset(contract_nodes(contract=contract, **params.validated_data))
         return self.get_paginated_response(ContractNodeSerializer(page, many=True).data)
 
     @extend_schema(
