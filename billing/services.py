@@ -33,7 +33,7 @@ from billing.models import (
     UsageRecord,
 )
 from billing.usage_load import UsageLoad
-from broker.models import Contract
+from broker.models import Contract, Incident
 from core import metrics
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
@@ -242,7 +242,7 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
                     result, candidate.index, candidate.event_id, "unknown_node", "That node is not in the contract."
                 )
                 continue
-            candidate.node_id, held_from, held_until = allocation
+            candidate.node_id, held_from, held_until, failures = allocation
             # Within its allocation, a node's records are its contract's alone: PostgreSQL never
             # lets two allocations of a node overlap, so no other contract's record can overlap it.
             if candidate.start < held_from or candidate.end > held_until:
@@ -250,6 +250,22 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
                     result, candidate.index, candidate.event_id, "outside_contract",
                     f"Node {candidate.node_name} serves the contract from {_from_micros(held_from):%Y-%m-%dT%H:%MZ} "
                     f"to {_from_micros(held_until):%Y-%m-%dT%H:%MZ}.",
+                )  # fmt: skip
+                continue
+            # A failed node serves nobody from its failure's start until its resolution: the
+            # contract is credited those hours (billing.sla), so it is not billed for them.
+            failure = _failure_during(failures, candidate.start, candidate.end)
+            if failure is not None:
+                incident_id, failed_from, failed_until = failure
+                until = (
+                    f"its resolution at {_from_micros(failed_until):%Y-%m-%dT%H:%M:%SZ}"
+                    if failed_until
+                    else ("its resolution (still open)")
+                )
+                _reject(
+                    result, candidate.index, candidate.event_id, "node_failed",
+                    f"Node {candidate.node_name} failed at {_from_micros(failed_from):%Y-%m-%dT%H:%M:%SZ} "
+                    f"(incident {incident_id}); no usage is accepted on it from then until {until}.",
                 )  # fmt: skip
                 continue
             gpus = min(gpus_per_node, gpu_count)  # a node record counts against both
@@ -273,10 +289,16 @@ SELECT c.id, c.starts_at, c.ends_at, c.released_at, c.gpu_count, cl.gpus_per_nod
 FROM broker_contract c JOIN marketplace_cluster cl ON cl.id = c.cluster_id
 WHERE c.id = ANY(%s) AND c.provider_id = %s
 """
-# Allocation windows in microseconds from 1970, as the records' times are compared.
+# Allocation windows in microseconds from 1970, as the records' times are compared, with the
+# node's failures during the allocation (start, end or NULL while open; one index probe each).
 _CONTRACT_NODES = """
 SELECT a.contract_id, n.hostname, a.node_id,
-       (extract(epoch FROM a.starts_at) * 1000000)::bigint, (extract(epoch FROM a.ends_at) * 1000000)::bigint
+       (extract(epoch FROM a.starts_at) * 1000000)::bigint, (extract(epoch FROM a.ends_at) * 1000000)::bigint,
+       (SELECT json_agg(json_build_array(i.id, (extract(epoch FROM i.started_at) * 1000000)::bigint,
+                                         (extract(epoch FROM i.resolved_at) * 1000000)::bigint))
+        FROM broker_incident i
+        WHERE i.node_id = a.node_id AND i.kind = %s
+          AND i.started_at < a.ends_at AND (i.resolved_at IS NULL OR i.resolved_at > a.starts_at))
 FROM broker_allocation a JOIN marketplace_node n ON n.id = a.node_id
 WHERE a.contract_id = ANY(%s)
 """
@@ -290,18 +312,28 @@ def _contract_terms(provider: Organization, contract_ids: set[int]) -> dict[int,
     return {contract_id: tuple(terms) for contract_id, *terms in rows}
 
 
-def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], tuple[int, int, int]]:
-    """(contract id, hostname) -> (node id, allocated from, until) of these contracts' nodes (microseconds).
+def _contract_nodes(contract_ids: set[int]) -> dict[tuple[int, str], tuple[int, int, int, list]]:
+    """(contract id, hostname) -> (node id, allocated from, until, failures) of these contracts'
+    nodes, in microseconds; failures are [incident id, start, end or None while open].
 
     A contract holds a node once ((contract, node) is unique in Allocation).
     """
     with connection.cursor() as cursor:
-        cursor.execute(_CONTRACT_NODES, [list(contract_ids)])
+        cursor.execute(_CONTRACT_NODES, [Incident.Kind.FAILURE, list(contract_ids)])
         rows = cursor.fetchall()
     return {
-        (contract_id, hostname): (node_id, starts_at, ends_at)
-        for contract_id, hostname, node_id, starts_at, ends_at in rows
+        (contract_id, hostname): (node_id, starts_at, ends_at, failures or [])
+        for contract_id, hostname, node_id, starts_at, ends_at, failures in rows
     }
+
+
+def _failure_during(failures: list, start: int, end: int) -> list | None:
+    """The first failure of a node that overlaps [start, end) (microseconds), if any."""
+    for failure in failures:
+        _, failed_from, failed_until = failure
+        if failed_from < end and (failed_until is None or failed_until > start):
+            return failure
+    return None
 
 
 # Taken in stripe order, so two batches never wait for each other in a cycle.

@@ -71,7 +71,7 @@ class UsageBatchSerializer(StrictSerializer):
 class UsageRejectionSerializer(serializers.Serializer):
     index = serializers.IntegerField(min_value=0, max_value=999, help_text="The record's position in `records`.")
     id = serializers.CharField(allow_null=True, help_text="The record's `id`; null when it had none.")
-    code = serializers.CharField(help_text="Why it was rejected, e.g. `invalid` or `exceeds_capacity`.")
+    code = serializers.CharField(help_text="Why it was rejected, e.g. `invalid`, `exceeds_capacity` or `node_failed`.")
     message = serializers.CharField(help_text="Why, in words.")
 
 

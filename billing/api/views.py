@@ -92,7 +92,9 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             "records of a node use more GPUs than the node has, nor the records of a contract (with or without "
             "a node) more than the contract's GPUs, counting the records already stored and those accepted "
             "earlier in the call, in order. A record past that is rejected with code `exceeds_capacity` and a "
-            "message saying what is already reported for that node or contract over its interval."
+            "message saying what is already reported for that node or contract over its interval. A record "
+            "naming a node that overlaps one of the node's failure incidents (from its start until its "
+            "resolution) is rejected with code `node_failed`: those hours are credited to the lab, not billed."
         ),
     )
     def create(self, request: Request) -> Response:

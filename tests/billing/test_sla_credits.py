@@ -249,3 +249,45 @@ def test_credit_notes_never_reverse_a_credit_line():
     note = credit_note_create(invoice=invoice, reason="goodwill")
     assert note.amount == D("1480.00")
     assert {line.invoice_line.kind for line in note.lines.select_related("invoice_line")} == {"committed"}
+
+
+class TestUsageOnAFailedNode:
+    def records(self, contract, node, start, end, event="u1"):
+        from tests.billing.factories import record
+
+        return record(event, contract, start, end, (end - start).total_seconds() * 8, node=node.hostname)
+
+    def test_usage_overlapping_a_failure_is_rejected_with_the_incident(self):
+        from billing.services import usage_ingest
+
+        contract = sold(promise="90")
+        node = node_of(contract)
+        incident = fail(contract, started_at=START + timedelta(hours=5), resolved_at=START + timedelta(hours=8))
+        with time_machine.travel(START + timedelta(hours=20), tick=False):
+            result = usage_ingest(
+                provider=contract.provider,
+                records=[
+                    self.records(contract, node, START + timedelta(hours=4), START + timedelta(hours=5), "before"),
+                    self.records(contract, node, START + timedelta(hours=7), START + timedelta(hours=9), "during"),
+                    self.records(contract, node, START + timedelta(hours=8), START + timedelta(hours=9), "after"),
+                    self.records(contract, node_of(contract, 1), START + timedelta(hours=6),
+                                 START + timedelta(hours=7), "other"),
+                ],
+            )  # fmt: skip
+        assert result.accepted == ["before", "after", "other"]
+        [rejected] = result.rejected
+        assert rejected["code"] == "node_failed"
+        assert f"incident {incident.pk}" in rejected["message"] and "2026-10-10T08:00:00Z" in rejected["message"]
+
+    def test_while_the_incident_is_open_the_node_takes_no_usage(self):
+        from billing.services import usage_ingest
+
+        contract = sold(promise="90")
+        node = node_of(contract)
+        fail(contract, started_at=START + timedelta(hours=5))
+        with time_machine.travel(START + timedelta(hours=20), tick=False):
+            result = usage_ingest(
+                provider=contract.provider,
+                records=[self.records(contract, node, START + timedelta(hours=10), START + timedelta(hours=11))],
+            )
+        assert result.rejected[0]["code"] == "node_failed" and "still open" in result.rejected[0]["message"]
