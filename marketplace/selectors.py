@@ -73,6 +73,9 @@ class ListingQuery:
     listing_id: int | None = None
     statuses: tuple[str, ...] = field(default_factory=tuple)
     deliverable_only: bool = True  # drop listings that cannot deliver min_gpus (or one node)
+    # Only clusters whose measured availability over the last 30 days is at least this
+    # percentage; a cluster not yet measured counts as 100 (no failure recorded).
+    min_availability: Decimal | None = None
 
 
 def listing_query_for(
@@ -146,6 +149,7 @@ LISTING_SEARCH_SQL = """
           AND (%(interconnect)s IS NULL OR c.interconnect = %(interconnect)s)
           AND (%(billing_mode)s IS NULL OR l.billing_mode = %(billing_mode)s)
           AND (%(max_price)s IS NULL OR l.price_per_gpu_hour <= %(max_price)s)
+          AND (%(min_availability)s IS NULL OR COALESCE(c.availability_30d, 100) >= %(min_availability)s)
           -- A lab's search: plain, index-friendly bounds (the exact ones are checked on the
           -- window), and no listing too small even were nothing of it sold.
           AND (NOT %(deliverable_only)s OR (
@@ -208,18 +212,27 @@ LISTING_SEARCH_SQL = """
         ORDER BY m.price_per_gpu_hour, m.starts_at, m.id
         LIMIT %(limit)s OFFSET %(offset)s
     )
-    -- The total, and the page's listings (a page past the last: one row, of the total alone).
+    -- The total, and the page's listings (a page past the last: one row, of the total alone),
+    -- with the listing's availability promise and its provider's and cluster's measured
+    -- reliability (broker.reliability).
     SELECT total.listings AS total, listing.*
     FROM (SELECT COUNT(*) AS listings FROM matching) total
     LEFT JOIN (page CROSS JOIN LATERAL (
-        SELECT l.id, (SELECT p.name FROM marketplace_organization p WHERE p.id = l.provider_id) AS provider_name,
+        SELECT l.id, p.name AS provider_name,
                l.cluster_id, c.name AS cluster_name,
                (SELECT g.slug FROM marketplace_gpumodel g WHERE g.id = c.gpu_model_id) AS gpu_model,
                c.region, c.interconnect, c.gpus_per_node, l.node_count, l.starts_at, l.ends_at,
                l.price_per_gpu_hour, l.min_duration_hours, l.billing_mode, l.status, page.available_nodes,
-               l.created_at
+               l.created_at, l.sla_availability, l.sla_breach_credit_rate,
+               p.availability_30d AS provider_availability_30d,
+               p.mean_time_to_replace_seconds AS provider_mean_time_to_replace_seconds,
+               p.late_deliveries_30d AS provider_late_deliveries_30d,
+               c.availability_30d AS cluster_availability_30d,
+               c.mean_time_to_replace_seconds AS cluster_mean_time_to_replace_seconds,
+               c.late_deliveries_30d AS cluster_late_deliveries_30d
         FROM marketplace_listing l
         JOIN marketplace_cluster c ON c.id = l.cluster_id
+        JOIN marketplace_organization p ON p.id = l.provider_id
         WHERE l.id = page.id
     ) listing) ON TRUE
     ORDER BY listing.price_per_gpu_hour, listing.starts_at, listing.id
@@ -246,6 +259,14 @@ class ListingRow(TypedDict):
     status: str
     available_nodes: int
     created_at: datetime
+    sla_availability: Decimal
+    sla_breach_credit_rate: Decimal
+    provider_availability_30d: Decimal | None  # None: not yet measured
+    provider_mean_time_to_replace_seconds: int | None
+    provider_late_deliveries_30d: int
+    cluster_availability_30d: Decimal | None
+    cluster_mean_time_to_replace_seconds: int | None
+    cluster_late_deliveries_30d: int
 
 
 def listing_search_parameters(*, query: ListingQuery, now_hour: datetime, limit: int, offset: int) -> dict:
@@ -259,6 +280,7 @@ def listing_search_parameters(*, query: ListingQuery, now_hour: datetime, limit:
         "starts_at": query.starts_at,
         "ends_at": query.ends_at,
         "max_price": query.max_price,
+        "min_availability": query.min_availability,
         "provider_id": query.provider_id,
         "cluster_id": query.cluster_id,
         "listing_id": query.listing_id,

@@ -348,13 +348,23 @@ def node_set_status(*, node: Node, status: str, actor: AbstractBaseUser | None =
     running or promised workload. Unsold listing reservations move to a free node when one
     exists, so the listing can still deliver.
     """
-    if status not in Node.Status.values:
-        raise InvalidInput(f"Unknown status {status!r}.", fields={"status": ["Use in_service or maintenance."]})
+    if status not in (Node.Status.IN_SERVICE, Node.Status.MAINTENANCE):
+        raise InvalidInput(
+            f"A node's status is set to in_service or maintenance; {status!r} is not one of them (a node is "
+            "cordoned as failed only by a failure incident).",
+            fields={"status": ["Use in_service or maintenance."]},
+        )
     with transaction.atomic():
         Cluster.objects.select_for_update().get(pk=node.cluster_id)
         node = Node.objects.select_for_update().get(pk=node.pk)
         if node.status == status:
             return node
+        if node.status == Node.Status.FAILED:
+            raise InvalidTransition(
+                f"Node {node.hostname} is cordoned by an open failure incident; resolving the incident returns it "
+                "to service.",
+                code="node_failed",
+            )
         previous = node.status
         now = timezone.now()
         affected_listings = list(ListingNode.objects.filter(node=node).values_list("listing_id", flat=True))
@@ -453,8 +463,11 @@ def listing_create(
     price_per_gpu_hour: Decimal,
     billing_mode: str,
     min_duration_hours: int = 1,
+    sla_availability: Decimal | None = None,
+    sla_breach_credit_rate: Decimal | None = None,
 ) -> Listing:
-    """Offer nodes of a cluster for a window, reserving specific free nodes for it."""
+    """Offer nodes of a cluster for a window, reserving specific free nodes for it. The
+    availability promise and its credit rate default to the model's (99.00%, 1.50)."""
     if cluster.provider_id != provider.pk:
         raise InvalidInput("Unknown cluster.", fields={"cluster": ["No such cluster of yours."]})
     _validate_window(starts_at=starts_at, ends_at=ends_at)
@@ -463,6 +476,7 @@ def listing_create(
         raise InvalidInput("Unknown billing mode.", fields={"billing_mode": ["Use committed or metered."]})
     if node_count < 1:
         raise InvalidInput("node_count must be at least 1.", fields={"node_count": ["Must be at least 1."]})
+    promise = _validate_promise(sla_availability=sla_availability, sla_breach_credit_rate=sla_breach_credit_rate)
     window_hours = hours_between(starts_at, ends_at)
     if not 1 <= min_duration_hours <= window_hours:
         raise InvalidInput(
@@ -492,6 +506,7 @@ def listing_create(
             price_per_gpu_hour=price_per_gpu_hour,
             min_duration_hours=min_duration_hours,
             billing_mode=billing_mode,
+            **promise,
         )
         ListingNode.objects.bulk_create(
             [
@@ -501,6 +516,30 @@ def listing_create(
             batch_size=NODE_BATCH_SIZE,
         )
     return listing
+
+
+# The availability promise a listing may make (percent of a contract's GPU-hours) and the
+# multiple of the price credited per lost GPU-hour past it (billing.sla): bounds and places.
+SLA_AVAILABILITY_RANGE = (Decimal("50"), Decimal("100"))
+SLA_BREACH_CREDIT_RATE_RANGE = (Decimal("1"), Decimal("10"))
+
+
+def _validate_promise(*, sla_availability: Decimal | None, sla_breach_credit_rate: Decimal | None) -> dict:
+    """The promise's fields that were given, checked: each within its range, at most 2 places."""
+    given = {}
+    for name, value, (low, high) in (
+        ("sla_availability", sla_availability, SLA_AVAILABILITY_RANGE),
+        ("sla_breach_credit_rate", sla_breach_credit_rate, SLA_BREACH_CREDIT_RATE_RANGE),
+    ):
+        if value is None:
+            continue
+        if not value.is_finite() or not low <= value <= high or value.as_tuple().exponent < -2:
+            raise InvalidInput(
+                f"{name} is a number from {low} to {high} with at most 2 decimal places.",
+                fields={name: [f"From {low} to {high}, at most 2 decimal places."]},
+            )
+        given[name] = value
+    return given
 
 
 # The status changes listing_update allows, and the audit action each one records.
@@ -515,10 +554,14 @@ def listing_update(
     listing: Listing,
     price_per_gpu_hour: Decimal | None = None,
     status: str | None = None,
+    sla_availability: Decimal | None = None,
+    sla_breach_credit_rate: Decimal | None = None,
     actor: AbstractBaseUser | None = None,
     actor_label: str = "",
 ) -> Listing:
-    """Reprice, pause or resume a listing. Contracts already written keep their terms."""
+    """Reprice, pause or resume a listing, or change its availability promise. Contracts
+    already written keep their terms (a contract copies the promise when it is written)."""
+    promise = _validate_promise(sla_availability=sla_availability, sla_breach_credit_rate=sla_breach_credit_rate)
     with transaction.atomic():
         listing = Listing.objects.select_for_update().get(pk=listing.pk)
         if listing.status == Listing.Status.WITHDRAWN:
@@ -531,6 +574,11 @@ def listing_update(
                 changes.append(("listing_repriced", f"{listing.price_per_gpu_hour} -> {price_per_gpu_hour}"))
             listing.price_per_gpu_hour = price_per_gpu_hour
             update_fields.append("price_per_gpu_hour")
+        for name, value in promise.items():
+            if value != getattr(listing, name):
+                changes.append(("listing_promise_changed", f"{name} {getattr(listing, name)} -> {value}"))
+            setattr(listing, name, value)
+            update_fields.append(name)
         if status is not None and status != listing.status:
             action = _LISTING_TRANSITIONS.get((listing.status, status))
             if action is None:
