@@ -39,6 +39,8 @@ from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
 from core.services import audit_record
 from core.timeutils import month_of, next_month, period_bounds, previous_month
+from events.models import EventType
+from events.services import Notice, event_publish, events_publish
 from marketplace.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -771,7 +773,31 @@ def _close(period: date) -> CloseResult:
     closed = BillingPeriod.objects.create(period=period, usage_watermark=watermark)
     invoices, statements = close_in_sql(period=period, now=timezone.now())
     lab_exposures_refresh()  # the month's hours are invoiced now: they leave the contracts for the invoices
+    _publish_close(period)
     return CloseResult(period=closed, created=True, invoices=invoices, statements=statements)
+
+
+def _publish_close(period: date) -> None:
+    """Tell each lab of its invoice and each provider of its statement (one statement each)."""
+    invoices = Invoice.objects.filter(period=period).values("id", "lab_id", "number", "status", "total", "issued_at")
+    statements = PayoutStatement.objects.filter(period=period).values(
+        "id", "provider_id", "number", "gross", "fee", "sla_credits", "net", "status"
+    )
+    month = f"{period:%Y-%m}"
+    events_publish(
+        [
+            *(
+                Notice(row["lab_id"], EventType.INVOICE_ISSUED, {"object": "invoice", **row, "period": month},
+                       f"invoice.issued:{row['id']}")
+                for row in invoices
+            ),
+            *(
+                Notice(row["provider_id"], EventType.PAYOUT_STATEMENT_ISSUED,
+                       {"object": "payout_statement", **row, "period": month}, f"payout_statement.issued:{row['id']}")
+                for row in statements
+            ),
+        ]
+    )  # fmt: skip
 
 
 def _first_billable_month() -> date | None:
@@ -965,6 +991,14 @@ def credit_note_create(
                     message=f"{reason} (credit note {note.number}, {note.amount})",
                 )
         lab_exposures_refresh([invoice.lab_id])
+        event_publish(
+            organization_id=invoice.lab_id,
+            type=EventType.CREDIT_NOTE_ISSUED,
+            data={
+                "object": "credit_note", "id": note.pk, "number": note.number, "amount": note.amount,
+                "reason": reason, "invoice": {"id": invoice.pk, "number": invoice.number, "status": invoice.status},
+            },
+        )  # fmt: skip
         audit_record(
             action="credit_note_issued",
             target=invoice,

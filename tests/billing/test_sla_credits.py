@@ -291,3 +291,29 @@ class TestUsageOnAFailedNode:
                 records=[self.records(contract, node, START + timedelta(hours=10), START + timedelta(hours=11))],
             )
         assert result.rejected[0]["code"] == "node_failed" and "still open" in result.rejected[0]["message"]
+
+
+def test_a_close_tells_each_lab_of_its_invoice_and_each_provider_of_its_statement():
+    from events.models import Event
+
+    contract = sold(promise="90")
+    close(OCTOBER)
+    invoice = invoice_of(contract.lab, OCTOBER)
+    statement = PayoutStatement.objects.get(provider=contract.provider, period=OCTOBER)
+    events = {(e.organization_id, e.type): e.data for e in Event.objects.all()}
+    assert events[(contract.lab_id, "invoice.issued")]["number"] == invoice.number
+    assert events[(contract.lab_id, "invoice.issued")]["total"] == "1536.00"
+    assert events[(contract.provider_id, "payout_statement.issued")]["number"] == statement.number
+    assert events[(contract.provider_id, "payout_statement.issued")]["period"] == "2026-10"
+
+
+def test_a_credit_note_tells_the_lab():
+    from billing.services import credit_note_create
+    from events.models import Event
+
+    contract = sold(promise="90")
+    close(OCTOBER)
+    note = credit_note_create(invoice=invoice_of(contract.lab, OCTOBER), reason="goodwill", amount=D("10.00"))
+    event = Event.objects.get(type="credit_note.issued")
+    assert event.organization_id == contract.lab_id
+    assert (event.data["number"], event.data["amount"], event.data["reason"]) == (note.number, "10.00", "goodwill")
