@@ -304,7 +304,8 @@ def _publish_created(booking: _Booking, row: tuple) -> None:
             "ends_at": booking.ends_at,
         }
     )
-    events_publish(contract_notices(EventType.CONTRACT_CREATED, [(data, booking.lab.pk, provider_id)]))
+    # No dedupe key: the contract is written once, by this transaction, and so is its event.
+    events_publish(contract_notices(EventType.CONTRACT_CREATED, [(data, booking.lab.pk, provider_id)], once=False))
 
 
 def _check_terms(booking: _Booking, *, status, provider_status, gpus_per_node, window, min_hours) -> int:

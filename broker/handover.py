@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from broker.models import Allocation, Contract
+from broker.selectors import contract_nodes
 from core.errors import InvalidInput, InvalidTransition, NotAllowed
 from events.models import EventType
 from events.services import Notice, events_publish
@@ -168,19 +169,14 @@ def contract_access_set(*, contract: Contract, lab: Organization, ssh_key_ids: l
 class AccessManifest:
     contract: Contract
     node_count: int  # the contract's nodes, each for the hours it serves (a replacement is one more)
-    nodes: list[Allocation]  # the first MANIFEST_NODES of them, by hostname
+    nodes: list[Allocation]  # the first MANIFEST_NODES of them, by hostname (``contract_nodes``)
 
 
 def contract_access(*, contract: Contract) -> AccessManifest:
     """What the provider needs to hand the contract over: its nodes and their hours, the
     lab's keys and note, and the delivery so far."""
-    serving = Allocation.objects.holding().filter(contract=contract)
-    nodes = list(
-        serving.select_related("node")
-        .only("node__hostname", "node_id", "starts_at", "ends_at")
-        # A contract's nodes are of one cluster, where a hostname is unique.
-        .order_by("node__hostname", "node_id", "starts_at")[:MANIFEST_NODES]
-    )
+    serving = contract_nodes(contract=contract)  # as GET /contracts/{id}/nodes lists them
+    nodes = list(serving[:MANIFEST_NODES])
     count = len(nodes) if len(nodes) < MANIFEST_NODES else serving.count()
     return AccessManifest(contract=contract, node_count=count, nodes=nodes)
 

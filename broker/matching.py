@@ -761,7 +761,8 @@ def _write_fills(fills: list[Fill], *, gpu_model_id: int) -> None:
 
 def _fill_notices(contracts, ids: list[int], *, gpu_model_id: int, now) -> list[Notice]:
     """``contract.created`` to both parties of each contract, ``compute_request.filled`` to each
-    request's lab with its contracts' ids; keyed, though a request is filled only once."""
+    request's lab with its contracts' ids. No dedupe keys: the chunk's transaction writes each
+    contract and fills each request once, and their events with them."""
     created = []
     by_request: dict[int, tuple[OpenRequest, list[int]]] = {}
     for contract_id, (request, listing, nodes, gpu_count, _) in zip(ids, contracts, strict=True):
@@ -784,7 +785,7 @@ def _fill_notices(contracts, ids: list[int], *, gpu_model_id: int, now) -> list[
         )
         created.append((data, request.lab_id, listing.provider_id))
         by_request.setdefault(request.pk, (request, []))[1].append(contract_id)
-    notices = contract_notices(EventType.CONTRACT_CREATED, created)
+    notices = contract_notices(EventType.CONTRACT_CREATED, created, once=False)
     filled = EventType.COMPUTE_REQUEST_FILLED.value
     for request_id, (request, contract_ids) in by_request.items():
         data = request_data(
@@ -805,7 +806,7 @@ def _fill_notices(contracts, ids: list[int], *, gpu_model_id: int, now) -> list[
             filled_at=now.isoformat().replace("+00:00", "Z"),
             contract_ids=contract_ids,
         )
-        notices.append(Notice(request.lab_id, filled, data, f"{filled}:{request_id}"))
+        notices.append(Notice(request.lab_id, filled, data))
     return notices
 
 
