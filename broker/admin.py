@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
-from broker.models import Allocation, ComputeRequest, Contract
+from broker.incidents import incident_resolve
+from broker.models import Allocation, ComputeRequest, Contract, Incident, Replacement
 from broker.services import compute_request_rematch, contract_cancel
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, ReasonForm, run_form_action
 from core.errors import DomainError
@@ -89,3 +90,46 @@ class AllocationAdmin(ReadOnlyAdmin):
     list_select_related = ["contract", "node"]
     search_fields = ["node__hostname", "contract__id"]
     show_full_result_count = False
+
+
+class ReplacementInline(ReadOnlyInline):
+    model = Replacement
+    fields = ["contract", "failed_node", "replacement_node", "from_hour", "created_at"]
+    readonly_fields = fields
+    show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("failed_node", "replacement_node")
+
+
+@admin.register(Incident)
+class IncidentAdmin(ReadOnlyAdmin):
+    """Incidents are opened by providers through the API, or by operators from the node list
+    (Nodes: "Report a failure"); resolved here. Both call the services of broker.incidents."""
+
+    list_display = ["id", "kind", "node", "cluster", "provider", "started_at", "resolved_at", "created_at"]
+    list_filter = ["kind", ("resolved_at", admin.EmptyFieldListFilter), "cluster__gpu_model"]
+    list_select_related = ["node", "cluster", "provider"]
+    search_fields = ["id", "node__hostname", "cluster__name", "provider__name"]
+    date_hierarchy = "started_at"
+    inlines = [ReplacementInline]
+    actions = ["resolve"]
+
+    @admin.action(
+        permissions=["operate"], description="Resolve selected incidents now (a failed node returns to service)"
+    )
+    def resolve(self, request, queryset):
+        for incident in queryset.select_related("provider"):
+            try:
+                incident_resolve(provider=incident.provider, incident=incident, actor=request.user)
+            except DomainError as exc:
+                self.message_user(request, f"Incident {incident.pk}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"Incident {incident.pk}: resolved.")
+
+
+@admin.register(Replacement)
+class ReplacementAdmin(ReadOnlyAdmin):
+    list_display = ["id", "incident", "contract", "failed_node", "replacement_node", "from_hour", "created_at"]
+    list_select_related = ["failed_node", "replacement_node"]
+    search_fields = ["contract__id", "failed_node__hostname", "replacement_node__hostname"]

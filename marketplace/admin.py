@@ -1,5 +1,6 @@
 from functools import partial
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -7,7 +8,9 @@ from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 
 from billing.credit import lab_exposure
-from core.admin import AuditedAdmin, ReadOnlyAdmin
+from broker.incidents import incident_open
+from broker.models import Incident
+from core.admin import AuditedAdmin, ReadOnlyAdmin, run_form_action
 from core.errors import DomainError
 from marketplace.models import (
     ApiKey,
@@ -30,6 +33,20 @@ from marketplace.services import (
     organization_set_fee_rate,
     organization_set_status,
 )
+
+# Measured by broker.reliability; never edited.
+RELIABILITY_FIELDS = [
+    "availability_30d",
+    "mean_time_to_replace_seconds",
+    "late_deliveries_30d",
+    "reliability_measured_at",
+]
+
+
+class IncidentForm(forms.Form):
+    kind = forms.ChoiceField(choices=Incident.Kind.choices)
+    started_at = forms.DateTimeField(help_text="UTC, e.g. 2031-03-10 09:05:00; within the last 7 days.")
+    detail = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000, required=False)
 
 
 class NoDeleteMixin:
@@ -82,11 +99,21 @@ def _secrets_page(request: HttpRequest, *, continue_url: str) -> TemplateRespons
 
 @admin.register(Organization)
 class OrganizationAdmin(NoDeleteMixin, AuditedAdmin):
-    list_display = ["name", "role", "status", "platform_fee_rate", "credit_limit", "created_at"]
+    list_display = [
+        "name",
+        "role",
+        "status",
+        "platform_fee_rate",
+        "credit_limit",
+        "availability_30d",
+        "mean_time_to_replace_seconds",
+        "late_deliveries_30d",
+        "created_at",
+    ]
     list_filter = ["status", "is_provider", "is_lab"]
     search_fields = ["name"]
     date_hierarchy = "created_at"
-    readonly_fields = ["exposure"]
+    readonly_fields = ["exposure", *RELIABILITY_FIELDS]
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["verify", "suspend", "reactivate", "issue_api_key"]
 
@@ -214,12 +241,31 @@ class GpuModelAdmin(AuditedAdmin):
 
 @admin.register(Cluster)
 class ClusterAdmin(NoDeleteMixin, AuditedAdmin):
-    list_display = ["name", "provider", "gpu_model", "region", "interconnect", "gpus_per_node", "created_at"]
+    list_display = [
+        "name",
+        "provider",
+        "gpu_model",
+        "region",
+        "interconnect",
+        "gpus_per_node",
+        "availability_30d",
+        "mean_time_to_replace_seconds",
+        "late_deliveries_30d",
+        "created_at",
+    ]
     list_filter = ["gpu_model", "interconnect", "region"]
     list_select_related = ["provider", "gpu_model"]
     search_fields = ["name", "provider__name", "region"]
     date_hierarchy = "created_at"
-    readonly_fields = ["provider", "gpu_model", "region", "interconnect", "gpus_per_node", "created_at"]
+    readonly_fields = [
+        "provider",
+        "gpu_model",
+        "region",
+        "interconnect",
+        "gpus_per_node",
+        "created_at",
+        *RELIABILITY_FIELDS,
+    ]
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # providers register clusters through the API
@@ -233,7 +279,7 @@ class NodeAdmin(NoDeleteMixin, AuditedAdmin):
     search_fields = ["hostname", "cluster__name"]
     show_full_result_count = False
     readonly_fields = ["cluster", "hostname", "status"]
-    actions = ["to_maintenance", "to_service"]
+    actions = ["to_maintenance", "to_service", "report_incident"]
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -252,6 +298,34 @@ class NodeAdmin(NoDeleteMixin, AuditedAdmin):
     @admin.action(permissions=["operate"], description="Put selected nodes back in service")
     def to_service(self, request, queryset):
         self._set_status(request, queryset, Node.Status.IN_SERVICE)
+
+    @admin.action(
+        permissions=["operate"],
+        description="Report an incident on selected nodes (a failure cordons and replaces them)",
+    )
+    def report_incident(self, request, queryset):
+        def apply(node, data):
+            opened = incident_open(
+                provider=node.cluster.provider,
+                node=node,
+                kind=data["kind"],
+                started_at=data["started_at"],
+                detail=data["detail"],
+                actor=request.user,
+            )
+            replaced = opened.incident.replacements.count()
+            return f"incident {opened.incident.pk} {'opened' if opened.created else 'already open'}; " + (
+                f"{replaced} contract(s) given a replacement node."
+            )
+
+        return run_form_action(
+            self,
+            request,
+            queryset.select_related("cluster__provider"),
+            form_class=IncidentForm,
+            title="Report an incident",
+            apply=apply,
+        )
 
 
 @admin.register(Listing)
