@@ -88,7 +88,7 @@ WITH usage_sums AS (
     SELECT l.contract_id, l.service_period, SUM(l.quantity) AS quantity
     FROM billing_invoiceline l
     JOIN billing_invoice i ON i.id = l.invoice_id
-    WHERE i.status <> %(draft)s AND l.contract_id IN (SELECT id FROM terms)
+    WHERE i.status <> %(draft)s AND l.contract_id IN (SELECT id FROM terms) AND l.kind <> %(sla_credit)s
     GROUP BY l.contract_id, l.service_period
 ), wanted AS (
     SELECT t.*, %(committed)s AS kind, %(period)s::date AS service_period, NULL::numeric AS seconds, 0 AS part

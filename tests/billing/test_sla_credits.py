@@ -317,3 +317,19 @@ def test_a_credit_note_tells_the_lab():
     event = Event.objects.get(type="credit_note.issued")
     assert event.organization_id == contract.lab_id
     assert (event.data["number"], event.data["amount"], event.data["reason"]) == (note.number, "10.00", "goodwill")
+
+
+def test_a_credit_line_takes_no_capacity_from_late_usage_of_its_month():
+    from tests.billing.factories import ingest, record
+
+    contract = sold(mode=METERED, nodes=1, hours=48)  # 384 GPU-hours; 99%: breached below
+    fail(contract, started_at=START + timedelta(hours=5), resolved_at=START + timedelta(hours=8))
+    close(OCTOBER)
+    assert credit_lines(contract)[0][1] == D("24")
+    # Usage for October reported after its close is billed as an adjustment, up to what the
+    # contract could deliver in October: the credit line's hours are not usage billed.
+    end = START + timedelta(hours=48)
+    ingest(contract.provider, record("late", contract, START, end, 384 * 3600), at=utc(2026, 11, 2))
+    close(NOVEMBER)
+    adjustment = InvoiceLine.objects.get(contract=contract, kind=InvoiceLine.Kind.ADJUSTMENT)
+    assert adjustment.quantity == D("384")
