@@ -23,7 +23,8 @@ hours: equal bounds), so a contract's allocations say which node served which ho
 ``Replacement`` row says why. The failed node's unsold reservations then move to a free node
 when there is one (``marketplace.services._reservation_move_off``, as for maintenance).
 
-The cluster, the node, the contracts and the listings concerned are locked in that order
+The cluster, the node (both FOR NO KEY UPDATE, which a sale's key checks do not wait for), the
+contracts and the listings concerned are locked in that order
 before anything is read, so a booking or a matching run waits for the replacement and then
 reads after it; the exclusion constraints still have the last word, and a refused write
 retries its choice, a bounded number of times.
@@ -153,10 +154,13 @@ def incident_open(
     now = timezone.now()
     _validate_moment(started_at, field="started_at", now=now)
     with transaction.atomic():
-        cluster = Cluster.objects.select_for_update().filter(pk=node.cluster_id).first()
+        # FOR NO KEY UPDATE: it serializes with the cluster's other writers (listing_create,
+        # node_set_status) but not with the key checks of a sale writing its contract, which
+        # would wait for it while holding the listing this waits for.
+        cluster = Cluster.objects.select_for_update(no_key=True).filter(pk=node.cluster_id).first()
         if cluster is None or cluster.provider_id != provider.pk:
             raise NotFound("No such node in your clusters.")
-        node = Node.objects.select_for_update().get(pk=node.pk)
+        node = Node.objects.select_for_update(no_key=True).get(pk=node.pk)
         existing = Incident.objects.filter(node=node, kind=kind, resolved_at__isnull=True).first()
         if existing is not None:
             return IncidentOpened(existing, created=False)
@@ -198,10 +202,10 @@ def incident_resolve(
     Resolving a resolved incident answers it unchanged."""
     now = timezone.now()
     with transaction.atomic():
-        cluster = Cluster.objects.select_for_update().get(pk=incident.cluster_id)
+        cluster = Cluster.objects.select_for_update(no_key=True).get(pk=incident.cluster_id)
         if cluster.provider_id != provider.pk:
             raise NotFound("No such incident of yours.")
-        node = Node.objects.select_for_update().get(pk=incident.node_id)
+        node = Node.objects.select_for_update(no_key=True).get(pk=incident.node_id)
         incident = Incident.objects.select_for_update().get(pk=incident.pk)
         if incident.resolved_at is not None:
             return incident

@@ -355,7 +355,7 @@ def node_set_status(*, node: Node, status: str, actor: AbstractBaseUser | None =
             fields={"status": ["Use in_service or maintenance."]},
         )
     with transaction.atomic():
-        Cluster.objects.select_for_update().get(pk=node.cluster_id)
+        Cluster.objects.select_for_update(no_key=True).get(pk=node.cluster_id)
         node = Node.objects.select_for_update().get(pk=node.pk)
         if node.status == status:
             return node
