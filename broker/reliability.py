@@ -49,13 +49,13 @@ WITH failed AS (
 ), replaced AS (
     SELECT i.cluster_id, AVG(GREATEST(EXTRACT(EPOCH FROM r.created_at - i.started_at), 0)) AS seconds
     FROM broker_replacement r JOIN broker_incident i ON i.id = r.incident_id
-    WHERE r.created_at >= %(since)s AND r.created_at < %(until)s
+    WHERE r.created_at >= %(since)s AND r.created_at <= %(until)s
       AND (%(clusters)s::bigint[] IS NULL OR i.cluster_id = ANY (%(clusters)s::bigint[]))
     GROUP BY i.cluster_id
 ), late AS (
     SELECT k.cluster_id, COUNT(*) AS contracts
     FROM broker_contract k
-    WHERE k.delivery_late_at >= %(since)s AND k.delivery_late_at < %(until)s
+    WHERE k.delivery_late_at >= %(since)s AND k.delivery_late_at <= %(until)s
       AND (%(clusters)s::bigint[] IS NULL OR k.cluster_id = ANY (%(clusters)s::bigint[]))
     GROUP BY k.cluster_id
 ), nodes AS (
@@ -94,13 +94,13 @@ WITH failed AS (
 ), replaced AS (
     SELECT i.provider_id, AVG(GREATEST(EXTRACT(EPOCH FROM r.created_at - i.started_at), 0)) AS seconds
     FROM broker_replacement r JOIN broker_incident i ON i.id = r.incident_id
-    WHERE r.created_at >= %(since)s AND r.created_at < %(until)s
+    WHERE r.created_at >= %(since)s AND r.created_at <= %(until)s
       AND (%(providers)s::bigint[] IS NULL OR i.provider_id = ANY (%(providers)s::bigint[]))
     GROUP BY i.provider_id
 ), late AS (
     SELECT k.provider_id, COUNT(*) AS contracts
     FROM broker_contract k
-    WHERE k.delivery_late_at >= %(since)s AND k.delivery_late_at < %(until)s
+    WHERE k.delivery_late_at >= %(since)s AND k.delivery_late_at <= %(until)s
       AND (%(providers)s::bigint[] IS NULL OR k.provider_id = ANY (%(providers)s::bigint[]))
     GROUP BY k.provider_id
 ), nodes AS (
