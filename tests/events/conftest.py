@@ -40,6 +40,8 @@ class Receiver:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
+                if 300 <= status < 400:
+                    self.send_header("Location", "/redirected")
                 self.end_headers()
                 self.wfile.write(answer)
 

@@ -144,7 +144,25 @@ def test_a_redirect_is_not_followed(lab_client, receiver, loopback_allowed):
     delivery = WebhookDelivery.objects.get()
     assert (delivery.status, delivery.last_status_code) == ("pending", 302)
     assert "redirect" in delivery.last_error
-    assert len(receiver.requests) == 1
+    assert [r["path"] for r in receiver.requests] == ["/hook"]
+
+
+@pytest.mark.parametrize(
+    ("address", "allow_loopback", "why"),
+    [
+        ("::ffff:127.0.0.1", False, "a loopback address"),
+        ("::ffff:127.0.0.1", True, None),
+        ("::ffff:169.254.169.254", True, "a link-local address"),
+        ("169.254.169.254", True, "a link-local address"),
+        ("::", True, "an unspecified address"),
+        ("ff02::1", True, "a multicast address"),
+        ("192.0.2.1", True, "a private address"),  # documentation range
+        ("93.184.216.34", False, None),
+        ("2606:4700::1111", False, None),
+    ],
+)
+def test_address_refusals_name_their_rule(address, allow_loopback, why):
+    assert webhooks.address_refusal(webhooks._address(address), allow_loopback=allow_loopback) == why
 
 
 def test_a_timeout_is_a_failure(lab_client, receiver, loopback_allowed, monkeypatch):
