@@ -1,18 +1,23 @@
 """Break-fix: a failed node is cordoned and replaced in the contracts holding it, from the next
 whole hour, under every no-oversell guarantee of the database."""
 
+import contextlib
 from collections import Counter
 from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from broker.free_spans import free_spans_drift
 from broker.incidents import incident_open, incident_resolve
 from broker.models import Allocation, Contract, Incident, Replacement
+from core.errors import DomainError
 from core.timeutils import HOUR
 from events.models import Event
 from marketplace.models import Listing, ListingNode, Node
 from marketplace.selectors import listing_available_nodes
-from tests.broker.factories import book
+from tests.broker.factories import book, make_lab
 from tests.marketplace.factories import NOW, ClusterFactory, ListingFactory, hour, iso
 
 pytestmark = pytest.mark.usefixtures("frozen")
@@ -254,3 +259,62 @@ def test_resolution_returns_the_node_and_is_idempotent(provider_client, frozen):
     )
     assert again.status_code == 200
     assert again.json()["resolved_at"] == response.json()["resolved_at"]
+
+
+@st.composite
+def markets(draw):
+    """Sales of two listings on an 8-node cluster (4 + 2 nodes listed, 2 unlisted), some running,
+    then failures of some nodes, in order."""
+    sales = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, 1),  # which listing
+                st.integers(1, 2),  # nodes
+                st.integers(-2, 8),  # start hour (a running contract when <= 0)
+                st.integers(1, 6),  # hours
+            ),
+            max_size=10,
+        )
+    )
+    failures = draw(st.lists(st.integers(0, 7), min_size=1, max_size=4, unique=True))
+    return sales, failures
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(market=markets())
+def test_random_sales_and_failures_never_oversell(db, frozen, market):
+    """Whatever was sold and whatever fails: no node serves two contracts in an hour, every
+    contract has its node count in every hour, no listing reserves more than node_count nodes
+    in any hour, and the free spans stay their definition."""
+    sales, failures = market
+    lab = make_lab()
+    frozen.move_to(NOW - timedelta(hours=4))
+    cluster = ClusterFactory(node_count=8)
+    listings = [
+        ListingFactory(cluster=cluster, node_count=4, starts_at=hour(-3), ends_at=hour(12)),
+        ListingFactory(cluster=cluster, node_count=2, starts_at=hour(-3), ends_at=hour(12)),
+    ]
+    for which, nodes, start, hours in sales:
+        listing = listings[which]
+        end = min(start + hours, 12)
+        frozen.move_to(hour(start) - timedelta(minutes=1))
+        with contextlib.suppress(DomainError):  # sold out for that window
+            book(lab=lab, listing=listing, nodes=nodes, starts_at=hour(start), hours=end - start)
+    frozen.move_to(NOW)
+    nodes = list(cluster.nodes.order_by("id"))
+    for index in failures:
+        incident_open(provider=cluster.provider, node=nodes[index], kind="failure", started_at=NOW)
+
+    assert serving_problems() == []
+    for listing in listings:
+        assert reservations_per_hour_ok(listing, hour(-3), hour(12))
+    assert free_spans_drift() == []
+    for replacement in Replacement.objects.filter(contract__cluster=cluster):
+        assert replacement.from_hour >= FROM_HOUR
+    for incident in Incident.objects.filter(cluster=cluster):
+        incident_resolve(provider=cluster.provider, incident=incident)
+    for listing in listings:
+        assert reservations_per_hour_ok(listing, hour(-3), hour(12))
+    assert free_spans_drift() == []
