@@ -1,12 +1,13 @@
 """Instant booking: a lab takes whole nodes of a listing at its price, now.
 
-The whole booking is one SQL statement (``LISTING_BOOK``), so on its own it is one round
-trip. It locks the listing row (bookers of a listing, and the matching engine, queue
-there), reads its terms, picks free reserved nodes, adds the sale to the lab's exposure
-(``billing.credit``), and writes the contract, its allocations and the listing's
-inventory-version bump only if the terms allow it, enough nodes are free and the lab's
-credit limit covers it; the row it returns says which case it was, and Python turns a
-refusal into the right error.
+The whole booking is one SQL statement (``LISTING_BOOK``), and its ``contract.created``
+events one more (``events_publish``, which also writes their webhook deliveries), in one
+transaction, so that the contract and its events commit together. The statement locks the
+listing row (bookers of a listing, and the matching engine, queue there), reads its terms,
+picks free reserved nodes, adds the sale to the lab's exposure (``billing.credit``), and
+writes the contract, its allocations and the listing's inventory-version bump only if the
+terms allow it, enough nodes are free and the lab's credit limit covers it; the row it
+returns says which case it was, and Python turns a refusal into the right error.
 
 A booker that waited for the listing's lock decided on data older than the sale it waited
 for: the exclusion constraint refuses any node sold in between, and the statement runs
@@ -239,7 +240,7 @@ def _loaded(model, **values):
 def _run(booking: _Booking, now: datetime) -> tuple | None:
     """Run the statement until it is not refused by a sale made while it waited.
 
-    The first attempt is the statement alone: one round trip. A booker that waited for the
+    The first attempt is the statement alone (and its events). A booker that waited for the
     listing's lock read the free spans as they were before the sale it waited for, and may
     pick a node that sale took; the exclusion constraint refuses it. Every later attempt
     takes the listing's lock first, in a statement of its own, so that the booking statement
