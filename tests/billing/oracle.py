@@ -15,6 +15,7 @@ the usage totals the trigger keeps:
   so that close bills ``period == N and id <= W(N)`` plus ``period < N and W(N-1) < id <=
   W(N)``.
 - Lines already on issued invoices are subtracted, so rating twice never bills twice.
+- GPU-hours lost to failures and late delivery are credited (``sla_lines``, below).
 
 All arithmetic is Decimal; each line's amount (and its platform-fee share) is rounded
 half-up to cents once.
@@ -24,11 +25,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db.models import Q, Sum
+from django.utils import timezone
 
 from billing.close_sql import RatedLine
 from billing.models import InvoiceLine, UsageRecord
@@ -106,6 +108,7 @@ def _terms(rows) -> dict[int, ContractTerms]:
 def _already_billed(contracts, extra=()) -> dict[tuple[int, date], Decimal]:
     """GPU-hours already on issued invoices, per (contract, month)."""
     lines = InvoiceLine.objects.non_draft().filter(Q(contract_id__in=contracts) | Q(contract_id__in=list(extra)))
+    lines = lines.exclude(kind=InvoiceLine.Kind.SLA_CREDIT)  # credits give hours back; they bill none
     sums = lines.order_by().values_list("contract_id", "service_period").annotate(Sum("quantity"))
     return {(contract_id, period): quantity for contract_id, period, quantity in sums}
 
@@ -176,4 +179,110 @@ def rate_period(*, period: date, usage_upto: int, late_after: int) -> list[Rated
         else:
             line = _line(contract, InvoiceLine.Kind.ADJUSTMENT, usage_period, quantity, fee_rates, "late usage for")
             lines.append(line)
+    return lines + sla_lines(period=period, now=timezone.now())
+
+
+# --- SLA credits ---------------------------------------------------------------------------
+#
+# An independent reading of billing.sla: for each contract, the hours of each allocation that
+# fell in a failure of its node or in the late stretch (counted once), up to the month's end,
+# times GPUs per node; owed = L x price x rate (the breach rate past the promise; metered
+# contracts rate - 1), less what earlier credit lines gave back.
+
+
+def _union(spans: list[tuple]) -> list[tuple]:
+    merged: list[list] = []
+    for lo, hi in sorted(spans, key=lambda span: span[0]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [tuple(span) for span in merged]
+
+
+def lost_gpu_hours(contract: Contract, *, until: datetime) -> Decimal:
+    from broker.models import Allocation, Incident
+
+    never = datetime.max.replace(tzinfo=contract.starts_at.tzinfo)
+    grace = timedelta(minutes=settings.DELIVERY_GRACE_MINUTES)
+    late = None
+    if contract.delivered_at is None and contract.delivery_late_at is not None:
+        late = (contract.starts_at, never)
+    elif contract.delivered_at is not None and contract.delivered_at >= contract.starts_at + grace:
+        late = (contract.starts_at, contract.delivered_at)
+    end = min(service_end(contract), until)
+    seconds = Decimal(0)
+    for allocation in Allocation.objects.filter(contract=contract):
+        lo, hi = max(allocation.starts_at, contract.starts_at), min(allocation.ends_at, end)
+        if hi <= lo:
+            continue
+        spans = [
+            (incident.started_at, incident.resolved_at or never)
+            for incident in Incident.objects.filter(node_id=allocation.node_id, kind=Incident.Kind.FAILURE)
+        ]
+        if late:
+            spans.append(late)
+        for start, stop in _union(spans):
+            start, stop = max(start, lo), min(stop, hi)
+            if stop > start:
+                delta = stop - start
+                seconds += Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds) / 1_000_000
+    return seconds * contract.cluster.gpus_per_node / SECONDS_PER_HOUR
+
+
+def _figure(value: Decimal) -> str:
+    """A number as PostgreSQL's trim_scale prints it."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def sla_lines(*, period: date, now: datetime, lab_id: int | None = None) -> list[RatedLine]:
+    _, end = period_bounds(period)
+    until = min(end, now)
+    contracts = Contract.objects.filter(starts_at__lt=end, sla_availability__isnull=False).select_related(
+        "cluster__gpu_model", "provider"
+    )
+    if lab_id is not None:
+        contracts = contracts.filter(lab_id=lab_id)
+    lines = []
+    for contract in contracts.order_by("id"):
+        lost = lost_gpu_hours(contract, until=until)
+        if lost <= 0:
+            continue
+        hours = Decimal(int((service_end(contract) - contract.starts_at).total_seconds()) // 3600)
+        breached = lost * 100 > contract.gpu_count * hours * (100 - contract.sla_availability)
+        rate = (contract.sla_breach_credit_rate if breached else Decimal(1)) - (
+            1 if contract.billing_mode == BillingMode.METERED else 0
+        )
+        credited = InvoiceLine.objects.non_draft().filter(contract=contract, kind=InvoiceLine.Kind.SLA_CREDIT)
+        sums = credited.aggregate(quantity=Sum("quantity"), amount=Sum("amount"))
+        owed = round_money(lost * contract.price_per_gpu_hour * rate)
+        already = -(sums["amount"] or ZERO)
+        if owed <= already:
+            continue
+        amount = -(owed - already)
+        fee_rate = _fee_rate(contract.provider)
+        note = (
+            f" (below the {_figure(contract.sla_availability)}% promised: "
+            f"{_figure(contract.sla_breach_credit_rate)} x price)"
+            if breached
+            else ""
+        )
+        lines.append(
+            RatedLine(
+                lab_id=contract.lab_id,
+                contract_id=contract.pk,
+                provider_id=contract.provider_id,
+                kind=InvoiceLine.Kind.SLA_CREDIT,
+                service_period=period,
+                description=f"Contract {contract.pk}: {contract.gpu_count} x {contract.cluster.gpu_model.name}, "
+                f"SLA credit for {_figure(lost.quantize(Decimal('0.0001'), ROUND_HALF_UP))} GPU-hours lost "
+                f"through {period:%Y-%m}{note}",
+                quantity=max(lost - (sums["quantity"] or ZERO), ZERO),
+                unit_price=(contract.price_per_gpu_hour * rate).quantize(Decimal("0.0001"), ROUND_HALF_UP),
+                amount=amount,
+                fee_rate=fee_rate,
+                fee_amount=round_money(amount * fee_rate),
+            )
+        )
     return lines

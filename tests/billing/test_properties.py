@@ -1,6 +1,7 @@
 """A property test of the books: random sequences of contracts (committed and metered, some
-over month ends), usage (with duplicates and late arrivals), early releases, closes of
-consecutive months, payments, credit notes, voids and payouts, with the clock moving forward.
+over month ends), usage (with duplicates and late arrivals), early releases, node failures and
+late deliveries (credited by the close), closes of consecutive months, payments, credit notes,
+voids and payouts, with the clock moving forward.
 
 After every step: each ledger transaction balances; each lab's receivable is what its invoices
 still ask for; every statement is gross = fee + net and adds up to its lines and credits; no
@@ -22,8 +23,9 @@ from functools import wraps
 
 import pytest
 import time_machine
+from django.conf import settings as django_settings
 from django.db import transaction
-from django.db.models import F, Max, Sum
+from django.db.models import F, Max, Q, Sum
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -56,13 +58,13 @@ from billing.services import (
     payout_mark_paid,
     usage_ingest,
 )
-from broker.models import Contract
+from broker.models import Contract, Incident
 from broker.services import contract_terminate
 from core.errors import InvalidTransition
 from core.money import CENT, ZERO, round_money
 from core.timeutils import HOUR, floor_hour, month_of, next_month, period_bounds, previous_month
 from tests.billing.factories import COMMITTED, METERED, contract_create, make_lab, make_provider, record, utc
-from tests.billing.oracle import capacity_hours, rate_period, service_end
+from tests.billing.oracle import capacity_hours, lost_gpu_hours, rate_period, service_end
 
 pytestmark = pytest.mark.django_db
 
@@ -183,6 +185,8 @@ class BillingBooks(RuleBasedStateMachine):
             mode=mode,
         )
         self.contracts.append(contract)
+        if len(self.contracts) % 3:  # most are delivered at their start; the rest on time, late or never
+            Contract.objects.filter(pk=contract.pk).update(delivered_at=starts_at)
 
     def reportable(self) -> list[Contract]:
         """Metered contracts with at least one whole hour served before now."""
@@ -211,13 +215,74 @@ class BillingBooks(RuleBasedStateMachine):
         result = usage_ingest(provider=contract.provider, records=batch)
         # Records that would put more GPUs in use than the node or contract has are refused
         # (tests/billing/test_usage_capacity.py checks which); every other one is stored.
-        refused = {r["id"] for r in result.rejected if r["code"] == "exceeds_capacity"}
+        # Records naming a node during one of its failures are refused too.
+        refused = {r["id"] for r in result.rejected if r["code"] in ("exceeds_capacity", "node_failed")}
+        assert {r["id"] for r in result.rejected if r["code"] == "node_failed"} == {
+            r["id"] for r in batch if self.failed_during(r)
+        }, result
         assert result.accepted == [r["id"] for r in batch if r["id"] not in refused], result
         assert len(refused) == len(result.rejected), result
         for sent in (r for r in batch if r["id"] not in refused):
             self.sent.append(sent)
             period = month_of(datetime.fromisoformat(sent["started_at"]))
             self.reported[(contract.pk, period)] += Decimal(sent["gpu_seconds"])
+
+    def failed_during(self, sent: dict) -> bool:
+        if sent.get("node") is None:
+            return False
+        start, end = (datetime.fromisoformat(sent[key]) for key in ("started_at", "ended_at"))
+        return Incident.objects.filter(
+            node__hostname=sent["node"], node__allocations__contract_id=sent["contract"], kind="failure",
+            started_at__lt=end,
+        ).exclude(resolved_at__lte=start).exists()  # fmt: skip
+
+    def started(self) -> list[Contract]:
+        return [c for c in self.contracts if c.starts_at <= self.now]
+
+    @precondition(lambda self: self.contracts)
+    @rule(data=st.data(), event=st.sampled_from(["failure", "resolution", "delivery", "late sweep"]))
+    @guarded
+    def after_the_sale(self, data, event):
+        """One step of one rule, so that what happens after a sale is one step in eleven."""
+        getattr(self, event.replace(" ", "_"))(data)
+
+    def failure(self, data):
+        """A node of a started contract fails at some minute between its start and now."""
+        started = [c for c in self.contracts if c.starts_at <= self.now]
+        if not started:
+            return
+        contract = pick(data, started, "contract")
+        node = pick(data, list(contract.allocations.order_by("node_id").values_list("node_id", flat=True)), "node")
+        if Incident.objects.filter(node_id=node, kind="failure", resolved_at__isnull=True).exists():
+            return
+        minutes = int((self.now - contract.starts_at).total_seconds() // 60)
+        started_at = contract.starts_at + timedelta(minutes=data.draw(st.integers(0, minutes), label="minute"))
+        Incident.objects.create(
+            provider_id=contract.provider_id, cluster_id=contract.cluster_id, node_id=node, kind="failure",
+            started_at=started_at,
+        )  # fmt: skip
+
+    def resolution(self, data):
+        open_incidents = list(Incident.objects.filter(resolved_at__isnull=True).order_by("pk"))
+        if open_incidents:
+            incident = pick(data, open_incidents, "incident")
+            incident.resolved_at = self.now
+            incident.save(update_fields=["resolved_at"])
+
+    def delivery(self, data):
+        """The provider reports a contract delivered, on time or late (never after now)."""
+        contract = pick(data, self.contracts, "contract")
+        if Contract.objects.filter(pk=contract.pk, delivered_at__isnull=False).exists():
+            return
+        at = contract.starts_at + timedelta(minutes=data.draw(st.integers(0, 180), label="minutes"))
+        Contract.objects.filter(pk=contract.pk).update(delivered_at=min(at, self.now))
+
+    def late_sweep(self, data):
+        """Contracts undelivered past the grace are marked late, as the lifecycle sweep does."""
+        grace = timedelta(minutes=django_settings.DELIVERY_GRACE_MINUTES)
+        Contract.objects.filter(
+            delivered_at__isnull=True, delivery_late_at__isnull=True, starts_at__lte=self.now - grace
+        ).update(delivery_late_at=self.now)
 
     @precondition(lambda self: self.sent)
     @rule(data=st.data())
@@ -357,6 +422,8 @@ class BillingBooks(RuleBasedStateMachine):
         """(quantity, line count) per (contract, service month), over all issued invoices."""
         out: dict = defaultdict(lambda: (ZERO, 0))
         for line in lines:
+            if line["kind"] == InvoiceLine.Kind.SLA_CREDIT:
+                continue
             total, count = out[(line["contract_id"], line["service_period"])]
             out[(line["contract_id"], line["service_period"])] = (total + line["quantity"], count + 1)
         return out
@@ -384,6 +451,11 @@ class BillingBooks(RuleBasedStateMachine):
         outstanding: dict = defaultdict(lambda: ZERO)
         for invoice in invoices:
             due = dues[invoice.pk]
+            if invoice.total < 0:  # credits past its charges: nothing to pay, owed to the lab
+                assert invoice.status == Invoice.Status.PAID and due == invoice.total, invoice
+                EXERCISED["invoice owing the lab"] += 1
+                outstanding[invoice.lab_id] += due
+                continue
             assert due >= 0, invoice
             if invoice.status in (Invoice.Status.PAID, Invoice.Status.VOID):
                 assert due == 0, invoice
@@ -397,16 +469,34 @@ class BillingBooks(RuleBasedStateMachine):
         lines = list(
             InvoiceLine.objects.values(
                 "invoice_id", "contract_id", "provider_id", "service_period", "quantity", "unit_price", "amount",
-                "fee_rate", "fee_amount", "invoice__period",
+                "fee_rate", "fee_amount", "invoice__period", "kind",
             )
         )  # fmt: skip
         totals: dict = defaultdict(lambda: ZERO)
+        credits: dict = defaultdict(lambda: [ZERO, ZERO])
         for line in lines:
             totals[line["invoice_id"]] += line["amount"]
             assert line["fee_amount"] == round_money(line["amount"] * line["fee_rate"]), line
+            if line["kind"] == InvoiceLine.Kind.SLA_CREDIT:
+                credits[line["contract_id"]][0] += line["quantity"]
+                credits[line["contract_id"]][1] -= line["amount"]
+                assert line["amount"] < 0 and line["quantity"] >= 0, line
+                continue
             # Rated from the exact quantity; the stored quantity is rounded to 6 places.
             slack = CENT / 2 + QUANTUM * line["unit_price"]
             assert abs(line["amount"] - line["quantity"] * line["unit_price"]) <= slack, line
+        # A contract's credits add up to its lost hours at its price times one rate (the breach
+        # rate once it is past its promise); never more than the hours it lost, rated at most.
+        for cid, (hours, amount) in credits.items():
+            contract = Contract.objects.get(pk=cid)
+            lost = lost_gpu_hours(contract, until=self.now)
+            assert hours <= lost + QUANTUM * 10, (cid, hours, lost)
+            rates = {Decimal(1), contract.sla_breach_credit_rate}
+            if contract.billing_mode == METERED:
+                rates = {rate - 1 for rate in rates}
+            price = contract.price_per_gpu_hour
+            assert any(abs(amount - hours * price * rate) <= CENT * 10 for rate in rates if rate), (cid, amount)
+            EXERCISED["SLA credit"] += 1
         assert {i.pk: i.total for i in invoices} == {i.pk: totals[i.pk] for i in invoices}
         numbers = [int(invoice.number.rsplit("-", 1)[1]) for invoice in invoices]
         assert numbers == list(range(1, len(invoices) + 1))
@@ -423,8 +513,13 @@ class BillingBooks(RuleBasedStateMachine):
             expected[statement_id][0] -= amount
             expected[statement_id][1] -= fee
         statements = {statement.pk: statement for statement in PayoutStatement.objects.all()}
+        sla: dict = defaultdict(lambda: ZERO)
+        for line in lines:
+            if line["kind"] == InvoiceLine.Kind.SLA_CREDIT:
+                sla[(line["provider_id"], line["invoice__period"])] += line["amount"]
         for statement in statements.values():
             assert statement.net == statement.gross - statement.fee + statement.carried_in, statement
+            assert statement.sla_credits == sla[(statement.provider_id, statement.period)], statement
             by_lines = expected[(statement.provider_id, statement.period)]
             by_credits = expected[statement.pk]
             assert [statement.gross, statement.fee] == [by_lines[0] + by_credits[0], by_lines[1] + by_credits[1]]
@@ -483,6 +578,13 @@ class BillingBooks(RuleBasedStateMachine):
         EXERCISED["payout sent"] += PayoutStatement.objects.filter(status=PayoutStatement.Status.PAID).exists()
         EXERCISED["early release"] += any(c.released_at for c in self.contracts)
         EXERCISED["three months closed"] += BillingPeriod.objects.count() >= 3
+        credits = InvoiceLine.objects.filter(kind=InvoiceLine.Kind.SLA_CREDIT)
+        EXERCISED["failure credited"] += credits.filter(contract__allocations__node__incidents__isnull=False).exists()
+        late = Q(contract__delivery_late_at__isnull=False) | Q(
+            contract__delivered_at__gte=F("contract__starts_at") + timedelta(minutes=30)
+        )
+        EXERCISED["late delivery credited"] += credits.filter(late).exists()
+        EXERCISED["credited past the promise"] += credits.filter(description__contains="promised").exists()
 
 
 EXERCISED: Counter = Counter()
@@ -551,6 +653,10 @@ TALLIED = [
     "three months closed",
     "negative statement refused",
     "negative net carried forward",
+    "SLA credit",
+    "failure credited",
+    "late delivery credited",
+    "credited past the promise",
 ]
 
 
