@@ -131,3 +131,40 @@ class GpuModelField(serializers.SlugRelatedField):
             shown = ""  # not a slug at all: nothing worth echoing
         valid = ", ".join(GpuModel.objects.order_by("slug").values_list("slug", flat=True)) or "none yet"
         self.fail("unknown", value=shown, valid=valid)
+
+
+class ReliabilitySerializer(serializers.Serializer):
+    """A provider's or a cluster's measured reliability over the last 30 days (broker.reliability)."""
+
+    availability_30d = serializers.DecimalField(
+        max_digits=7,
+        decimal_places=4,
+        allow_null=True,
+        help_text="Percent of node-hours not lost to failures over the last 30 days; null until first measured.",
+    )
+    mean_time_to_replace_seconds = serializers.IntegerField(
+        allow_null=True,
+        min_value=0,
+        max_value=2**31 - 1,
+        help_text="Mean seconds from a failure's start to a replacement node, over the last 30 days; null when "
+        "no node was replaced.",
+    )
+    late_deliveries_30d = serializers.IntegerField(
+        min_value=0, max_value=2**31 - 1, help_text="Contracts delivered late in the last 30 days."
+    )
+
+
+def reliability_of(measured) -> dict:
+    """The reliability figures of an Organization or a Cluster, as the API shows them."""
+    return ReliabilitySerializer(measured).data
+
+
+def reliability_from_row(row: dict, prefix: str) -> dict:
+    """The reliability figures of a search row's provider (``provider_``) or cluster (``cluster_``)."""
+    return ReliabilitySerializer(
+        {
+            "availability_30d": row[f"{prefix}availability_30d"],
+            "mean_time_to_replace_seconds": row[f"{prefix}mean_time_to_replace_seconds"],
+            "late_deliveries_30d": row[f"{prefix}late_deliveries_30d"],
+        }
+    ).data
