@@ -221,6 +221,9 @@ def contract_deliver(
     endpoint, detail = endpoint.strip(), detail.strip()
     if not endpoint:
         raise InvalidInput("Say where to connect.", fields={"endpoint": ["This field may not be blank."]})
+    if not endpoint.isprintable() or any(character.isspace() for character in endpoint):
+        message = "An endpoint is one URL or host:port, without spaces."
+        raise InvalidInput(message, fields={"endpoint": [message]})
     secret = [name for name, text in (("endpoint", endpoint), ("detail", detail)) if looks_like_secret(text)]
     if secret:
         raise secret_refusal(*secret)

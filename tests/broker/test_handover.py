@@ -229,8 +229,9 @@ class TestDelivered:
     def test_connection_details_that_mention_secrets_are_not_secrets(self, provider_client, contract, detail):
         assert deliver(provider_client, contract, endpoint="login.example:2222", detail=detail).status_code == 200
 
-    def test_a_blank_endpoint_is_refused(self, provider_client, contract):
-        error = assert_error(deliver(provider_client, contract, endpoint="   "), 400, "invalid")
+    @pytest.mark.parametrize("endpoint", ["   ", "login.example 22", "login.example:22\u0000"])
+    def test_an_endpoint_is_one_url_or_host_port(self, provider_client, contract, endpoint):
+        error = assert_error(deliver(provider_client, contract, endpoint=endpoint), 400, "invalid")
         assert "endpoint" in error["fields"]
 
     def test_from_48_hours_before_the_start_until_the_end(self, lab_client, provider_client, listing, frozen):
