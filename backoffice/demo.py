@@ -87,7 +87,7 @@ def _contract_written(
     """A contract whose window began before now: services refuse such windows, so it is
     written directly here, with the same shape the services write: it bought its whole
     listing, which was then withdrawn (its nodes stay sold: the allocations hold them), and it
-    is completed or, while its window lasts, active."""
+    is completed or, while its window lasts, active, and was delivered on time."""
     ends_at = starts_at + hours * HOUR
     listing = Listing.objects.create(
         provider=cluster.provider,
@@ -120,6 +120,10 @@ def _contract_written(
         if mode == "committed"
         else None,
         status=Contract.Status.ACTIVE if ends_at > timezone.now() else Contract.Status.COMPLETED,
+        # handed over on time: its provider reported the access ready a few minutes in
+        delivered_at=starts_at + timedelta(minutes=7),
+        delivery_endpoint=f"ssh://login.{cluster.name}.example:22",
+        delivery_detail="Slurm login node; your attached SSH keys are installed for the user 'lab'.",
     )
     Allocation.objects.bulk_create(
         Allocation(

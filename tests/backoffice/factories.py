@@ -61,13 +61,17 @@ def listing(
 
 
 def contract(*, lab: Organization, listing: Listing, starts_at: datetime, hours: int, nodes: int = 1) -> Contract:
-    return listing_book(
+    """A booking, handed over by its provider at its start (so no late delivery is credited)."""
+    booked = listing_book(
         lab=lab,
         listing=listing,
         gpu_count=nodes * listing.cluster.gpus_per_node,
         starts_at=starts_at,
         duration_hours=hours,
     )
+    Contract.objects.filter(pk=booked.pk).update(delivered_at=starts_at)
+    booked.delivered_at = starts_at
+    return booked
 
 
 # --- Driving the admin --------------------------------------------------------------------
