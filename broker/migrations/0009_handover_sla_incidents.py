@@ -18,6 +18,10 @@ CREATE TRIGGER broker_contract_inherit_sla BEFORE INSERT ON broker_contract
 UPDATE broker_contract c SET sla_availability = l.sla_availability, sla_breach_credit_rate = l.sla_breach_credit_rate
   FROM marketplace_listing l WHERE l.id = c.listing_id;
 """
+# Contracts written before providers could report a handover were handed over outside the
+# broker: they count as delivered at their start, so no late delivery is credited for them.
+HANDED_OVER_BEFORE = "UPDATE broker_contract SET delivered_at = starts_at WHERE delivered_at IS NULL"
+
 INHERIT_SLA_BACKWARD = """
 DROP TRIGGER broker_contract_inherit_sla ON broker_contract;
 DROP FUNCTION broker_contract_inherit_sla();
@@ -210,4 +214,5 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunSQL(INHERIT_SLA, INHERIT_SLA_BACKWARD),
+        migrations.RunSQL(HANDED_OVER_BEFORE, migrations.RunSQL.noop),
     ]
