@@ -64,8 +64,7 @@ def test_the_answer_is_the_contract_as_read_back_from_the_database(lab_client, l
     with CaptureQueriesContext(connection) as queries:
         answer = post_book(lab_client, listing, gpu_count=8).json()
     statements = [
-        "events" if "events_event" in query["sql"] else query["sql"].split()[0]
-        for query in queries.captured_queries
+        "events" if "events_event" in query["sql"] else query["sql"].split()[0] for query in queries.captured_queries
     ]
     # The key, the listing, the booking, its contract.created events (the savepoint is the test's
     # transaction's).
