@@ -316,3 +316,49 @@ def test_an_answer_longer_than_the_cap_is_not_read_whole(lab_client, loopback_al
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_https_verifies_the_certificate_for_the_urls_host(lab_client, loopback_allowed, monkeypatch, tmp_path):
+    """The connection goes to the checked address, but TLS still checks the URL's host name: a
+    certificate nobody vouches for is a failed attempt, never a delivery."""
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs openssl to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hooks.test",
+         "-addext", "subjectAltName=DNS:hooks.test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        register(lab_client, f"https://hooks.test:{server.server_address[1]}/hook")
+        fake_resolver(monkeypatch, {"hooks.test": ["127.0.0.1"]})
+        publish(lab_client)
+        webhook_deliveries_send()
+        delivery = WebhookDelivery.objects.get()
+        assert delivery.status == "pending" and "CERTIFICATE_VERIFY_FAILED" in delivery.last_error
+        assert received == []
+    finally:
+        server.shutdown()
+        server.server_close()
