@@ -1,6 +1,8 @@
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
-from broker.incidents import incident_resolve
+from broker.incidents import incident_open, incident_resolve, incident_start_validate
 from broker.models import Allocation, ComputeRequest, Contract, Incident, Replacement
 from broker.services import compute_request_rematch, contract_cancel
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, ReasonForm, run_form_action
@@ -102,10 +104,27 @@ class ReplacementInline(ReadOnlyInline):
         return super().get_queryset(request).select_related("failed_node", "replacement_node")
 
 
+class IncidentOpenForm(forms.ModelForm):
+    """An operator's report of an incident on a node (its provider's, whoever reports it)."""
+
+    class Meta:
+        model = Incident
+        fields = ["node", "kind", "started_at", "detail"]
+
+    def clean_started_at(self):
+        started_at = self.cleaned_data["started_at"]
+        try:
+            incident_start_validate(started_at)
+        except DomainError as exc:
+            raise ValidationError(exc.message) from exc
+        return started_at
+
+
 @admin.register(Incident)
 class IncidentAdmin(ReadOnlyAdmin):
-    """Incidents are opened by providers through the API, or by operators from the node list
-    (Nodes: "Report a failure"); resolved here. Both call the services of broker.incidents."""
+    """Incidents are reported by providers through the API, or by operators here ("Add"):
+    both call ``incident_open``; the resolve action calls ``incident_resolve``. Read-only
+    otherwise."""
 
     list_display = ["id", "kind", "node", "cluster", "provider", "started_at", "resolved_at", "created_at"]
     list_filter = ["kind", ("resolved_at", admin.EmptyFieldListFilter), "cluster__gpu_model"]
@@ -114,6 +133,33 @@ class IncidentAdmin(ReadOnlyAdmin):
     date_hierarchy = "started_at"
     inlines = [ReplacementInline]
     actions = ["resolve"]
+    raw_id_fields = ["node"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return self.has_operate_permission(request)
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = IncidentOpenForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_inlines(self, request, obj):
+        return [] if obj is None else super().get_inlines(request, obj)
+
+    def get_fields(self, request, obj=None):
+        return IncidentOpenForm.Meta.fields if obj is None else super().get_fields(request, obj)
+
+    def save_model(self, request, obj: Incident, form, change: bool) -> None:
+        opened = incident_open(
+            provider=obj.node.cluster.provider,
+            node=obj.node,
+            kind=obj.kind,
+            started_at=obj.started_at,
+            detail=obj.detail,
+            actor=request.user,
+        )
+        obj.pk = opened.incident.pk
+        obj.refresh_from_db()
 
     @admin.action(
         permissions=["operate"], description="Resolve selected incidents now (a failed node returns to service)"

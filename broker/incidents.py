@@ -61,6 +61,11 @@ class IncidentOpened:
     created: bool  # False: the node already had this kind of incident open, and this is it
 
 
+def incident_start_validate(started_at: datetime) -> None:
+    """Refuse (InvalidInput) a reported start in the future (beyond the clock skew) or too old."""
+    _validate_moment(started_at, field="started_at", now=timezone.now())
+
+
 def _validate_moment(value: datetime, *, field: str, now: datetime) -> None:
     if value > now + CLOCK_SKEW:
         raise InvalidInput(

@@ -1,6 +1,5 @@
 from functools import partial
 
-from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -8,9 +7,7 @@ from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 
 from billing.credit import lab_exposure
-from broker.incidents import incident_open
-from broker.models import Incident
-from core.admin import AuditedAdmin, ReadOnlyAdmin, run_form_action
+from core.admin import AuditedAdmin, ReadOnlyAdmin
 from core.errors import DomainError
 from marketplace.models import (
     ApiKey,
@@ -41,12 +38,6 @@ RELIABILITY_FIELDS = [
     "late_deliveries_30d",
     "reliability_measured_at",
 ]
-
-
-class IncidentForm(forms.Form):
-    kind = forms.ChoiceField(choices=Incident.Kind.choices)
-    started_at = forms.DateTimeField(help_text="UTC, e.g. 2031-03-10 09:05:00; within the last 7 days.")
-    detail = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000, required=False)
 
 
 class NoDeleteMixin:
@@ -279,7 +270,7 @@ class NodeAdmin(NoDeleteMixin, AuditedAdmin):
     search_fields = ["hostname", "cluster__name"]
     show_full_result_count = False
     readonly_fields = ["cluster", "hostname", "status"]
-    actions = ["to_maintenance", "to_service", "report_incident"]
+    actions = ["to_maintenance", "to_service"]
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -298,34 +289,6 @@ class NodeAdmin(NoDeleteMixin, AuditedAdmin):
     @admin.action(permissions=["operate"], description="Put selected nodes back in service")
     def to_service(self, request, queryset):
         self._set_status(request, queryset, Node.Status.IN_SERVICE)
-
-    @admin.action(
-        permissions=["operate"],
-        description="Report an incident on selected nodes (a failure cordons and replaces them)",
-    )
-    def report_incident(self, request, queryset):
-        def apply(node, data):
-            opened = incident_open(
-                provider=node.cluster.provider,
-                node=node,
-                kind=data["kind"],
-                started_at=data["started_at"],
-                detail=data["detail"],
-                actor=request.user,
-            )
-            replaced = opened.incident.replacements.count()
-            return f"incident {opened.incident.pk} {'opened' if opened.created else 'already open'}; " + (
-                f"{replaced} contract(s) given a replacement node."
-            )
-
-        return run_form_action(
-            self,
-            request,
-            queryset.select_related("cluster__provider"),
-            form_class=IncidentForm,
-            title="Report an incident",
-            apply=apply,
-        )
 
 
 @admin.register(Listing)

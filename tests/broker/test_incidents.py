@@ -189,18 +189,24 @@ def test_operators_report_and_resolve_in_the_admin(provider_client, frozen):
     client = Client()
     client.force_login(operator)
     node = ClusterFactory(provider=provider_client.organization, node_count=2).nodes.order_by("id").first()
+    add = reverse("admin:broker_incident_add")
+
+    def started(moment):  # the admin's date and time inputs
+        return {"started_at_0": moment.strftime("%Y-%m-%d"), "started_at_1": moment.strftime("%H:%M:%S")}
+
+    refused = client.post(add, {"node": node.pk, "kind": "failure", **started(NOW - timedelta(days=8))})
+    assert refused.status_code == 200 and "started_at" in refused.context["adminform"].form.errors
+    assert not Incident.objects.exists()
     response = client.post(
-        reverse("admin:marketplace_node_changelist"),
+        add,
         {
-            "action": "report_incident",
-            "_selected_action": [node.pk],
-            "apply": "1",
+            "node": node.pk,
             "kind": "failure",
-            "started_at": (NOW - timedelta(minutes=3)).strftime("%Y-%m-%d %H:%M:%S"),
+            **started(NOW - timedelta(minutes=3)),
             "detail": "seen by the NOC",
         },
     )
-    assert response.status_code == 302, response.content[:500]
+    assert response.status_code == 302, response.context["adminform"].form.errors
     incident = Incident.objects.get()
     assert (incident.kind, incident.detail, incident.provider_id) == (
         "failure",
