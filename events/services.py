@@ -23,33 +23,12 @@ from marketplace.models import Organization
 
 logger = logging.getLogger(__name__)
 
-# One statement for any number of events, and their webhook deliveries. A dedupe key already
-# published is skipped, so a job that runs twice publishes once; NULL keys never conflict.
+# One statement for any number of events, and their webhook deliveries: the function
+# ``events_event_publish`` (migration events/0003), whose plan PostgreSQL keeps per session.
 # Every enabled endpoint of the event's organization that subscribes to its type (or to "*")
-# gets a pending delivery, due at once: an event exists, and is sent, exactly when its
-# change committed.
-EVENTS_INSERT = """
-WITH inserted AS (
-    INSERT INTO events_event (organization_id, type, data, dedupe_key, created_at)
-    SELECT organization_id, type, data::jsonb, dedupe_key, clock_timestamp()
-      FROM unnest(%(organizations)s::bigint[], %(types)s::text[], %(data)s::text[], %(keys)s::text[])
-           WITH ORDINALITY AS notice(organization_id, type, data, dedupe_key, position)
-     ORDER BY position
-    ON CONFLICT (dedupe_key) DO NOTHING
-    RETURNING id, organization_id, type, created_at
-), deliveries AS (
-    INSERT INTO events_webhookdelivery (event_id, endpoint_id, status, attempts, next_attempt_at, created_at,
-                                        last_error)
-    SELECT inserted.id, endpoint.id, %(pending)s, 0, inserted.created_at, inserted.created_at, ''
-      FROM inserted
-      JOIN events_webhookendpoint endpoint
-        ON endpoint.organization_id = inserted.organization_id
-       AND endpoint.status = %(enabled)s
-       AND (inserted.type = ANY(endpoint.event_types) OR %(all_types)s = ANY(endpoint.event_types))
-    RETURNING 1
-)
-SELECT id, (SELECT count(*) FROM deliveries) FROM inserted ORDER BY id
-"""
+# gets a pending delivery, due at once: an event exists, and is sent, exactly when its change
+# committed. A dedupe key already published is skipped; NULL keys never conflict.
+EVENTS_PUBLISH = "SELECT event_id, delivery_count FROM events_event_publish(%s, %s, %s, %s, %s, %s, %s)"
 
 
 @dataclass(frozen=True)
@@ -75,16 +54,16 @@ def events_publish(notices: Iterable[Notice]) -> list[int]:
         return []
     with connection.cursor() as cursor:
         cursor.execute(
-            EVENTS_INSERT,
-            {
-                "organizations": [n.organization_id for n in notices],
-                "types": [n.type for n in notices],
-                "data": [json.dumps(n.data, cls=DjangoJSONEncoder) for n in notices],
-                "keys": [n.dedupe_key for n in notices],
-                "pending": WebhookDelivery.Status.PENDING,
-                "enabled": WebhookEndpoint.Status.ENABLED,
-                "all_types": WebhookEndpoint.ALL_TYPES,
-            },
+            EVENTS_PUBLISH,
+            [
+                [n.organization_id for n in notices],
+                [n.type for n in notices],
+                [json.dumps(n.data, cls=DjangoJSONEncoder) for n in notices],
+                [n.dedupe_key for n in notices],
+                WebhookDelivery.Status.PENDING.value,
+                WebhookEndpoint.Status.ENABLED.value,
+                WebhookEndpoint.ALL_TYPES,
+            ],
         )
         rows = cursor.fetchall()
     if rows and rows[0][1]:

@@ -268,6 +268,17 @@ def test_publishing_costs_one_statement_and_queues_only_when_there_are_deliverie
     assert WebhookDelivery.objects.count() == 1
 
 
+def test_publishing_survives_a_session_that_discarded_its_state(lab_client):
+    """A pooler's DISCARD ALL (or a DEALLOCATE ALL) between transactions costs a new plan, never an error."""
+    from django.db import connection
+
+    publish(lab_client)
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+        cursor.execute("DISCARD PLANS")
+    assert publish(lab_client)
+
+
 def test_a_dedupe_key_publishes_and_delivers_once(lab_client, loopback_allowed):
     register(lab_client, "http://127.0.0.1:9/hook")
     for _ in range(2):
