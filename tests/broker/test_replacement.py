@@ -318,3 +318,23 @@ def test_random_sales_and_failures_never_oversell(db, frozen, market):
     for listing in listings:
         assert reservations_per_hour_ok(listing, hour(-3), hour(12))
     assert free_spans_drift() == []
+
+
+def test_a_node_the_contract_had_is_never_its_replacement(provider_client, lab_client, other_lab_client):
+    """The first failed node, back in service and free, is not given back to a contract it
+    served: a contract holds a node once (its allocations are its history)."""
+    cluster = ClusterFactory(provider=provider_client.organization, node_count=3)
+    listing = ListingFactory(cluster=cluster, node_count=3, starts_at=hour(1), ends_at=hour(10))
+    contract = book(lab=lab_client.organization, listing=listing, nodes=1, starts_at=hour(2), hours=4)
+    book(lab=other_lab_client.organization, listing=listing, nodes=1, starts_at=hour(2), hours=4)
+    first = contract.allocations.get().node
+    opened = incident_open(provider=cluster.provider, node=first, kind="failure", started_at=NOW)
+    incident_resolve(provider=cluster.provider, incident=opened.incident)
+    second = Replacement.objects.get(contract=contract).replacement_node
+
+    incident_open(provider=cluster.provider, node=second, kind="failure", started_at=NOW)
+
+    # the only node free for the window is the first: no replacement, the allocation stays
+    assert not Replacement.objects.filter(failed_node=second).exists()
+    assert [row.node_id for row in contract.allocations.holding()] == [second.pk]
+    assert serving_problems() == []
