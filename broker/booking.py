@@ -259,6 +259,7 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
     ]
     lock_first = False
     for attempt in range(_ATTEMPTS):
+        booked = False  # past the statement, an error is not the statement's: it is raised
         try:
             # The contract and its event commit together. A transaction (or, inside a caller's,
             # a savepoint) also keeps a refused attempt from spoiling anything.
@@ -271,14 +272,18 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
                     _prepared_in.add(session)
                 cursor.execute(_EXECUTE, params)
                 row = cursor.fetchone()
+                booked = True
                 if row is not None and row[11] is not None:
                     _publish_created(booking, row)
                 return row
         except ProgrammingError as error:
-            if getattr(error.__cause__, "sqlstate", None) != _INVALID_STATEMENT_NAME or attempt == _ATTEMPTS - 1:
+            lost = getattr(error.__cause__, "sqlstate", None) == _INVALID_STATEMENT_NAME
+            if booked or not lost or attempt == _ATTEMPTS - 1:
                 raise
             _prepared_in.discard(connection.connection)
         except IntegrityError:
+            if booked:
+                raise
             if attempt == _ATTEMPTS - 1:
                 raise CapacityUnavailable("That capacity was just sold.")
             lock_first = True
