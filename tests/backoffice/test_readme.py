@@ -22,7 +22,8 @@ from django.conf import settings
 
 from backoffice.demo import LISTINGS, demo_exports, demo_exports_text, seed_demo_market
 from billing.models import UsageRecord
-from broker.models import ComputeRequest, Contract
+from broker.models import ComputeRequest, Contract, Incident, Replacement
+from events.models import WebhookEndpoint
 from marketplace.models import Listing, Node
 from tests.conftest import _worker_database_url
 
@@ -119,6 +120,13 @@ def test_the_walkthrough_runs_as_written_against_the_demo(live_server, tmp_path)
     assert Contract.objects.get(pk=env["BOOKED"]).status == Contract.Status.TERMINATED
     assert ComputeRequest.objects.get(pk=env["REQUEST"]).status == ComputeRequest.Status.FILLED
     assert UsageRecord.objects.filter(contract_id=env["DEMO_CONTRACT"], event_id__startswith=env["NODE"]).count() == 1
+    matched = Contract.objects.get(pk=env["MATCHED"])
+    assert [key["id"] for key in matched.access_keys] == [int(env["KEY_ID"])] and matched.delivered_at is not None
+    incident = Incident.objects.get(pk=env["INCIDENT"])
+    assert incident.node_id == int(env["FAILED"]) and incident.resolved_at is not None
+    assert Node.objects.get(pk=env["FAILED"]).status == Node.Status.IN_SERVICE
+    assert Replacement.objects.filter(incident=incident, contract=matched).exists()
+    assert WebhookEndpoint.objects.filter(pk=env["HOOK"], organization=matched.lab).exists()
     for cluster, nodes, _, _, price, mode in LISTINGS:
         demo_listing = Listing.objects.get(cluster__name=cluster, billing_mode=mode, node_count=nodes)
         assert demo_listing.price_per_gpu_hour == Decimal(price), demo_listing
