@@ -1,6 +1,7 @@
 """Serializers of clusters, nodes and listings."""
 
 from datetime import tzinfo
+from decimal import Decimal
 from functools import cache, cached_property
 
 from django.utils import timezone
@@ -9,7 +10,7 @@ from rest_framework import serializers
 from rest_framework.settings import api_settings
 
 from core.serializers import QuerySerializer, StrictSerializer, count_field, price_field, time_field
-from marketplace.api.serializers import GpuModelField
+from marketplace.api.serializers import GpuModelField, ReliabilitySerializer, reliability_from_row, reliability_of
 from marketplace.models import (
     HOSTNAME_VALIDATOR,
     REGION_VALIDATOR,
@@ -98,7 +99,10 @@ class NodeSerializer(serializers.ModelSerializer):
         extra_kwargs = {
             "id": {"help_text": "The node's id."},
             "hostname": {"help_text": "The node's hostname, unique in its cluster."},
-            "status": {"help_text": "in_service (listed and sold) or maintenance (neither)."},
+            "status": {
+                "help_text": "in_service (listed and sold), maintenance (neither) or failed (cordoned by an open "
+                "failure incident until it is resolved)."
+            },
         }
 
 
@@ -114,7 +118,7 @@ class NodeAddSerializer(StrictSerializer):
 
 class NodeUpdateSerializer(StrictSerializer):
     status = serializers.ChoiceField(
-        choices=Node.Status.choices,
+        choices=[Node.Status.IN_SERVICE, Node.Status.MAINTENANCE],  # failed: only by an incident
         required=False,
         help_text="in_service, or maintenance to take the node out. Omitted: no change.",
     )
@@ -123,6 +127,20 @@ class NodeUpdateSerializer(StrictSerializer):
 @extend_schema_field({"type": "integer", "minimum": 1, "maximum": 10**18 - 1})
 class ClusterIdField(serializers.PrimaryKeyRelatedField):
     """A cluster by its id, documented as the bounded integer it is."""
+
+
+def sla_availability_field(**kwargs) -> serializers.DecimalField:
+    """A listing's availability promise: a percentage from 50 to 100, two places."""
+    return serializers.DecimalField(
+        max_digits=5, decimal_places=2, min_value=Decimal("50"), max_value=Decimal("100"), required=False, **kwargs
+    )
+
+
+def sla_breach_credit_rate_field(**kwargs) -> serializers.DecimalField:
+    """A listing's credit rate past its promise: a multiple of the price from 1 to 10, two places."""
+    return serializers.DecimalField(
+        max_digits=4, decimal_places=2, min_value=Decimal("1"), max_value=Decimal("10"), required=False, **kwargs
+    )
 
 
 @extend_schema_serializer(
@@ -137,6 +155,8 @@ class ClusterIdField(serializers.PrimaryKeyRelatedField):
                 "price_per_gpu_hour": "2.10",
                 "min_duration_hours": 24,
                 "billing_mode": "committed",
+                "sla_availability": "99.50",
+                "sla_breach_credit_rate": "2.00",
             },
             request_only=True,
         )
@@ -156,6 +176,12 @@ class ListingCreateSerializer(StrictSerializer):
         help_text="committed: the buyer pays every hour booked; metered: the buyer pays the GPU-hours it reports "
         "using, and may terminate early.",
     )
+    sla_availability = sla_availability_field(
+        help_text="The availability promised, in percent of a contract's GPU-hours, 50 to 100; 99.00 when omitted."
+    )
+    sla_breach_credit_rate = sla_breach_credit_rate_field(
+        help_text="The multiple of the price credited per lost GPU-hour past the promise, 1 to 10; 1.50 when omitted."
+    )
 
     def __init__(self, *args, provider=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -167,6 +193,10 @@ class ListingUpdateSerializer(StrictSerializer):
     price_per_gpu_hour = price_field(required=False, help_text="A new price per GPU-hour, for new contracts.")
     status = serializers.ChoiceField(
         choices=[Listing.Status.ACTIVE, Listing.Status.PAUSED], required=False, help_text="Pause or resume."
+    )
+    sla_availability = sla_availability_field(help_text="A new availability promise (50 to 100), for new contracts.")
+    sla_breach_credit_rate = sla_breach_credit_rate_field(
+        help_text="A new credit rate past the promise (1 to 10), for new contracts."
     )
 
 
@@ -189,6 +219,12 @@ class ListingSerializer(serializers.ModelSerializer):
         help_text="Nodes still unsold for the whole window asked (a search's, else the listing's own).",
     )
     available_gpus = serializers.SerializerMethodField(help_text="available_nodes times the GPUs per node.")
+    provider_reliability = serializers.SerializerMethodField(
+        help_text="The provider's measured reliability over the last 30 days, all its clusters."
+    )
+    cluster_reliability = serializers.SerializerMethodField(
+        help_text="The cluster's measured reliability over the last 30 days (what min_availability filters on)."
+    )
 
     class Meta:
         model = Listing
@@ -205,6 +241,10 @@ class ListingSerializer(serializers.ModelSerializer):
             "status",
             "available_nodes",
             "available_gpus",
+            "sla_availability",
+            "sla_breach_credit_rate",
+            "provider_reliability",
+            "cluster_reliability",
             "created_at",
         ]
         extra_kwargs = {
@@ -216,8 +256,24 @@ class ListingSerializer(serializers.ModelSerializer):
             "min_duration_hours": {"help_text": "The shortest booking accepted, in hours."},
             "billing_mode": {"help_text": "committed (every hour booked is paid) or metered (GPU-hours used)."},
             "status": {"help_text": "active (on offer), paused (not on offer for now) or withdrawn (for good)."},
+            "sla_availability": {
+                "help_text": "The availability promised, in percent of a contract's GPU-hours; contracts keep the "
+                "promise of their sale."
+            },
+            "sla_breach_credit_rate": {
+                "help_text": "The multiple of the price credited per lost GPU-hour once a contract's lost hours "
+                "pass the promise; below it, lost hours are credited at the price."
+            },
             "created_at": {"help_text": "When the listing was created."},
         }
+
+    @extend_schema_field(ReliabilitySerializer)
+    def get_provider_reliability(self, listing: Listing) -> dict:
+        return reliability_of(listing.provider)
+
+    @extend_schema_field(ReliabilitySerializer)
+    def get_cluster_reliability(self, listing: Listing) -> dict:
+        return reliability_of(listing.cluster)
 
     def get_available_gpus(self, listing: Listing) -> int | None:
         available = getattr(listing, "available_nodes", None)
@@ -236,6 +292,12 @@ class ListingRowSerializer(serializers.BaseSerializer):
     @cache
     def _price() -> serializers.DecimalField:
         return ListingSerializer().fields["price_per_gpu_hour"]
+
+    @staticmethod
+    @cache
+    def _promise() -> tuple[serializers.DecimalField, serializers.DecimalField]:
+        fields = ListingSerializer().fields
+        return fields["sla_availability"], fields["sla_breach_credit_rate"]
 
     @cached_property
     def _zone(self) -> tzinfo:
@@ -263,6 +325,10 @@ class ListingRowSerializer(serializers.BaseSerializer):
             "status": row["status"],
             "available_nodes": row["available_nodes"],
             "available_gpus": row["available_nodes"] * row["gpus_per_node"],
+            "sla_availability": self._promise()[0].to_representation(row["sla_availability"]),
+            "sla_breach_credit_rate": self._promise()[1].to_representation(row["sla_breach_credit_rate"]),
+            "provider_reliability": reliability_from_row(row, "provider_"),
+            "cluster_reliability": reliability_from_row(row, "cluster_"),
             "created_at": row["created_at"].astimezone(zone).strftime(time_format),
         }
 
@@ -288,6 +354,15 @@ class ListingSearchSerializer(QuerySerializer):
         required=False, help_text="The window's end, after starts_at. For a search of capacity, not yet past."
     )
     max_price = price_field(required=False, help_text="At most this price per GPU-hour.")
+    min_availability = serializers.DecimalField(
+        max_digits=7,
+        decimal_places=4,
+        min_value=Decimal("0"),
+        max_value=Decimal("100"),
+        required=False,
+        help_text="Only clusters whose measured availability over the last 30 days (cluster_reliability) is at "
+        "least this percentage; a cluster not yet measured counts as 100 (no failure recorded).",
+    )
     cluster = serializers.IntegerField(
         required=False, min_value=1, max_value=2**62, help_text="Only listings of this cluster."
     )

@@ -119,7 +119,9 @@ class ClusterViewSet(viewsets.GenericViewSet):
         responses={
             200: NodeSerializer,
             409: conflict(
-                node_in_use="the node is sold for a current or future hour, so it cannot go into maintenance"
+                node_in_use="the node is sold for a current or future hour, so it cannot go into maintenance",
+                node_failed="the node is cordoned by an open failure incident; resolving the incident returns it "
+                "to service (POST /api/v1/incidents/{id}/resolve)",
             ),
         },
         summary="Take a node out of service or put it back",

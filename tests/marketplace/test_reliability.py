@@ -189,3 +189,53 @@ def test_a_promise_out_of_range_is_refused(field, value):
             **{field: value},
         )
     assert Listing.objects.count() == 1
+
+
+def test_the_api_shows_and_filters_reliability(market, lab_client, provider_client):
+    reliability_measure(now=NOW)
+    page = lab_client.get("/api/v1/listings").json()["results"]
+    shown = {row["id"]: row for row in page}
+    row = shown[market["listing_b"].pk]
+    assert (row["sla_availability"], row["sla_breach_credit_rate"]) == ("99.00", "1.50")
+    assert row["cluster_reliability"] == {
+        "availability_30d": "99.9942",
+        "mean_time_to_replace_seconds": 600,
+        "late_deliveries_30d": 1,
+    }
+    assert row["provider_reliability"] == {
+        "availability_30d": "99.2554",
+        "mean_time_to_replace_seconds": 600,
+        "late_deliveries_30d": 1,
+    }
+    # the listing read alone shows the same
+    assert lab_client.get(f"/api/v1/listings/{market['listing_b'].pk}").json() == row
+    filtered = lab_client.get("/api/v1/listings?min_availability=99.5").json()["results"]
+    assert [r["id"] for r in filtered] == [market["listing_b"].pk]
+    assert lab_client.get("/api/v1/listings?min_availability=100.1").status_code == 400
+
+
+def test_the_api_takes_the_promise(provider_client):
+    cluster = ClusterFactory(provider=provider_client.organization, node_count=2)
+    created = provider_client.post(
+        "/api/v1/listings",
+        {
+            "cluster": cluster.pk,
+            "node_count": 1,
+            "starts_at": hour(1).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "ends_at": hour(5).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "price_per_gpu_hour": "2.00",
+            "billing_mode": "committed",
+            "sla_availability": "99.50",
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    assert (created.json()["sla_availability"], created.json()["sla_breach_credit_rate"]) == ("99.50", "1.50")
+    patched = provider_client.patch(
+        f"/api/v1/listings/{created.json()['id']}", {"sla_breach_credit_rate": "3"}, format="json"
+    )
+    assert patched.json()["sla_breach_credit_rate"] == "3.00"
+    refused = provider_client.patch(
+        f"/api/v1/listings/{created.json()['id']}", {"sla_availability": "49.99"}, format="json"
+    )
+    assert refused.status_code == 400 and "sla_availability" in refused.json()["error"]["fields"]
