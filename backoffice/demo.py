@@ -17,7 +17,8 @@ from django.utils import timezone
 from billing.models import BillingPeriod
 from billing.services import billing_period_close, usage_ingest
 from broker.booking import listing_book
-from broker.models import Allocation, ComputeRequest, Contract
+from broker.incidents import incident_open, incident_resolve
+from broker.models import Allocation, ComputeRequest, Contract, Incident
 from broker.services import compute_request_create
 from broker.terms import contract_total
 from core.timeutils import HOUR, current_hour, month_of, period_bounds, previous_month
@@ -156,7 +157,7 @@ def _seed_market() -> None:
     hour = current_hour()
     # A contract of the lab's that began yesterday, so its provider has usage to report now.
     cluster, nodes, hours_ago, hours, price, mode = RUNNING_CONTRACT
-    _contract_written(
+    running = _contract_written(
         cluster=clusters[cluster],
         lab=orgs[LAB],
         nodes=nodes,
@@ -177,6 +178,19 @@ def _seed_market() -> None:
             price_per_gpu_hour=Decimal(price),
             billing_mode=mode,
         )
+    # A node of the running contract failed three hours ago: its provider reported it, the
+    # broker replaced it from the next hour, and it is fixed now. This month's invoice preview
+    # shows the credit for the hours it was down.
+    failed = running.allocations.order_by("-node_id").first().node
+    incident = incident_open(
+        provider=running.provider,
+        node=failed,
+        kind=Incident.Kind.FAILURE,
+        started_at=hour - 3 * HOUR + timedelta(minutes=17),
+        detail="GPU 5: XID 79 (fallen off the bus); node drained by the provider's monitoring.",
+        actor_label="demo",
+    ).incident
+    incident_resolve(provider=running.provider, incident=incident, actor_label="demo")
     # History: last month's contracts, their usage, and the month closed.
     last_month = period_bounds(previous_month(month_of(timezone.now())))[0] + timedelta(days=3)
     _contract_written(

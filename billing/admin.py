@@ -117,7 +117,18 @@ class PaymentAdmin(ReadOnlyAdmin):
 
 @admin.register(PayoutStatement)
 class PayoutStatementAdmin(ReadOnlyAdmin):
-    list_display = ["number", "provider", "period", "gross", "fee", "sla_credits", "carried_in", "net", "status", "paid_at"]
+    list_display = [
+        "number",
+        "provider",
+        "period",
+        "gross",
+        "fee",
+        "sla_credits",
+        "carried_in",
+        "net",
+        "status",
+        "paid_at",
+    ]
     list_filter = ["status", "period"]
     list_select_related = ["provider"]
     search_fields = ["number", "provider__name"]
