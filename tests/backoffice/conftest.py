@@ -16,6 +16,7 @@ from billing.services import billing_period_close, credit_note_create, invoice_r
 from broker.services import contracts_advance
 from core.services import audit_record
 from core.timeutils import next_hour
+from events.services import event_publish, webhook_endpoint_create
 from marketplace.models import IdempotencyRecord, Organization
 from marketplace.services import membership_add
 from tests.backoffice import factories
@@ -54,6 +55,11 @@ def demo_market(django_db_setup, django_db_blocker):
         membership_add(organization=lab, username="lab-owner", role="owner")
         IdempotencyRecord.objects.create(organization=lab, key="k-1", fingerprint="0" * 64, response_status=201)
         audit_record(action="seeded", target=lab, actor_label="demo-seed")
+        # A webhook endpoint and a delivery waiting to be sent (never sent: nothing here commits).
+        webhook_endpoint_create(
+            organization=lab, url="https://hooks.frontier.example/gpb", event_types=["contract.node_replaced"]
+        )
+        event_publish(organization_id=lab.pk, type="contract.node_replaced", data={"object": "contract", "id": 1})
         Group.objects.create(name="Support")
         clerk = get_user_model().objects.create_user("ops-bob", is_staff=True)
         LogEntry.objects.log_actions(user_id=clerk.pk, queryset=[lab], action_flag=CHANGE, change_message="seeded")
