@@ -94,6 +94,8 @@ def setup(*, default_database: str, prepare: bool = True, apps: tuple[str, ...] 
 
 
 MARKET_TABLES = [
+    # derived from allocations and listing nodes, with no foreign keys: CASCADE would not reach it
+    "broker_freespan",
     "broker_allocation",
     "broker_contract",
     "broker_computerequest",

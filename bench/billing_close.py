@@ -630,7 +630,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261031)
     args = parser.parse_args()
 
-    setup(default_database="gpubroker_bench_billing", apps=("core", "marketplace", "broker", "billing"))
+    setup(default_database="gpubroker_bench_billing", apps=("core", "marketplace", "events", "broker", "billing"))
     from django.db import connection
 
     from billing.close_sql import RATE_LINES, rate_lines_params

@@ -36,7 +36,7 @@ from _common import (
 )
 
 DATABASE = "gpubroker_bench_broker"
-MIGRATE_APPS = ("core", "marketplace", "broker", "billing")  # billing: the exposure reads invoices
+MIGRATE_APPS = ("core", "marketplace", "events", "broker", "billing")  # billing: the exposure reads invoices
 # A limit the labs never reach, so every booking computes its lab's exposure and claims the lab.
 LAB_CREDIT_LIMIT = Decimal("1000000000.00")
 TARGET_RATIO = 0.25

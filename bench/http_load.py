@@ -89,7 +89,7 @@ PGBENCH_DATABASE = "bench_http_pgbench"
 REDIS_URL = "redis://127.0.0.1:6379/11"
 WRK_SCRIPTS = Path(__file__).resolve().parent / "wrk"
 GUNICORN_CONFIG = ROOT / "config" / "gunicorn.conf.py"  # used when present (Prometheus multiprocess metrics)
-MIGRATE_APPS = ("core", "marketplace", "broker", "billing")
+MIGRATE_APPS = ("core", "marketplace", "events", "broker", "billing")
 
 TARGETS = {
     "book_spread_over_pgbench": 0.25,

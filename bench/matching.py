@@ -355,7 +355,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    setup(default_database="gpubroker_bench_broker", apps=("core", "marketplace", "broker", "billing"))
+    setup(default_database="gpubroker_bench_broker", apps=("core", "marketplace", "events", "broker", "billing"))
 
     from broker.matching import segment_match
     from broker.selectors import segments_with_open_requests
