@@ -65,9 +65,11 @@ class ContractAdmin(ReadOnlyAdmin):
         "billing_mode",
         "total_amount",
         "status",
+        "delivered_at",
+        "delivery_late_at",
         "created_at",
     ]
-    list_filter = ["status", "billing_mode", "cluster__gpu_model"]
+    list_filter = ["status", "billing_mode", "cluster__gpu_model", ("delivery_late_at", admin.EmptyFieldListFilter)]
     list_select_related = ["lab", "provider", "cluster"]
     search_fields = ["id", "lab__name", "provider__name", "cluster__name"]
     date_hierarchy = "created_at"
