@@ -112,6 +112,23 @@ LINKS = {
         "ReadTheContract": "contracts_retrieve",
         "ListItsNodes": "contracts_nodes_list",
         "TerminateTheContract": "contracts_terminate_create",
+        "ReadItsAccessManifest": "contracts_access_retrieve",
+        "AttachKeysAndANote": "contracts_access_update",
+    },
+    ("ssh_keys_create", "201"): {
+        "ReadTheKey": "ssh_keys_retrieve",
+        "DeleteTheKey": "ssh_keys_destroy",
+    },
+    ("clusters_nodes_incidents_create", "201"): {
+        "ReadTheIncident": "incidents_retrieve",
+        "ResolveTheIncident": "incidents_resolve_create",
+    },
+    ("webhook_endpoints_create", "201"): {
+        "ReadTheEndpoint": "webhook_endpoints_retrieve",
+        "ListItsDeliveries": "webhook_endpoints_deliveries_list",
+        "DisableTheEndpoint": "webhook_endpoints_disable_create",
+        "RollItsSecret": "webhook_endpoints_roll_secret_create",
+        "DeleteTheEndpoint": "webhook_endpoints_destroy",
     },
     ("compute_requests_create", "201"): {
         "ReadTheRequest": "compute_requests_retrieve",
