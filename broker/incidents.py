@@ -40,6 +40,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from broker.free_spans import FREE_NODES
+from broker.handover import contract_data
 from broker.models import Allocation, Contract, Incident, Replacement
 from core.errors import InvalidInput, NotFound
 from core.services import audit_record
@@ -92,24 +93,6 @@ def incident_data(incident: Incident, hostname: str) -> dict:
         "started_at": incident.started_at,
         "resolved_at": incident.resolved_at,
         "detail": incident.detail,
-    }
-
-
-def contract_data(contract: Contract) -> dict:
-    """A contract as events show it."""
-    return {
-        "object": "contract",
-        "id": contract.pk,
-        "status": contract.status,
-        "listing_id": contract.listing_id,
-        "lab_id": contract.lab_id,
-        "provider_id": contract.provider_id,
-        "cluster_id": contract.cluster_id,
-        "gpu_count": contract.gpu_count,
-        "node_count": contract.node_count,
-        "starts_at": contract.starts_at,
-        "ends_at": contract.ends_at,
-        "billing_mode": contract.billing_mode,
     }
 
 
