@@ -18,7 +18,38 @@ def default_credit_limit():
     return settings.DEFAULT_CREDIT_LIMIT
 
 
-class Organization(models.Model):
+class MeasuredReliability(models.Model):
+    """Reliability measured over the last 30 days, from incidents and deliveries: the
+    statements of broker.reliability set these again on every incident and hourly. None until
+    first measured; never edited by hand."""
+
+    availability_30d = models.DecimalField(
+        max_digits=7,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Percent of node-hours in service over the last 30 days (failures count against it).",
+    )
+    mean_time_to_replace_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Mean seconds from a failure's start to its replacement node, over the last 30 days.",
+    )
+    late_deliveries_30d = models.PositiveIntegerField(
+        default=0,
+        db_default=0,
+        editable=False,
+        help_text="Contracts delivered late (or not at all) in the last 30 days.",
+    )
+    reliability_measured_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        abstract = True
+
+
+class Organization(MeasuredReliability):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"  # can trade; not yet checked by an operator
         VERIFIED = "verified", "Verified"  # checked by an operator
@@ -47,29 +78,6 @@ class Organization(models.Model):
     exposure_committed = models.DecimalField(max_digits=24, decimal_places=4, default=0, editable=False)
     exposure_metered = models.DecimalField(max_digits=24, decimal_places=4, default=0, editable=False)
     exposure_unpaid = models.DecimalField(max_digits=24, decimal_places=4, default=0, editable=False)
-    # Measured reliability over the last 30 days, from incidents (broker.reliability, which
-    # sets them again on every incident and hourly): None until first measured.
-    availability_30d = models.DecimalField(
-        max_digits=7,
-        decimal_places=4,
-        null=True,
-        blank=True,
-        editable=False,
-        help_text="Percent of node-hours in service over the last 30 days (failures count against it).",
-    )
-    mean_time_to_replace_seconds = models.PositiveIntegerField(
-        null=True,
-        blank=True,
-        editable=False,
-        help_text="Mean seconds from a failure's start to its replacement node, over the last 30 days.",
-    )
-    late_deliveries_30d = models.PositiveIntegerField(
-        default=0,
-        db_default=0,
-        editable=False,
-        help_text="Contracts delivered late (or not at all) in the last 30 days.",
-    )
-    reliability_measured_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -202,36 +210,13 @@ class Interconnect(models.TextChoices):
     ETHERNET = "ethernet", "Ethernet"
 
 
-class Cluster(models.Model):
+class Cluster(MeasuredReliability):
     provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="clusters")
     name = models.CharField(max_length=100)
     gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="clusters")
     region = models.CharField(max_length=63, validators=[REGION_VALIDATOR])
     interconnect = models.CharField(max_length=16, choices=Interconnect.choices)
     gpus_per_node = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(64)])
-    # Measured reliability over the last 30 days, from incidents (broker.reliability, which
-    # sets them again on every incident and hourly): None until first measured.
-    availability_30d = models.DecimalField(
-        max_digits=7,
-        decimal_places=4,
-        null=True,
-        blank=True,
-        editable=False,
-        help_text="Percent of node-hours in service over the last 30 days (failures count against it).",
-    )
-    mean_time_to_replace_seconds = models.PositiveIntegerField(
-        null=True,
-        blank=True,
-        editable=False,
-        help_text="Mean seconds from a failure's start to its replacement node, over the last 30 days.",
-    )
-    late_deliveries_30d = models.PositiveIntegerField(
-        default=0,
-        db_default=0,
-        editable=False,
-        help_text="Contracts delivered late (or not at all) in the last 30 days.",
-    )
-    reliability_measured_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
