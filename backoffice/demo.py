@@ -157,7 +157,7 @@ def _seed_market() -> None:
     hour = current_hour()
     # A contract of the lab's that began yesterday, so its provider has usage to report now.
     cluster, nodes, hours_ago, hours, price, mode = RUNNING_CONTRACT
-    running = _contract_written(
+    _contract_written(
         cluster=clusters[cluster],
         lab=orgs[LAB],
         nodes=nodes,
@@ -178,19 +178,6 @@ def _seed_market() -> None:
             price_per_gpu_hour=Decimal(price),
             billing_mode=mode,
         )
-    # A node of the running contract failed three hours ago: its provider reported it, the
-    # broker replaced it from the next hour, and it is fixed now. This month's invoice preview
-    # shows the credit for the hours it was down.
-    failed = running.allocations.order_by("-node_id").first().node
-    incident = incident_open(
-        provider=running.provider,
-        node=failed,
-        kind=Incident.Kind.FAILURE,
-        started_at=hour - 3 * HOUR + timedelta(minutes=17),
-        detail="GPU 5: XID 79 (fallen off the bus); node drained by the provider's monitoring.",
-        actor_label="demo",
-    ).incident
-    incident_resolve(provider=running.provider, incident=incident, actor_label="demo")
     # History: last month's contracts, their usage, and the month closed.
     last_month = period_bounds(previous_month(month_of(timezone.now())))[0] + timedelta(days=3)
     _contract_written(
@@ -225,13 +212,24 @@ def _seed_market() -> None:
         )
     usage_ingest(provider=orgs[CLOUD], records=records)
     # Upcoming: an instant booking, and requests for the matching engine.
-    listing_book(
+    booked = listing_book(
         lab=orgs[BOTH],
         listing=listings["nimbus-a100", "metered"],
         gpu_count=32,
         starts_at=hour + 2 * HOUR,
         duration_hours=24,
     )
+    # A node of that booking failed 40 minutes ago: its provider's monitoring reported it, the
+    # broker gave the contract a spare of the same listing, and the node is fixed now.
+    incident = incident_open(
+        provider=booked.provider,
+        node=booked.allocations.order_by("node_id").first().node,
+        kind=Incident.Kind.FAILURE,
+        started_at=timezone.now() - timedelta(minutes=40),
+        detail="GPU 5: XID 79 (fallen off the bus); node drained by the provider's monitoring.",
+        actor_label="demo",
+    ).incident
+    incident_resolve(provider=booked.provider, incident=incident, actor_label="demo")
     for model, gpus, offset, duration, price, mode, colocated in REQUESTS:
         compute_request_create(
             lab=orgs[LAB],
