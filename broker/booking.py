@@ -1,8 +1,9 @@
 """Instant booking: a lab takes whole nodes of a listing at its price, now.
 
-The whole booking is one SQL statement (``LISTING_BOOK``), and its ``contract.created``
-events one more (``events_publish``, which also writes their webhook deliveries), in one
-transaction, so that the contract and its events commit together. The statement locks the
+The whole booking is one SQL statement (``LISTING_BOOK``), its ``contract.created`` events
+and their webhook deliveries included (through ``events_event_publish``, the function every
+event is published by), so the contract and its events commit together in one round trip.
+The statement locks the
 listing row (bookers of a listing, and the matching engine, queue there), reads its terms,
 picks free reserved nodes, adds the sale to the lab's exposure (``billing.credit``), and
 writes the contract, its allocations and the listing's inventory-version bump only if the
@@ -18,6 +19,7 @@ row's latest version, after any other sale to the lab has committed.
 
 import weakref
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,13 +28,12 @@ from django.utils import timezone
 
 from billing.credit import lab_exposure
 from broker.free_spans import FREE_NODES
-from broker.handover import contract_data, contract_notices
 from broker.models import Contract
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, InvalidInput
 from core.timeutils import HOUR
-from events.models import EventType
-from events.services import events_publish
+from events.models import EventType, WebhookDelivery, WebhookEndpoint
+from events.services import webhooks_wake_after_commit
 from marketplace.models import BillingMode, Cluster, GpuModel, Listing, Node, Organization
 
 LISTING_BOOK = """
@@ -82,6 +83,22 @@ WITH terms AS (
 ), bump AS (
     UPDATE marketplace_listing SET inventory_version = inventory_version + 1
     WHERE id = %(listing)s AND EXISTS (SELECT 1 FROM contract)
+), published AS (
+    -- contract.created to the lab and the provider, with their webhook deliveries, by the
+    -- function every event goes through (events_event_publish); the snapshot is the one
+    -- broker.handover.contract_data makes (a test holds the two to the same answer).
+    SELECT max(e.delivery_count) AS deliveries
+    FROM contract, allowed,
+         LATERAL (SELECT json_build_object(
+             'object', 'contract', 'id', contract.id, 'status', %(contract_scheduled)s, 'request_id', NULL,
+             'listing_id', %(listing)s, 'lab_id', %(lab)s, 'provider_id', allowed.provider_id,
+             'cluster_id', allowed.cluster_id, 'gpu_count', %(gpus)s, 'node_count', %(gpus)s / allowed.gpus_per_node,
+             'billing_mode', allowed.billing_mode, 'price_per_gpu_hour', allowed.price_per_gpu_hour::text,
+             'starts_at', to_char(%(starts_at)s AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+             'ends_at', to_char(%(ends_at)s AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))::text AS data) snapshot,
+         events_event_publish(ARRAY[%(lab)s, allowed.provider_id], ARRAY[%(contract_created)s, %(contract_created)s],
+                              ARRAY[snapshot.data, snapshot.data], ARRAY[NULL, NULL]::text[],
+                              %(delivery_pending)s, %(endpoint_enabled)s, %(all_event_types)s) e
 )
 SELECT terms.status, terms.provider_status, terms.gpus_per_node, terms.starts_at, terms.ends_at,
        terms.min_duration_hours, terms.provider_id, terms.cluster_id, terms.price_per_gpu_hour, terms.billing_mode,
@@ -89,7 +106,9 @@ SELECT terms.status, terms.provider_status, terms.gpus_per_node, terms.starts_at
        -- What the answer shows besides: the seller, the cluster, the nodes' hostnames (sorted as
        -- the contract's detail sorts them).
        terms.provider_name, terms.cluster_name, terms.region, terms.interconnect, terms.gpu_model_id, terms.slug,
-       (SELECT array_agg(n.hostname ORDER BY n.hostname, n.id) FROM free JOIN marketplace_node n ON n.id = free.node_id)
+       (SELECT array_agg(n.hostname ORDER BY n.hostname, n.id)
+        FROM free JOIN marketplace_node n ON n.id = free.node_id),
+       (SELECT deliveries FROM published)
 FROM terms""".replace(
     "{free_nodes}",
     FREE_NODES.replace("%(limit)s", "coalesce(%(gpus)s / (SELECT gpus_per_node FROM allowed), 0)"),
@@ -112,6 +131,10 @@ LISTING_BOOK_PARAMETERS = {
     "node_in_service": "text",
     "committed": "text",
     "contract_scheduled": "text",
+    "contract_created": "text",
+    "delivery_pending": "text",
+    "endpoint_enabled": "text",
+    "all_event_types": "text",
 }
 _STATUSES = [
     Listing.Status.ACTIVE.value,
@@ -119,6 +142,10 @@ _STATUSES = [
     Node.Status.IN_SERVICE.value,
     BillingMode.COMMITTED.value,
     Contract.Status.SCHEDULED.value,
+    EventType.CONTRACT_CREATED.value,
+    WebhookDelivery.Status.PENDING.value,
+    WebhookEndpoint.Status.ENABLED.value,
+    WebhookEndpoint.ALL_TYPES,
 ]
 _NAME = "broker_listing_book"
 _LOCK_LISTING = "SELECT 1 FROM marketplace_listing WHERE id = %s FOR UPDATE"
@@ -190,7 +217,7 @@ def listing_book(
         )
     if contract_id is None:  # the terms allow it and the nodes are free: the lab's credit does not
         raise lab_exposure(booking.lab.pk).refusal(booking.gpu_count * booking.hours * price)
-    provider_name, cluster_name, region, interconnect, gpu_model_id, gpu_model_slug, hostnames = row[12:]
+    provider_name, cluster_name, region, interconnect, gpu_model_id, gpu_model_slug, hostnames = row[12:19]
     # The seller and the cluster as the statement read them; any other field of theirs is
     # deferred, so reading it loads it, never a blank.
     cluster = _loaded(
@@ -259,11 +286,12 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
     ]
     lock_first = False
     for attempt in range(_ATTEMPTS):
-        booked = False  # past the statement, an error is not the statement's: it is raised
         try:
-            # The contract and its event commit together. A transaction (or, inside a caller's,
-            # a savepoint) also keeps a refused attempt from spoiling anything.
-            with transaction.atomic(), connection.cursor() as cursor:
+            # One statement commits by itself, the contract with its events; inside a caller's
+            # transaction, or after the lock, a savepoint or a transaction keeps a refused
+            # attempt from spoiling anything.
+            atomic = lock_first or connection.in_atomic_block
+            with transaction.atomic() if atomic else nullcontext(), connection.cursor() as cursor:
                 if lock_first:
                     cursor.execute(_LOCK_LISTING, [booking.listing_id])
                 session = connection.connection
@@ -272,46 +300,18 @@ def _run(booking: _Booking, now: datetime) -> tuple | None:
                     _prepared_in.add(session)
                 cursor.execute(_EXECUTE, params)
                 row = cursor.fetchone()
-                booked = True
-                if row is not None and row[11] is not None:
-                    _publish_created(booking, row)
-                return row
+            if row is not None:
+                webhooks_wake_after_commit(row[19])
+            return row
         except ProgrammingError as error:
-            lost = getattr(error.__cause__, "sqlstate", None) == _INVALID_STATEMENT_NAME
-            if booked or not lost or attempt == _ATTEMPTS - 1:
+            if getattr(error.__cause__, "sqlstate", None) != _INVALID_STATEMENT_NAME or attempt == _ATTEMPTS - 1:
                 raise
             _prepared_in.discard(connection.connection)
         except IntegrityError:
-            if booked:
-                raise
             if attempt == _ATTEMPTS - 1:
                 raise CapacityUnavailable("That capacity was just sold.")
             lock_first = True
     raise AssertionError("unreachable")
-
-
-def _publish_created(booking: _Booking, row: tuple) -> None:
-    """``contract.created`` to the lab and the provider, from what the statement returned."""
-    gpus_per_node, provider_id, cluster_id, price, mode, contract_id = (*row[2:3], *row[6:10], row[11])
-    data = contract_data(
-        {
-            "id": contract_id,
-            "status": Contract.Status.SCHEDULED.value,
-            "request_id": None,
-            "listing_id": booking.listing_id,
-            "lab_id": booking.lab.pk,
-            "provider_id": provider_id,
-            "cluster_id": cluster_id,
-            "gpu_count": booking.gpu_count,
-            "node_count": booking.gpu_count // gpus_per_node,
-            "billing_mode": mode,
-            "price_per_gpu_hour": price,
-            "starts_at": booking.starts_at,
-            "ends_at": booking.ends_at,
-        }
-    )
-    # No dedupe key: the contract is written once, by this transaction, and so is its event.
-    events_publish(contract_notices(EventType.CONTRACT_CREATED, [(data, booking.lab.pk, provider_id)], once=False))
 
 
 def _check_terms(booking: _Booking, *, status, provider_status, gpus_per_node, window, min_hours) -> int:

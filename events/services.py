@@ -66,9 +66,15 @@ def events_publish(notices: Iterable[Notice]) -> list[int]:
             ],
         )
         rows = cursor.fetchall()
-    if rows and rows[0][1]:
-        transaction.on_commit(_enqueue_delivery)
+    webhooks_wake_after_commit(rows[0][1] if rows else 0)
     return [row[0] for row in rows]
+
+
+def webhooks_wake_after_commit(deliveries: int | None) -> None:
+    """Queue a sending run once the current transaction commits (at once outside one), when
+    publishing wrote webhook deliveries: publishing with no endpoint costs no Redis round trip."""
+    if deliveries:
+        transaction.on_commit(_enqueue_delivery)
 
 
 def event_publish(*, organization_id: int, type: str, data: dict, dedupe_key: str | None = None) -> list[int]:
