@@ -28,7 +28,17 @@ logger = logging.getLogger(__name__)
 # Every enabled endpoint of the event's organization that subscribes to its type (or to "*")
 # gets a pending delivery, due at once: an event exists, and is sent, exactly when its change
 # committed. A dedupe key already published is skipped; NULL keys never conflict.
-EVENTS_PUBLISH = "SELECT event_id, delivery_count FROM events_event_publish(%s, %s, %s, %s, %s, %s, %s)"
+# The data travel as one JSON array, split in SQL: psycopg escapes each element of a text[]
+# parameter, which cost a second per 23,000 events, where one JSON document costs 0.02 s.
+EVENTS_PUBLISH = """
+SELECT event_id, delivery_count
+FROM events_event_publish(
+    %s, %s,
+    ARRAY(SELECT n.notice::text FROM json_array_elements(%s::json) WITH ORDINALITY AS n(notice, position)
+          ORDER BY n.position),
+    %s, %s, %s, %s
+)
+"""
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ def events_publish(notices: Iterable[Notice]) -> list[int]:
             [
                 [n.organization_id for n in notices],
                 [n.type for n in notices],
-                [json.dumps(n.data, cls=DjangoJSONEncoder) for n in notices],
+                json.dumps([n.data for n in notices], cls=DjangoJSONEncoder),
                 [n.dedupe_key for n in notices],
                 WebhookDelivery.Status.PENDING.value,
                 WebhookEndpoint.Status.ENABLED.value,
