@@ -25,9 +25,12 @@ when there is one (``marketplace.services._reservation_move_off``, as for mainte
 
 The cluster, the node (both FOR NO KEY UPDATE, which a sale's key checks do not wait for), the
 contracts and the listings concerned are locked in that order
-before anything is read, so a booking or a matching run waits for the replacement and then
-reads after it; the exclusion constraints still have the last word, and a refused write
-retries its choice, a bounded number of times.
+before the node's allocations are read (again, once the listings are locked, so a sale that
+held one of them is replaced too). A sale that waited for those locks read the node in its
+own earlier snapshot: the database refuses an allocation of a node out of service on its
+latest row (the trigger of migration 0010), and the sale chooses again. The exclusion
+constraints still have the last word, and a refused write retries its choice, a bounded
+number of times.
 """
 
 from dataclasses import dataclass
@@ -264,6 +267,14 @@ def node_replace(*, incident: Incident, node: Node) -> list[Replacement]:
             .values_list("pk", flat=True)
         )
     list(Listing.objects.select_for_update().filter(pk__in=listing_ids).order_by("pk").values_list("pk", flat=True))
+    # Read again now that the listings are locked: a sale that held one of them while the node
+    # was being cordoned has committed, and its allocation is replaced too. (A sale after this
+    # point reads the node failed: the trigger of migration 0010 refuses it.)
+    known = {a.contract_id for a in allocations}
+    allocations = _held_from(node, from_hour)
+    fresh = sorted({a.contract_id for a in allocations} - known)
+    if fresh:
+        list(Contract.objects.select_for_update().filter(pk__in=fresh).order_by("pk").values_list("pk", flat=True))
     replacements: list[Replacement] = []
     for attempt in range(WRITE_ATTEMPTS):
         try:

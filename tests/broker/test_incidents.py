@@ -230,3 +230,53 @@ def test_the_service_answers_the_open_incident_to_a_second_report(provider_clien
     first = incident_open(provider=provider_client.organization, node=node, kind="failure", started_at=NOW)
     second = incident_open(provider=provider_client.organization, node=node, kind="failure", started_at=NOW)
     assert first.created and not second.created and first.incident.pk == second.incident.pk
+
+
+def test_a_booking_that_waited_for_a_failure_report_never_gets_the_failed_node(transactional_db, monkeypatch):
+    """A booking whose statement began before a failure report committed, and waited for the
+    report's lock on the listing, read the node in service: the database refuses the sale of
+    a node out of service on its latest row, and the booking chooses again (the spare)."""
+    import threading
+
+    from django.db import connection
+
+    from broker import incidents
+    from broker.booking import listing_book
+
+    provider = make_client("Waiting provider", "provider").organization
+    lab = make_lab()
+    cluster = ClusterFactory(provider=provider, node_count=2)
+    listing = ListingFactory(cluster=cluster, node_count=2, starts_at=hour(1), ends_at=hour(10))
+    failed, spare = cluster.nodes.order_by("id")
+    holding = threading.Event()
+    changed = incidents.listing_inventory_changed
+
+    def hold_until_the_booking_waits(**kwargs):
+        changed(**kwargs)  # the listing is locked by the report's transaction from here to its commit
+        holding.set()
+        with connection.cursor() as cursor:  # until another session waits for a lock
+            for _ in range(400):
+                # pg_stat_activity is read once per transaction unless its snapshot is cleared
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                if cursor.fetchone()[0]:
+                    return
+                cursor.execute("SELECT pg_sleep(0.05)")
+        raise AssertionError("the booking never waited for the listing")
+
+    monkeypatch.setattr(incidents, "listing_inventory_changed", hold_until_the_booking_waits)
+
+    def report():
+        return incident_open(provider=provider, node=failed, kind="failure", started_at=NOW - timedelta(minutes=5))
+
+    def booking():
+        assert holding.wait(30)
+        listing.refresh_from_db()
+        return listing_book(
+            lab=lab, listing=listing, gpu_count=cluster.gpus_per_node, starts_at=hour(2), duration_hours=3
+        )
+
+    reported, booked = run_at_once(report, booking)
+    assert not [r for r in (reported, booked) if isinstance(r, BaseException)], (reported, booked)
+    assert Node.objects.get(pk=failed.pk).status == Node.Status.FAILED
+    assert list(Allocation.objects.holding().values_list("node_id", flat=True)) == [spare.pk]
