@@ -148,7 +148,10 @@ def usage_ingest(*, provider: Organization, records: list) -> IngestResult:
             f"Send 1 to {MAX_USAGE_BATCH} records.", fields={"records": [f"A list of 1 to {MAX_USAGE_BATCH}."]}
         )
     result = IngestResult()
-    candidates = _within_contracts(provider, _well_formed(records, result), result)
+    failed: list[tuple[_Candidate, str]] = []
+    candidates = _within_contracts(provider, _well_formed(records, result), result, failed)
+    if failed:
+        _refuse_on_failed_nodes(provider, failed, result)
     if candidates:
         _store_within_capacity(provider, candidates, result)
     metrics.usage_records_observed(
@@ -207,7 +210,9 @@ def _well_formed(records: list, result: IngestResult) -> list[_Candidate]:
     return candidates
 
 
-def _within_contracts(provider: Organization, candidates: list[_Candidate], result: IngestResult) -> list[_Candidate]:
+def _within_contracts(
+    provider: Organization, candidates: list[_Candidate], result: IngestResult, failed: list[tuple[_Candidate, str]]
+) -> list[_Candidate]:
     """The candidates that fit their contract alone; the others rejected.
 
     A fit is a contract of the provider's, inside its window (up to an early release), a
@@ -264,11 +269,11 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
                     if failed_until
                     else ("its resolution (still open)")
                 )
-                _reject(
-                    result, candidate.index, candidate.event_id, "node_failed",
+                failed.append((
+                    candidate,
                     f"Node {candidate.node_name} failed at {_from_micros(failed_from):%Y-%m-%dT%H:%M:%SZ} "
                     f"(incident {incident_id}); no usage is accepted on it from then until {until}.",
-                )  # fmt: skip
+                ))  # fmt: skip
                 continue
             gpus = min(gpus_per_node, gpu_count)  # a node record counts against both
         # Exact: GPU-seconds have at most 3 decimals, the interval is a whole number of microseconds.
@@ -282,6 +287,19 @@ def _within_contracts(provider: Organization, candidates: list[_Candidate], resu
             continue
         fitting.append(candidate)
     return fitting
+
+
+def _refuse_on_failed_nodes(provider: Organization, failed: list[tuple[_Candidate, str]], result: IngestResult) -> None:
+    """Records on a node during its failure: refused (``node_failed``), unless stored before the
+    failure was reported, when a resend is the duplicate it always was."""
+    with connection.cursor() as cursor:
+        cursor.execute(_STORED_EVENTS, [provider.pk, json.dumps([c.event_id for c, _ in failed])])
+        stored = {event_id for (event_id,) in cursor.fetchall()}
+    for candidate, message in failed:
+        if candidate.event_id in stored:
+            result.duplicates.append(candidate.event_id)
+        else:
+            _reject(result, candidate.index, candidate.event_id, "node_failed", message)
 
 
 # The ids travel as one array parameter: building and quoting the ORM's IN list of a

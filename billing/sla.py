@@ -21,6 +21,8 @@ release), ``a`` its promise and ``p`` its price per GPU-hour, the credit owed so
     owed = round(L x p x rate, 2)                  committed contracts
     owed = round(L x p x (rate - 1), 2)            metered contracts
 
+``owed`` never passes what the contract was billed, net of credit notes (so hours a credit
+note already gave back, as a cancellation's does, are not credited again).
 A metered contract bills only usage its provider reports, and usage on a failed node is
 refused (``billing.services.usage_ingest``), so its lost hours are not billed to begin with:
 only the breach premium is owed. Each close writes one ``sla_credit`` line per contract for
@@ -101,7 +103,24 @@ sla_contracts AS (
     JOIN billing_invoice i ON i.id = l.invoice_id
     WHERE l.kind = %(sla_credit)s AND i.status <> %(draft)s AND l.contract_id IN (SELECT id FROM sla_terms)
     GROUP BY l.contract_id
-), sla_owed AS (
+), sla_billed AS (
+    -- What each contract was billed, net: its sales on issued invoices and in this close, less
+    -- the credit notes that reversed them. A contract's credits never pass it, so hours that
+    -- a credit note already gave back (a cancellation's) are not credited twice.
+    SELECT parts.contract_id, SUM(parts.amount) AS amount
+    FROM (
+        SELECT l.contract_id, l.amount
+        FROM billing_invoiceline l JOIN billing_invoice i ON i.id = l.invoice_id
+        WHERE l.kind <> %(sla_credit)s AND i.status <> %(draft)s AND l.contract_id IN (SELECT id FROM sla_terms)
+        UNION ALL
+        SELECT l.contract_id, -c.amount
+        FROM billing_creditnoteline c JOIN billing_invoiceline l ON l.id = c.invoice_line_id
+        WHERE l.contract_id IN (SELECT id FROM sla_terms)
+        UNION ALL
+        SELECT p.id, p.amount FROM priced p WHERE p.id IN (SELECT id FROM sla_terms)
+    ) parts
+    GROUP BY parts.contract_id
+), sla_rated AS (
     SELECT t.*, lost.gpu_hours,
            CASE WHEN lost.gpu_hours * 100 > t.gpu_count * EXTRACT(EPOCH FROM t.service_end - t.starts_at) / 3600
                                             * (100 - t.sla_availability)
@@ -111,6 +130,10 @@ sla_contracts AS (
     FROM sla_terms t
     JOIN sla_lost lost ON lost.contract_id = t.id
     LEFT JOIN sla_credited cr ON cr.contract_id = t.id
+), sla_owed AS (
+    SELECT r.*, LEAST(round(r.gpu_hours * r.price * r.rate, %(places)s), GREATEST(COALESCE(b.amount, 0), 0)) AS owed
+    FROM sla_rated r
+    LEFT JOIN sla_billed b ON b.contract_id = r.id
 ), sla_lines AS (
     SELECT 2 AS part, s.lab_id, s.id AS contract_id, s.provider_id, %(sla_credit)s AS kind,
            %(period)s::date AS service_period,
@@ -122,11 +145,11 @@ sla_contracts AS (
                        ELSE '' END AS description,
            GREATEST(s.gpu_hours - s.credited_hours, 0) AS quantity,
            round(s.price * s.rate, %(price_places)s) AS unit_price,
-           -(round(s.gpu_hours * s.price * s.rate, %(places)s) - s.credited) AS amount,
+           -(s.owed - s.credited) AS amount,
            COALESCE(o.platform_fee_rate, %(default_fee_rate)s) AS fee_rate
     FROM sla_owed s
     JOIN marketplace_organization o ON o.id = s.provider_id
-    WHERE round(s.gpu_hours * s.price * s.rate, %(places)s) > s.credited
+    WHERE s.owed > s.credited
 )"""
 
 

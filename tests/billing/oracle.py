@@ -179,7 +179,7 @@ def rate_period(*, period: date, usage_upto: int, late_after: int) -> list[Rated
         else:
             line = _line(contract, InvoiceLine.Kind.ADJUSTMENT, usage_period, quantity, fee_rates, "late usage for")
             lines.append(line)
-    return lines + sla_lines(period=period, now=timezone.now())
+    return lines + sla_lines(period=period, now=timezone.now(), sales=lines)
 
 
 # --- SLA credits ---------------------------------------------------------------------------
@@ -187,7 +187,8 @@ def rate_period(*, period: date, usage_upto: int, late_after: int) -> list[Rated
 # An independent reading of billing.sla: for each contract, the hours of each allocation that
 # fell in a failure of its node or in the late stretch (counted once), up to the month's end,
 # times GPUs per node; owed = L x price x rate (the breach rate past the promise; metered
-# contracts rate - 1), less what earlier credit lines gave back.
+# contracts rate - 1), never more than the contract was billed net of credit notes, less what
+# earlier credit lines gave back.
 
 
 def _union(spans: list[tuple]) -> list[tuple]:
@@ -236,7 +237,22 @@ def _figure(value: Decimal) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def sla_lines(*, period: date, now: datetime, lab_id: int | None = None) -> list[RatedLine]:
+def _net_billed(contract: Contract, sales: list[RatedLine]) -> Decimal:
+    """What a contract was billed: its sales on issued invoices and in this close, less credit notes."""
+    from billing.models import CreditNoteLine
+
+    issued = InvoiceLine.objects.non_draft().filter(contract=contract).exclude(kind=InvoiceLine.Kind.SLA_CREDIT)
+    reversed_ = CreditNoteLine.objects.filter(invoice_line__contract=contract)
+    return (
+        (issued.aggregate(total=Sum("amount"))["total"] or ZERO)
+        - (reversed_.aggregate(total=Sum("amount"))["total"] or ZERO)
+        + sum((line.amount for line in sales if line.contract_id == contract.pk), ZERO)
+    )
+
+
+def sla_lines(
+    *, period: date, now: datetime, lab_id: int | None = None, sales: list[RatedLine] = ()
+) -> list[RatedLine]:
     _, end = period_bounds(period)
     until = min(end, now)
     contracts = Contract.objects.filter(starts_at__lt=end, sla_availability__isnull=False).select_related(
@@ -256,7 +272,7 @@ def sla_lines(*, period: date, now: datetime, lab_id: int | None = None) -> list
         )
         credited = InvoiceLine.objects.non_draft().filter(contract=contract, kind=InvoiceLine.Kind.SLA_CREDIT)
         sums = credited.aggregate(quantity=Sum("quantity"), amount=Sum("amount"))
-        owed = round_money(lost * contract.price_per_gpu_hour * rate)
+        owed = min(round_money(lost * contract.price_per_gpu_hour * rate), max(_net_billed(contract, sales), ZERO))
         already = -(sums["amount"] or ZERO)
         if owed <= already:
             continue

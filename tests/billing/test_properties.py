@@ -185,7 +185,7 @@ class BillingBooks(RuleBasedStateMachine):
             mode=mode,
         )
         self.contracts.append(contract)
-        if len(self.contracts) % 3:  # most are delivered at their start; the rest on time, late or never
+        if len(self.contracts) % 2:  # half are delivered at their start; the rest on time, late or never
             Contract.objects.filter(pk=contract.pk).update(delivered_at=starts_at)
 
     def reportable(self) -> list[Contract]:
@@ -495,7 +495,9 @@ class BillingBooks(RuleBasedStateMachine):
             if contract.billing_mode == METERED:
                 rates = {rate - 1 for rate in rates}
             price = contract.price_per_gpu_hour
-            assert any(abs(amount - hours * price * rate) <= CENT * 10 for rate in rates if rate), (cid, amount)
+            # At most the hours at the higher rate; less where capped by what the contract was
+            # billed, net of credit notes, when its close ran (the oracle checks each close's cap).
+            assert amount <= hours * price * max(rates) + CENT * 10, (cid, amount)
             EXERCISED["SLA credit"] += 1
         assert {i.pk: i.total for i in invoices} == {i.pk: totals[i.pk] for i in invoices}
         numbers = [int(invoice.number.rsplit("-", 1)[1]) for invoice in invoices]
@@ -665,7 +667,7 @@ def test_the_books_stay_right_whatever_happens(db):
     run_state_machine_as_test(
         BillingBooks,
         settings=settings(
-            max_examples=50,
+            max_examples=80,
             stateful_step_count=20,
             deadline=None,
             database=None,

@@ -50,6 +50,15 @@ def sold(*, mode=COMMITTED, nodes=2, hours=48, price="2.0000", promise=None, rat
     return contract
 
 
+def usage(contract, node, start, end):
+    """The node's 8 GPUs busy from start to end, reported the day after the contract's start."""
+    from tests.billing.factories import ingest, record
+
+    seconds = int((end - start).total_seconds()) * 8
+    ingest(contract.provider, record(f"u-{node.pk}-{start:%H}", contract, start, end, seconds, node=node.hostname),
+           at=START + timedelta(days=3))  # fmt: skip
+
+
 def node_of(contract, index=0):
     return Allocation.objects.filter(contract=contract).order_by("node_id")[index].node
 
@@ -170,9 +179,19 @@ def test_a_metered_contract_is_credited_only_the_breach_premium():
     fail(within, started_at=START + timedelta(hours=5), resolved_at=START + timedelta(hours=8, minutes=30))
     past = sold(mode=METERED)
     fail(past, started_at=START + timedelta(hours=5), resolved_at=START + timedelta(hours=8, minutes=30))
+    # the other node's 10 busy hours: 80 GPU-hours billed, 160.00 (credits never pass what was billed)
+    usage(past, node_of(past, 1), START, START + timedelta(hours=10))
     close(OCTOBER)
     assert credit_lines(within) == []
     assert credit_lines(past) == [(OCTOBER, D("28"), D("1.0000"), D("-28.00"), D("-1.40"))]
+
+
+def test_a_metered_premium_never_passes_the_usage_billed():
+    contract = sold(mode=METERED)
+    fail(contract, started_at=START + timedelta(hours=5), resolved_at=START + timedelta(hours=8, minutes=30))
+    usage(contract, node_of(contract, 1), START, START + timedelta(hours=1))  # 8 GPU-hours: 16.00
+    close(OCTOBER)
+    assert credit_lines(contract)[0][3] == D("-16.00")  # 28.00 owed, 16.00 billed
 
 
 def test_an_incident_open_over_the_month_end_is_credited_by_each_close_for_its_own_hours():
@@ -228,15 +247,33 @@ def test_the_preview_shows_the_credit_owed_so_far():
 
 def test_an_invoice_whose_credits_pass_its_charges_owes_the_lab_and_is_settled():
     starts_at = utc(2026, 10, 31, 23)
-    # Billed for 1 hour of October; lost 1 hour and past a 99% promise at 3 x price.
+    # 1 hour billed in October, 1 in November, lost then, past a 99% promise at 3 x price.
     contract = sold(nodes=1, promise="99", rate="3", starts_at=starts_at, hours=2)
-    fail(contract, started_at=starts_at)
+    fail(contract, started_at=starts_at + timedelta(hours=1))
     close(OCTOBER)
-    invoice = invoice_of(contract.lab, OCTOBER)
-    assert invoice.total == D("16.00") - D("48.00")
+    close(NOVEMBER)
+    invoice = invoice_of(contract.lab, NOVEMBER)
+    # 3 x 16.00 = 48.00 owed, capped at the 32.00 the contract was billed in all
+    assert credit_lines(contract) == [(NOVEMBER, D("8"), D("6.0000"), D("-32.00"), D("-1.60"))]
+    assert invoice.total == D("16.00") - D("32.00")
     assert invoice.status == "paid"  # nothing to pay; the ledger shows what is owed to the lab
     owed = LedgerEntry.objects.filter(account__organization=contract.lab).aggregate(total=Sum("amount"))["total"]
-    assert owed == D("-32.00")
+    assert owed == D("16.00") - D("16.00")  # October's 16.00 owed, November's 16.00 owed back
+
+
+def test_credits_never_pass_what_the_contract_was_billed_net_of_credit_notes():
+    from billing.services import credit_note_create
+
+    starts_at = utc(2026, 10, 31, 20)
+    contract = sold(nodes=1, promise="99", rate="2", starts_at=starts_at, hours=8)  # 4 h in each month
+    close(OCTOBER)
+    # October's 4 hours (64.00) given back in full by a credit note...
+    credit_note_create(invoice=invoice_of(contract.lab, OCTOBER), reason="goodwill")
+    # ...then a failure over the last 2 hours of the contract: 2 x 8 x 2.00 x 2 = 64.00 owed
+    fail(contract, started_at=starts_at + timedelta(hours=6))
+    close(NOVEMBER)
+    # billed net: 64.00 (November) + 64.00 - 64.00 (October, credited): the credit fits
+    assert credit_lines(contract)[0][3] == D("-64.00")
 
 
 def test_credit_notes_never_reverse_a_credit_line():
@@ -324,12 +361,30 @@ def test_a_credit_line_takes_no_capacity_from_late_usage_of_its_month():
 
     contract = sold(mode=METERED, nodes=1, hours=48)  # 384 GPU-hours; 99%: breached below
     fail(contract, started_at=START + timedelta(hours=5), resolved_at=START + timedelta(hours=8))
-    close(OCTOBER)
-    assert credit_lines(contract)[0][1] == D("24")
+    ingest(contract.provider, record("early", contract, START, START + timedelta(hours=4), 32 * 3600))
+    close(OCTOBER)  # 32 GPU-hours billed (64.00); 24 lost past the promise: a premium of 24.00
+    assert credit_lines(contract)[0][1:4:2] == (D("24"), D("-24.00"))
     # Usage for October reported after its close is billed as an adjustment, up to what the
     # contract could deliver in October: the credit line's hours are not usage billed.
     end = START + timedelta(hours=48)
-    ingest(contract.provider, record("late", contract, START, end, 384 * 3600), at=utc(2026, 11, 2))
+    late = record("late", contract, START + timedelta(hours=4), end, 352 * 3600)
+    ingest(contract.provider, late, at=utc(2026, 11, 2))
     close(NOVEMBER)
     adjustment = InvoiceLine.objects.get(contract=contract, kind=InvoiceLine.Kind.ADJUSTMENT)
-    assert adjustment.quantity == D("384")
+    assert adjustment.quantity == D("352")
+
+
+def test_a_record_stored_before_the_failure_was_reported_is_a_duplicate_when_sent_again():
+    from billing.services import usage_ingest
+    from tests.billing.factories import record
+
+    contract = sold(promise="90")
+    node = node_of(contract)
+    sent = record("before-report", contract, START + timedelta(hours=5), START + timedelta(hours=6), 8 * 3600,
+                  node=node.hostname)  # fmt: skip
+    with time_machine.travel(START + timedelta(hours=7), tick=False):
+        assert usage_ingest(provider=contract.provider, records=[sent]).accepted == ["before-report"]
+    fail(contract, started_at=START + timedelta(hours=4))  # reported later, from before the record
+    with time_machine.travel(START + timedelta(hours=8), tick=False):
+        again = usage_ingest(provider=contract.provider, records=[sent])
+    assert (again.accepted, again.duplicates, again.rejected) == ([], ["before-report"], [])
