@@ -39,6 +39,19 @@ def _address(text: str) -> IpAddress | None:
     return address
 
 
+def _literal(host: str) -> IpAddress | None:
+    """The address a host names by itself, as a resolver reads it: an IP literal, with a
+    trailing dot or in the legacy IPv4 forms getaddrinfo accepts (2130706433, 0x7f.1, 127.1)."""
+    host = host.rstrip(".")
+    address = _address(host)
+    if address is None and host and all(c in "0123456789abcdefxABCDEFX." for c in host):
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return address
+
+
 def address_refusal(address: IpAddress, *, allow_loopback: bool) -> str | None:
     """Why a webhook may not go to this address, or None. Only public unicast addresses are
     targets; loopback too when ``allow_loopback`` (development and tests)."""
@@ -118,7 +131,7 @@ def url_refusal(url: str, *, allow_loopback: bool | None = None) -> str | None:
         parsed = parse_url(url)
     except ValueError as exc:
         return str(exc)
-    address = _address(parsed.host)
+    address = _literal(parsed.host)
     loopback = parsed.host in LOCALHOST_NAMES or (address is not None and address.is_loopback)
     if parsed.scheme == "http" and not (allow and loopback):
         return "The URL must start with https://."

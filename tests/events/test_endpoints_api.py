@@ -70,6 +70,10 @@ REFUSED = [
     "https://100.64.0.1/x",  # shared address space
     "https://240.0.0.1/x",  # reserved
     "https://localhost/x",
+    "https://127.0.0.1./x",  # loopback, as resolvers read a trailing dot and the legacy forms
+    "https://2130706433/x",
+    "https://0x7f.1/x",
+    "https://10.1/x",  # 10.0.0.1
     "https://",
     "https://hooks example.com/x",
     "https://bad_host!.example.com/x",
