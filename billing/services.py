@@ -38,7 +38,7 @@ from core import metrics
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
 from core.services import audit_record
-from core.timeutils import month_of, next_month, period_bounds, previous_month
+from core.timeutils import iso_utc, month_of, next_month, period_bounds, previous_month
 from events.models import EventType
 from events.services import Notice, event_publish, events_publish
 from marketplace.models import Organization
@@ -650,15 +650,11 @@ def _over_capacity(candidate: _Candidate, load: UsageLoad, holder: str) -> str:
     """Why a record does not fit: what is already reported for its node or contract then."""
     start, end, millis = candidate.start, candidate.end, candidate.millis
     return (
-        f"{holder} has {load.capacity} GPUs. From {_moment(candidate.started_at)} to {_moment(candidate.ended_at)}, "
+        f"{holder} has {load.capacity} GPUs. From {iso_utc(candidate.started_at)} to {iso_utc(candidate.ended_at)}, "
         f"{_figure(load.used(start, end), 3)} GPU-seconds are already reported for it, up to "
         f"{_figure(load.peak(start, end), 6)} GPUs at once; {_figure(Fraction(millis, 1000), 3)} more GPU-seconds "
         f"({_figure(Fraction(1000 * millis, end - start), 6)} GPUs throughout) would use more GPUs than it has."
     )
-
-
-def _moment(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def _figure(value: Fraction, places: int) -> str:

@@ -19,6 +19,7 @@ from django.utils import timezone
 from broker.models import Allocation, Contract
 from broker.selectors import contract_nodes
 from core.errors import InvalidInput, InvalidTransition, NotAllowed
+from core.timeutils import iso_utc
 from events.models import EventType
 from events.services import Notice, events_publish
 from marketplace.models import Organization, SshKey
@@ -65,8 +66,8 @@ def contract_data(row: Contract | tuple | dict, **about) -> dict:
         "object": "contract",
         **values,
         "price_per_gpu_hour": str(values["price_per_gpu_hour"]),
-        "starts_at": _iso(values["starts_at"]),
-        "ends_at": _iso(values["ends_at"]),
+        "starts_at": iso_utc(values["starts_at"]),
+        "ends_at": iso_utc(values["ends_at"]),
         **about,
     }
 
@@ -107,15 +108,11 @@ def request_data(row: tuple | dict, **about) -> dict:
     return {
         "object": "compute_request",
         **values,
-        "starts_at": _iso(values["starts_at"]),
-        "ends_at": _iso(values["ends_at"]),
+        "starts_at": iso_utc(values["starts_at"]),
+        "ends_at": iso_utc(values["ends_at"]),
         "max_price_per_gpu_hour": str(values["max_price_per_gpu_hour"]),
         **about,
     }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 # --- Attaching keys and a note ---------------------------------------------------------------
@@ -261,7 +258,7 @@ def delivery_data(contract: Contract) -> dict:
     return {
         "endpoint": contract.delivery_endpoint,
         "detail": contract.delivery_detail,
-        "delivered_at": _iso(contract.delivered_at),
+        "delivered_at": iso_utc(contract.delivered_at),
         "late": contract.delivery_late_at is not None,
-        "delivery_late_at": _iso(contract.delivery_late_at),
+        "delivery_late_at": iso_utc(contract.delivery_late_at),
     }

@@ -39,7 +39,7 @@ from broker.selectors import compute_requests_to_match
 from broker.terms import contract_total
 from core import metrics
 from core.money import round_money
-from core.timeutils import HOUR
+from core.timeutils import HOUR, iso_utc
 from events.models import EventType
 from events.services import Notice, events_publish
 from marketplace.models import BillingMode, GpuModel, Listing, Node
@@ -803,7 +803,7 @@ def _fill_notices(contracts, ids: list[int], *, gpu_model_id: int, now) -> list[
                 "colocated": request.colocated,
                 "unfilled_reason": "",
             },
-            filled_at=now.isoformat().replace("+00:00", "Z"),
+            filled_at=iso_utc(now),
             contract_ids=contract_ids,
         )
         notices.append(Notice(request.lab_id, filled, data))

@@ -18,7 +18,7 @@ from broker.terms import contract_total, validate_size, validate_window
 from core.errors import InvalidInput, InvalidTransition, NotAllowed
 from core.money import validate_price
 from core.services import audit_record
-from core.timeutils import HOUR, next_hour
+from core.timeutils import HOUR, iso_utc, next_hour
 from events.models import EventType
 from events.services import Notice, events_publish
 from marketplace.models import BillingMode, GpuModel, Organization
@@ -257,7 +257,7 @@ def _publish_ended(contract: Contract, type: str, **about) -> None:
 
 
 def _iso(value):
-    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+    return iso_utc(value) if isinstance(value, datetime) else value
 
 
 _COLUMNS = ", ".join(CONTRACT_COLUMNS)

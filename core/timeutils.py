@@ -84,3 +84,8 @@ def period_bounds(period: date) -> tuple[datetime, datetime]:
     start = datetime(period.year, period.month, 1, tzinfo=UTC)
     end_month = next_month(period)
     return start, datetime(end_month.year, end_month.month, 1, tzinfo=UTC)
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """A UTC moment as the API and events write it: ISO 8601 with a Z (None stays None)."""
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
