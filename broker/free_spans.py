@@ -1,7 +1,8 @@
 """A listing's free nodes for a window, found without reading the rest of the listing.
 
 ``broker_freespan`` holds, for every reserved node (a listing node not released), its free
-hours: the listing node's window less the hours its node is allocated, as maximal ranges.
+hours: the listing node's window less the hours its node is allocated at the listing node's
+depth (a resale's, broker.resale, sells again hours sold at the depth below), as maximal ranges.
 PostgreSQL keeps it in the transaction that sells or frees anything (the triggers of
 migration 0008), so a node is free for [starts, ends) exactly when one of its spans contains
 that range. ``FREE_NODES`` walks a listing's nodes that have spans in node order, one index
@@ -50,7 +51,8 @@ WITH expected AS (
     CROSS JOIN LATERAL unnest(
         tstzmultirange(tstzrange(ln.starts_at, ln.ends_at, '[)')) - coalesce(
             (SELECT range_agg(tstzrange(a.starts_at, a.ends_at, '[)')) FROM broker_allocation a
-             WHERE a.node_id = ln.node_id AND a.starts_at < ln.ends_at AND a.ends_at > ln.starts_at),
+             WHERE a.node_id = ln.node_id AND a.depth = ln.depth
+               AND a.starts_at < ln.ends_at AND a.ends_at > ln.starts_at),
             '{}'::tstzmultirange)
     ) AS piece
     WHERE NOT ln.released

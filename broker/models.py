@@ -207,6 +207,10 @@ class Allocation(models.Model):
     )
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
+    # Its listing node's depth (the composite key of migration 0011 holds it so): a node's hour
+    # is sold at most once per depth. A resale (depth d + 1) sells hours its seller holds at
+    # depth d; the deepest sale of an hour is the one that holds it (broker.resale).
+    depth = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
 
     objects = AllocationQuerySet.as_manager()
 
@@ -319,3 +323,60 @@ class Replacement(models.Model):
 
     def __str__(self) -> str:
         return f"Contract {self.contract_id}: node {self.failed_node_id} -> {self.replacement_node_id}"
+
+
+class Resale(models.Model):
+    """A listing of hours a lab holds under a committed contract, put back on the market.
+
+    The listing (depth d + 1) reserves nodes of the contract (allocations at depth d) for
+    hours inside the ones the contract holds them; PostgreSQL refuses a resale reservation
+    outside them (the trigger of migration 0011). The contract keeps its obligations to its
+    own seller; a sale of the resale is a contract with the lab as seller (broker.resale).
+    """
+
+    listing = models.OneToOneField(Listing, on_delete=models.PROTECT, related_name="resale")
+    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="resales")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Listing {self.listing_id} resells contract {self.contract_id}"
+
+
+class Quote(models.Model):
+    """What the matching engine would fill now for a lab's terms, and at what price: the
+    listings and GPUs of each (``lines``). Accepting it before ``expires_at`` books exactly
+    that, at that price, if every part is still available; otherwise nothing (broker.quotes).
+    A quote holds no capacity."""
+
+    lab = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="quotes", db_index=False)
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="+")
+    gpu_count = models.PositiveIntegerField()
+    starts_at = models.DateTimeField()
+    duration_hours = models.PositiveIntegerField()
+    ends_at = models.DateTimeField()
+    colocated = models.BooleanField(default=True)
+    region = models.CharField(max_length=63, blank=True, default="")
+    billing_mode = models.CharField(max_length=16, choices=BillingMode.choices)
+    lines = models.JSONField(
+        help_text="The fill, in order: [{listing_id, gpu_count, price_per_gpu_hour}], prices as strings."
+    )
+    total_amount = AmountField(help_text="What the whole fill costs: GPUs x hours x price, summed over the lines.")
+    average_price_per_gpu_hour = PriceField()
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    contract_ids = models.JSONField(default=list, blank=True, help_text="The contracts its acceptance wrote.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(gpu_count__gte=1), name="quote_gpu_count_positive"),
+            models.CheckConstraint(condition=Q(ends_at__gt=F("starts_at")), name="quote_window_positive"),
+        ]
+        indexes = [models.Index(fields=["lab", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"Quote {self.pk}: {self.gpu_count} x {self.gpu_model_id}"

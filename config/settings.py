@@ -180,6 +180,11 @@ DELIVERY_GRACE_MINUTES = env_int("DELIVERY_GRACE_MINUTES", 30)
 # loopback addresses (development and tests), never private or link-local ones.
 WEBHOOK_ALLOW_LOOPBACK = env_bool("WEBHOOK_ALLOW_LOOPBACK", default=False)
 
+# Market depth. The broker's share of a resale's proceeds (broker.resale), in place of the
+# seller's platform fee; and how long a quote's price holds (broker.quotes).
+RESALE_FEE_RATE = env_decimal("RESALE_FEE_RATE", "0.02")
+QUOTE_TTL_SECONDS = env_int("QUOTE_TTL_SECONDS", 60)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -200,6 +205,7 @@ INSTALLED_APPS = [
     "events",
     "broker",
     "billing",
+    "market",
     "backoffice",
 ]
 
@@ -363,6 +369,8 @@ CELERY_BEAT_SCHEDULE = {
     "deliver-webhooks": {"task": "events.tasks.deliver_webhooks", "schedule": 5.0},
     "purge-events": {"task": "events.tasks.purge_events", "schedule": crontab(hour="1", minute="41")},
     "measure-reliability": {"task": "broker.tasks.measure_reliability", "schedule": crontab(minute="7")},
+    # The daily price index (market.index): yesterday's, and any day missed; idempotent.
+    "compute-price-index": {"task": "market.tasks.compute_price_index", "schedule": crontab(minute="23")},
     "close-previous-month": {
         "task": "billing.tasks.close_previous_month",
         # Daily, so a missed 1st is caught up the next day; closing twice creates nothing.

@@ -14,6 +14,8 @@ api_v1 = [
     path("", include("broker.api.urls")),
     path("", include("broker.api.handover_urls")),
     path("", include("broker.api.incident_urls")),
+    path("", include("broker.api.quote_urls")),
+    path("", include("market.api.urls")),
     path("", include("billing.api.urls")),
     path("schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     # Swagger UI's start-up script is served as a file (docs/?script), not inline: the content

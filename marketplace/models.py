@@ -305,6 +305,14 @@ class Listing(models.Model):
         "exceed the promise (billing.sla); below it, lost hours are credited at the price.",
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # 0 for a provider's own capacity; a resale of capacity bought at depth d is at d + 1
+    # (broker.resale). Each depth has its own reservations and sales of a node's hours.
+    depth = models.PositiveSmallIntegerField(
+        default=0,
+        db_default=0,
+        editable=False,
+        help_text="0: the provider's own nodes; 1 or more: capacity resold by a buyer (how many sales deep).",
+    )
     inventory_version = models.PositiveBigIntegerField(
         default=0, help_text="Bumped whenever what this listing can deliver changes (a sale, a release, a node)."
     )
@@ -365,6 +373,9 @@ class ListingNode(models.Model):
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
     released = models.BooleanField(default=False)
+    # Its listing's depth (a composite key holds it so): a node is reserved at most once per
+    # depth for any hour, so a resale's reservation never clashes with the one it resells.
+    depth = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
 
     objects = ListingNodeQuerySet.as_manager()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = ("core", "marketplace", "events", "broker", "billing", "backoffice", "config")
+APPS = ("core", "marketplace", "events", "broker", "billing", "market", "backoffice", "config")
 
 
 def _modules() -> dict[str, Path]:

@@ -1,0 +1,1 @@
+"""Market data: the daily price index (market.index)."""
