@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
-from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from billing.fees import FEE_RATE, fee_params
 from billing.models import Account, Invoice, InvoiceLine, LedgerTransaction, PayoutStatement
 from billing.sla import SLA_LINES, sla_params
 from core.money import AMOUNT_PLACES
@@ -77,10 +77,12 @@ WITH usage_sums AS (
 ), terms AS (
     SELECT c.id, c.lab_id, c.provider_id, c.billing_mode, c.gpu_count, c.starts_at,
            CASE WHEN c.released_at < c.ends_at THEN c.released_at ELSE c.ends_at END AS service_end,
-           c.price_per_gpu_hour AS price, gm.name AS gpu_model
+           c.price_per_gpu_hour AS price, gm.name AS gpu_model, {fee_rate} AS fee_rate
     FROM broker_contract c
     JOIN marketplace_cluster cl ON cl.id = c.cluster_id
     JOIN marketplace_gpumodel gm ON gm.id = cl.gpu_model_id
+    JOIN marketplace_listing l ON l.id = c.listing_id
+    JOIN marketplace_organization o ON o.id = c.provider_id
     WHERE ((c.starts_at < %(end)s AND c.ends_at > %(start)s AND (c.released_at IS NULL OR c.released_at > %(start)s))
            OR c.id IN (SELECT contract_id FROM usage_sums))
       AND (%(lab)s::bigint IS NULL OR c.lab_id = %(lab)s)
@@ -116,12 +118,10 @@ WITH usage_sums AS (
                 THEN 1 ELSE 3600 END AS denominator
     FROM remaining r
 ), priced AS (
-    SELECT e.*, round(e.numerator * e.price / e.denominator, %(places)s) AS amount,
-           COALESCE(o.platform_fee_rate, %(default_fee_rate)s) AS fee_rate
+    SELECT e.*, round(e.numerator * e.price / e.denominator, %(places)s) AS amount
     FROM exact e
-    JOIN marketplace_organization o ON o.id = e.provider_id
     WHERE e.numerator > 0
-), """
+), """.replace("{fee_rate}", FEE_RATE)
 _RATE_SELECT = """
 SELECT part, lab_id, id AS contract_id, provider_id, kind, service_period,
        'Contract ' || id || ': ' || gpu_count || ' x ' || gpu_model || ', '
@@ -283,7 +283,7 @@ def rate_lines_params(*, period: date, lab_id: int | None = None, now: datetime 
         "adjustment": InvoiceLine.Kind.ADJUSTMENT,
         "committed_mode": BillingMode.COMMITTED,
         "metered_mode": BillingMode.METERED,
-        "default_fee_rate": settings.PLATFORM_FEE_RATE,
+        **fee_params(),
         "places": AMOUNT_PLACES,
         "month": f"{period:%Y-%m}",
     }

@@ -39,6 +39,7 @@ from datetime import datetime
 
 from django.conf import settings
 
+from billing.fees import FEE_RATE
 from billing.models import InvoiceLine
 from broker.models import Incident
 from core.money import PRICE_PLACES
@@ -61,7 +62,7 @@ sla_contracts AS (
     SELECT c.id, c.lab_id, c.provider_id, c.billing_mode, c.gpu_count, c.starts_at,
            CASE WHEN c.released_at < c.ends_at THEN c.released_at ELSE c.ends_at END AS service_end,
            c.price_per_gpu_hour AS price, c.sla_availability, c.sla_breach_credit_rate,
-           cl.gpus_per_node, gm.name AS gpu_model,
+           cl.gpus_per_node, gm.name AS gpu_model, {fee_rate} AS fee_rate,
            -- the late stretch: from the start until the delivery, when it came after the grace
            CASE WHEN c.delivered_at IS NULL AND c.delivery_late_at IS NULL THEN NULL
                 WHEN c.delivered_at < c.starts_at + %(grace)s * interval '1 minute' THEN NULL
@@ -69,6 +70,8 @@ sla_contracts AS (
     FROM broker_contract c
     JOIN marketplace_cluster cl ON cl.id = c.cluster_id
     JOIN marketplace_gpumodel gm ON gm.id = cl.gpu_model_id
+    JOIN marketplace_listing l ON l.id = c.listing_id
+    JOIN marketplace_organization o ON o.id = c.provider_id
     WHERE c.id IN (SELECT id FROM sla_contracts)
       AND c.sla_availability IS NOT NULL
       AND (%(lab)s::bigint IS NULL OR c.lab_id = %(lab)s)
@@ -145,12 +148,10 @@ sla_contracts AS (
                        ELSE '' END AS description,
            GREATEST(s.gpu_hours - s.credited_hours, 0) AS quantity,
            round(s.price * s.rate, %(price_places)s) AS unit_price,
-           -(s.owed - s.credited) AS amount,
-           COALESCE(o.platform_fee_rate, %(default_fee_rate)s) AS fee_rate
+           -(s.owed - s.credited) AS amount, s.fee_rate
     FROM sla_owed s
-    JOIN marketplace_organization o ON o.id = s.provider_id
     WHERE s.owed > s.credited
-)"""
+)""".replace("{fee_rate}", FEE_RATE)
 
 
 def sla_params(*, end: datetime, now: datetime) -> dict:

@@ -40,7 +40,8 @@ LISTING_BOOK = """
 WITH terms AS (
     SELECT l.id, l.status, p.status AS provider_status, c.gpus_per_node, l.starts_at, l.ends_at,
            l.min_duration_hours, l.provider_id, l.cluster_id, l.price_per_gpu_hour, l.billing_mode,
-           p.name AS provider_name, c.name AS cluster_name, c.region, c.interconnect, c.gpu_model_id, g.slug
+           p.name AS provider_name, c.name AS cluster_name, c.region, c.interconnect, c.gpu_model_id, g.slug,
+           l.depth
     FROM marketplace_listing l
     JOIN marketplace_cluster c ON c.id = l.cluster_id
     JOIN marketplace_gpumodel g ON g.id = c.gpu_model_id
@@ -77,9 +78,9 @@ WITH terms AS (
     FROM allowed WHERE EXISTS (SELECT 1 FROM claim)
     RETURNING id
 ), allocations AS (
-    INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, listing_id, starts_at, ends_at)
-    SELECT contract.id, free.id, free.node_id, %(listing)s, %(starts_at)s, %(ends_at)s
-    FROM contract, free
+    INSERT INTO broker_allocation (contract_id, listing_node_id, node_id, listing_id, starts_at, ends_at, depth)
+    SELECT contract.id, free.id, free.node_id, %(listing)s, %(starts_at)s, %(ends_at)s, allowed.depth
+    FROM contract, free, allowed
 ), bump AS (
     UPDATE marketplace_listing SET inventory_version = inventory_version + 1
     WHERE id = %(listing)s AND EXISTS (SELECT 1 FROM contract)

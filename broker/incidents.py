@@ -18,6 +18,13 @@ holding it, in one transaction:
 3. **None.** The contract keeps its allocation on the failed node; billing credits the lost
    hours (``billing.sla``).
 
+Resold hours (``broker.resale``) are held at several depths: the deepest sale of an hour holds
+it. Allocations are replaced deepest first, a resale's from the spares of its own listing
+(nodes its seller still holds) and never from unlisted nodes; a contract whose node's hours
+stay sold on by a resale that found no spare keeps the node too, so an hour never ends up
+held by a buyer at one depth and sold again at the depth above. A resale's unsold
+reservations of the failed node are released.
+
 A replaced allocation is cut at ``max(from_hour, its start)`` (one not yet started keeps no
 hours: equal bounds), so a contract's allocations say which node served which hours; a
 ``Replacement`` row says why. The failed node's unsold reservations then move to a free node
@@ -292,18 +299,22 @@ def node_replace(*, incident: Incident, node: Node) -> list[Replacement]:
         .select_related("listing", "node")
         .order_by("listing_id")
     ):
-        _reservation_move_off(binding)
+        if binding.depth:  # a resale's: its seller may no longer hold the node
+            ListingNode.objects.filter(pk=binding.pk).update(released=True)
+        else:
+            _reservation_move_off(binding)
     listing_inventory_changed(listing_ids=listing_ids)
     return replacements
 
 
 def _held_from(node: Node, from_hour: datetime) -> list[Allocation]:
-    """The node's allocations that hold it from ``from_hour`` on, contracts in start order."""
+    """The node's allocations that hold it from ``from_hour`` on: the deepest resales first,
+    then contracts in start order."""
     return list(
         Allocation.objects.holding()
         .filter(node=node, ends_at__gt=from_hour)
         .select_related("contract")
-        .order_by("contract__starts_at", "contract_id")
+        .order_by("-depth", "contract__starts_at", "contract_id")
     )
 
 
@@ -341,8 +352,15 @@ def _replace(
 
     moves: list[_Move] = []
     left: dict[int, list[Allocation]] = {}  # by the failed node's reservation
-    for allocation in allocations:  # 1. spares of the same listing
+    staying: list[Allocation] = []  # resold hours no spare took: the failed node keeps them
+    for allocation in allocations:  # 1. spares of the same listing (the deepest sales first)
         starts_at = max(from_hour, allocation.starts_at)
+        if any(
+            kept.depth == allocation.depth + 1 and kept.starts_at < allocation.ends_at and kept.ends_at > starts_at
+            for kept in staying
+        ):
+            staying.append(allocation)  # its hours are sold on, on this node: it keeps the node
+            continue
         spare = _spare(
             listing_id=allocation.listing_id,
             starts_at=starts_at,
@@ -350,7 +368,10 @@ def _replace(
             exclude=contract_nodes[allocation.contract_id],
         )
         if spare is None:
-            left.setdefault(allocation.listing_node_id, []).append(allocation)
+            if allocation.depth:
+                staying.append(allocation)  # a resale takes no unlisted node: its seller holds none
+            else:
+                left.setdefault(allocation.listing_node_id, []).append(allocation)
             continue
         moves.append(_Move(allocation, starts_at, *spare))
         contract_nodes[allocation.contract_id].add(spare[1])
@@ -390,6 +411,7 @@ def _replace(
             listing_id=m.allocation.listing_id,
             starts_at=m.starts_at,
             ends_at=m.allocation.ends_at,
+            depth=m.allocation.depth,
         )
         for m in moves
     )

@@ -73,6 +73,7 @@ class BookListing:
     region: str
     interconnect: str
     version: int
+    depth: int = 0  # 0: the provider's own nodes; more: a resale (broker.resale)
     active: bool = True
     bindings: list[tuple[int, int]] = field(default_factory=list)  # (listing node id, node id)
 
@@ -146,8 +147,9 @@ class OrderBook:
 
     A node's sold hours are one integer, a bit per hour from ``origin`` (the hour the book was
     loaded; what ended before it is not loaded): a window clashes with them when the two masks
-    share a bit. Holds never overlap what they are added to (only free nodes are held), so
-    releasing one clears its bits.
+    share a bit. Hours are sold once per depth (a resale sells again, one depth down, hours
+    sold at the depth above it: broker.resale), so each depth has its own masks. Holds never
+    overlap what they are added to (only free nodes are held), so releasing one clears its bits.
     """
 
     def __init__(self, gpu_model_id: int):
@@ -155,7 +157,7 @@ class OrderBook:
         self.gpu_model_slug = ""
         self.listings: dict[int, BookListing] = {}
         self.by_price: list[BookListing] = []
-        self.busy: dict[int, int] = {}
+        self.busy: dict[int, dict[int, int]] = {}  # depth -> node -> sold hours
         self.origin = 0
         # (billing mode, start hour) -> the listings on those terms whose window holds that
         # hour, in price order: requests of a segment start at a few hundred distinct hours.
@@ -190,6 +192,7 @@ class OrderBook:
                 "cluster__region",
                 "cluster__interconnect",
                 "inventory_version",
+                "depth",
             )
         )
         self.listings = {}
@@ -210,6 +213,7 @@ class OrderBook:
                 region=row[9],
                 interconnect=row[10],
                 version=row[11],
+                depth=row[12],
             )
             self.listings[listing.id] = listing
             self.by_price.append(listing)
@@ -238,13 +242,21 @@ class OrderBook:
         for listing_id, listing_node_id, node_id in bindings:
             listings[listing_id].bindings.append((listing_node_id, node_id))
             node_ids.append(node_id)
-        busy = self.busy
-        for node_id in node_ids:
-            busy.pop(node_id, None)
+        for busy in self.busy.values():
+            for node_id in node_ids:
+                busy.pop(node_id, None)
         sales = Allocation.objects.holding().filter(node_id__in=_ids(node_ids), ends_at__gt=now)
         mask = self._mask
-        for node_id, starts_at, ends_at in sales.values_list("node_id", "starts_at", "ends_at"):
+        for node_id, depth, starts_at, ends_at in sales.values_list("node_id", "depth", "starts_at", "ends_at"):
+            busy = self._busy(depth)
             busy[node_id] = busy.get(node_id, 0) | mask(_hour(starts_at), _hour(ends_at))
+
+    def _busy(self, depth: int) -> dict[int, int]:
+        """The sold hours of nodes at a depth."""
+        busy = self.busy.get(depth)
+        if busy is None:
+            busy = self.busy[depth] = {}
+        return busy
 
     def refresh(self) -> None:
         """Under the listing locks: re-read price and status, reload changed inventories."""
@@ -278,7 +290,7 @@ class OrderBook:
     def _free_nodes(self, listing: BookListing, window: int, limit: int) -> list[tuple[int, int]]:
         """The listing's first ``limit`` nodes (in node order) free for the hours of ``window``
         (``_mask``): first fit."""
-        sold = self.busy.get
+        sold = self._busy(listing.depth).get
         bindings = listing.bindings
         if limit >= len(bindings):  # the whole listing is looked at anyway
             return [binding for binding in bindings if not sold(binding[1], 0) & window][:limit]
@@ -465,17 +477,17 @@ class OrderBook:
         return None
 
     def hold(self, fill: Fill) -> None:
-        busy = self.busy
         window = self._mask(fill.starts, fill.ends)
-        for _, nodes in fill.parts:
+        for listing, nodes in fill.parts:
+            busy = self._busy(listing.depth)
             for _, node_id in nodes:
                 busy[node_id] = busy.get(node_id, 0) | window
 
     def release(self, fill: Fill) -> None:
         """Undo ``hold``: the fill will not be written."""
-        busy = self.busy
         window = self._mask(fill.starts, fill.ends)
-        for _, nodes in fill.parts:
+        for listing, nodes in fill.parts:
+            busy = self._busy(listing.depth)
             for _, node_id in nodes:
                 busy[node_id] &= ~window
 
@@ -723,7 +735,7 @@ _CONTRACT_COPY = (
     "starts_at, ends_at, price_per_gpu_hour, billing_mode, total_amount, status, cancel_reason, created_at) FROM STDIN"
 )
 _ALLOCATION_COPY = (
-    "COPY broker_allocation (contract_id, listing_node_id, node_id, listing_id, starts_at, ends_at) FROM STDIN"
+    "COPY broker_allocation (contract_id, listing_node_id, node_id, listing_id, starts_at, ends_at, depth) FROM STDIN"
 )
 
 
@@ -827,7 +839,9 @@ def _copy_contracts(contracts, now) -> list[int]:
                      total, Contract.Status.SCHEDULED, "", now)
                 )  # fmt: skip
                 # An allocation is a line of COPY's text format: integers and timestamps only.
-                window = f"\t{listing.id}\t{request.starts_at.isoformat()}\t{request.ends_at.isoformat()}\n"
+                window = (
+                    f"\t{listing.id}\t{request.starts_at.isoformat()}\t{request.ends_at.isoformat()}\t{listing.depth}\n"
+                )
                 allocations.extend(
                     f"{contract_id}\t{listing_node_id}\t{node_id}{window}" for listing_node_id, node_id in nodes
                 )

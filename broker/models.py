@@ -334,7 +334,7 @@ class Resale(models.Model):
     own seller; a sale of the resale is a contract with the lab as seller (broker.resale).
     """
 
-    listing = models.OneToOneField(Listing, on_delete=models.PROTECT, related_name="resale")
+    listing = models.OneToOneField(Listing, on_delete=models.PROTECT, related_name="resale_of")
     contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="resales")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -344,6 +344,11 @@ class Listing(models.Model):
     def __str__(self) -> str:
         return f"Listing {self.pk}: {self.node_count} x {self.cluster} @ {self.price_per_gpu_hour}"
 
+    @property
+    def resale(self) -> bool:
+        """Hours a buyer resells (broker.resale), not a provider's own nodes."""
+        return self.depth > 0
+
 
 class ListingNodeQuerySet(models.QuerySet):
     def holding(self) -> "ListingNodeQuerySet":

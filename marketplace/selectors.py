@@ -223,7 +223,7 @@ LISTING_SEARCH_SQL = """
                (SELECT g.slug FROM marketplace_gpumodel g WHERE g.id = c.gpu_model_id) AS gpu_model,
                c.region, c.interconnect, c.gpus_per_node, l.node_count, l.starts_at, l.ends_at,
                l.price_per_gpu_hour, l.min_duration_hours, l.billing_mode, l.status, page.available_nodes,
-               l.created_at, l.sla_availability, l.sla_breach_credit_rate,
+               l.created_at, l.sla_availability, l.sla_breach_credit_rate, l.depth > 0 AS resale,
                p.availability_30d AS provider_availability_30d,
                p.mean_time_to_replace_seconds AS provider_mean_time_to_replace_seconds,
                p.late_deliveries_30d AS provider_late_deliveries_30d,
@@ -258,6 +258,7 @@ class ListingRow(TypedDict):
     billing_mode: str
     status: str
     available_nodes: int
+    resale: bool  # a buyer's resale (broker.resale)
     created_at: datetime
     sla_availability: Decimal
     sla_breach_credit_rate: Decimal

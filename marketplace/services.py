@@ -435,7 +435,8 @@ def listing_inventory_changed(*, listing_ids) -> None:
 # --- Listings ----------------------------------------------------------------------------
 
 
-def _validate_window(*, starts_at: datetime, ends_at: datetime) -> None:
+def validate_listing_window(*, starts_at: datetime, ends_at: datetime) -> None:
+    """A listing's window (a provider's, or a resale's): whole UTC hours, not begun, inside the horizon."""
     fields = {}
     if not within_horizon(starts_at):
         fields["starts_at"] = [f"Must be within {HORIZON_TEXT}."]
@@ -470,7 +471,7 @@ def listing_create(
     availability promise and its credit rate default to the model's (99.00%, 1.50)."""
     if cluster.provider_id != provider.pk:
         raise InvalidInput("Unknown cluster.", fields={"cluster": ["No such cluster of yours."]})
-    _validate_window(starts_at=starts_at, ends_at=ends_at)
+    validate_listing_window(starts_at=starts_at, ends_at=ends_at)
     validate_price(price_per_gpu_hour, field="price_per_gpu_hour")
     if billing_mode not in BillingMode.values:
         raise InvalidInput("Unknown billing mode.", fields={"billing_mode": ["Use committed or metered."]})

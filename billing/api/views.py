@@ -22,7 +22,7 @@ from core.errors import DomainError, InvalidInput
 from core.money import ZERO
 from core.schema import documented_error
 from core.timeutils import parse_period
-from marketplace.permissions import IsLab, IsProvider
+from marketplace.permissions import IsLab, IsOrganizationMember, IsProvider
 
 
 class AllRejected(DomainError):
@@ -136,9 +136,10 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
 
 class PayoutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """A provider's monthly statements: gross, platform fee, net."""
+    """A seller's monthly statements: gross, the broker's fee, net. Sellers are providers, and
+    labs that resold hours of their contracts (broker.resale)."""
 
-    permission_classes = [IsProvider]
+    permission_classes = [IsOrganizationMember]
     serializer_class = PayoutStatementSerializer
 
     def get_queryset(self):

@@ -1,9 +1,11 @@
 from django.urls import re_path
 
-from broker.api import views
+from broker.api import listing_views, views
 from core.routers import ID_PATTERN, ApiRouter
 
 router = ApiRouter()
+# The listings collection takes resales too (broker.resale); the rest of a listing is marketplace's.
+router.register("listings", listing_views.ListingViewSet, basename="listing")
 router.register("compute-requests", views.ComputeRequestViewSet, basename="compute-request")
 router.register("contracts", views.ContractViewSet, basename="contract")
 

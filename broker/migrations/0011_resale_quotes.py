@@ -113,7 +113,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
                 ('contract', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='resales', to='broker.contract')),
-                ('listing', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='resale', to='marketplace.listing')),
+                ('listing', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='resale_of', to='marketplace.listing')),
             ],
             options={
                 'ordering': ['-id'],

@@ -219,6 +219,11 @@ class ListingSerializer(serializers.ModelSerializer):
         help_text="Nodes still unsold for the whole window asked (a search's, else the listing's own).",
     )
     available_gpus = serializers.SerializerMethodField(help_text="available_nodes times the GPUs per node.")
+    resale = serializers.BooleanField(
+        read_only=True,
+        help_text="true: hours a buyer resells from a committed contract (it is the seller, `provider`); false: "
+        "the provider's own nodes.",
+    )
     provider_reliability = serializers.SerializerMethodField(
         help_text="The provider's measured reliability over the last 30 days, all its clusters."
     )
@@ -241,6 +246,7 @@ class ListingSerializer(serializers.ModelSerializer):
             "status",
             "available_nodes",
             "available_gpus",
+            "resale",
             "sla_availability",
             "sla_breach_credit_rate",
             "provider_reliability",
@@ -325,6 +331,7 @@ class ListingRowSerializer(serializers.BaseSerializer):
             "status": row["status"],
             "available_nodes": row["available_nodes"],
             "available_gpus": row["available_nodes"] * row["gpus_per_node"],
+            "resale": row["resale"],
             "sla_availability": self._promise()[0].to_representation(row["sla_availability"]),
             "sla_breach_credit_rate": self._promise()[1].to_representation(row["sla_breach_credit_rate"]),
             "provider_reliability": reliability_from_row(row, "provider_"),

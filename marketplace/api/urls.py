@@ -7,7 +7,6 @@ router = ApiRouter()
 router.register("api-keys", views.ApiKeyViewSet, basename="api-key")
 router.register("gpu-models", views.GpuModelViewSet, basename="gpu-model")
 router.register("clusters", capacity_views.ClusterViewSet, basename="cluster")
-router.register("listings", capacity_views.ListingViewSet, basename="listing")
 router.register("ssh-keys", ssh_key_views.SshKeyViewSet, basename="ssh-key")
 
 urlpatterns = [

@@ -404,10 +404,11 @@ class TestUpdate:
         listing.refresh_from_db()
         assert listing.status == Listing.Status.ACTIVE
 
-    def test_labs_get_403(self, lab_client, cluster):
+    def test_others_listings_are_not_found(self, lab_client, cluster):
+        # A lab manages only listings of its own (resales, broker.resale): a provider's is a 404.
         listing = ListingFactory(cluster=cluster)
-        assert_error(lab_client.patch(f"{LISTINGS}/{listing.pk}", {"status": "paused"}, format="json"), 403)
-        assert_error(lab_client.post(f"{LISTINGS}/{listing.pk}/withdraw"), 403)
+        assert_error(lab_client.patch(f"{LISTINGS}/{listing.pk}", {"status": "paused"}, format="json"), 404)
+        assert_error(lab_client.post(f"{LISTINGS}/{listing.pk}/withdraw"), 404)
         listing.refresh_from_db()
         assert listing.status == Listing.Status.ACTIVE
 
