@@ -1,1 +1,7 @@
-urlpatterns: list = []
+from broker.api import quote_views
+from core.routers import ApiRouter
+
+router = ApiRouter()
+router.register("quotes", quote_views.QuoteViewSet, basename="quote")
+
+urlpatterns = [*router.urls]
