@@ -1,0 +1,103 @@
+"""A lab's whole flow through ``gpb`` against the served API: search, book, a request followed with
+``--wait`` until the matching engine (a real worker) fills it, contracts, the invoice preview."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from broker.models import ComputeRequest, Contract
+
+pytestmark = [pytest.mark.postgres, pytest.mark.worker]
+
+
+def whole_hour(hours: int) -> datetime:
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=hours)
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+def market(as_org):
+    """A provider's cluster and metered listing, made with gpb, and a lab."""
+    provider, lab = as_org("Client Provider", "provider"), as_org("Client Lab", "lab")
+    start = whole_hour(2)
+    cluster = provider.json("clusters", "create", "--name", "cli-h100", "--gpu-model", "h100-sxm-80gb",
+                            "--region", "us-south-1", "--interconnect", "infiniband", "--gpus-per-node", "8",
+                            "--nodes", "6")  # fmt: skip
+    listing = provider.json("listings", "create", "--cluster", str(cluster["id"]), "--nodes", "4",
+                            "--start", iso(start), "--end", iso(start + timedelta(days=2)), "--price", "2.10",
+                            "--billing-mode", "metered", "--min-hours", "1")  # fmt: skip
+    return provider, lab, start, cluster, listing
+
+
+def test_a_lab_searches_books_waits_for_a_request_and_reads_contracts_and_the_preview(market):
+    provider, lab, start, cluster, listing = market
+
+    found = lab.json("search", "--gpu-model", "h100-sxm-80gb", "--gpus", "16", "--start", iso(start),
+                     "--hours", "24", "--max-price", "2.50")  # fmt: skip
+    assert [(item["id"], item["available_gpus"]) for item in found] == [(listing["id"], 32)]
+
+    booked = lab.json("book", str(listing["id"]), "--gpus", "16", "--start", iso(start), "--hours", "24")
+    assert (booked["listing"], booked["gpu_count"], booked["node_count"], len(booked["nodes"])) == (
+        listing["id"], 16, 2, 2,
+    )  # fmt: skip
+
+    # The rest of the listing goes to a request, filled by the worker's matching run.
+    request = lab.json("requests", "create", "--gpu-model", "h100-sxm-80gb", "--gpus", "16", "--start", iso(start),
+                       "--hours", "12", "--max-price", "2.50", "--wait", "--poll-interval", "0.1",
+                       "--timeout", "60")  # fmt: skip
+    assert request["status"] == "filled"
+    [filled_by] = request["contracts"]
+    assert ComputeRequest.objects.get(pk=request["id"]).status == "filled"
+    assert Contract.objects.get(pk=filled_by).request_id == request["id"]
+
+    listed = lab.json("contracts", "list")
+    assert sorted(contract["id"] for contract in listed) == sorted([booked["id"], filled_by])
+    shown = lab.json("contracts", "show", str(filled_by))
+    assert (shown["gpu_count"], shown["node_count"], shown["provider"]) == (16, 2, "Client Provider")
+
+    # Nothing is left: a second booking is a conflict, exit code 3, with the API's code.
+    refused = lab("book", str(listing["id"]), "--gpus", "8", "--start", iso(start), "--hours", "1", code=3)
+    assert "capacity_unavailable" in refused.stderr
+
+    terminated = lab.json("contracts", "terminate", str(booked["id"]))
+    assert terminated["status"] == "terminated"
+
+    preview = lab.json("invoices", "preview", "--period", f"{start:%Y-%m}")
+    assert preview["period"] == f"{start:%Y-%m}"
+    assert "total" in preview and isinstance(preview["lines"], list)
+
+    table = lab("requests", "show", str(request["id"])).stdout
+    assert "filled" in table and str(filled_by) in table
+
+
+def test_a_request_that_cannot_fill_is_followed_until_the_timeout_with_exit_code_6(market):
+    provider, lab, start, cluster, listing = market
+    result = lab("requests", "create", "--gpu-model", "h100-sxm-80gb", "--gpus", "64", "--start", iso(start),
+                 "--hours", "4", "--max-price", "2.50", "--wait", "--poll-interval", "0.1", "--timeout", "1",
+                 code=6)  # fmt: skip
+    assert "still open" in result.stderr
+    [request] = lab.json("requests", "list", "--status", "open")
+    cancelled = lab.json("requests", "cancel", str(request["id"]))
+    assert cancelled["status"] == "cancelled"
+
+
+def test_the_command_line_as_a_subprocess_prints_tables_and_documented_exit_codes(market):
+    provider, lab, start, cluster, listing = market
+    table = lab.run("search", "--gpu-model", "h100-sxm-80gb", "--start", iso(start), "--hours", "4").stdout
+    assert f"{listing['id']}" in table and "Client Provider" in table and "cli-h100" in table
+
+    # A provider may not book: 403, exit code 4; a listing that does not exist: 404, exit code 1.
+    denied = provider.run("book", str(listing["id"]), "--gpus", "8", "--start", iso(start), "--hours", "1",
+                                 code=4)  # fmt: skip
+    assert "permission_denied" in denied.stderr
+    missing = lab.run("--json", "contracts", "show", "999999", code=1)
+    assert missing.stdout == ""
+    assert '"code": "not_found"' in missing.stderr
+    # A bad option is a usage error, exit code 2, before any request.
+    lab.run("book", str(listing["id"]), "--gpus", "zero", "--start", iso(start), "--hours", "1", code=2)
+    # A bad key: exit code 4.
+    lab.key = "gpb_wrong"
+    lab.run("contracts", "list", code=4)
