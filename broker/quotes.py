@@ -19,8 +19,9 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, Q, QuerySet, Value
 from django.db.models.functions import Mod
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from billing.credit import lab_exposure
@@ -166,48 +167,46 @@ def _lines(fill: Fill) -> list[QuoteLine]:
     return [QuoteLine(listing.id, len(nodes) * listing.gpus_per_node, listing.price) for listing, nodes in fill.parts]
 
 
-# The listings of a segment that could serve a request: on offer, on its billing mode, whose
-# window holds the request's, whose minimum it meets, in whole nodes, in its region, not the
-# lab's own. The engine applies the same terms again (``OrderBook._candidates``); this only
-# keeps the book from loading listings that could not serve the request.
-_BOOK_LISTING_FIELDS = (
-    "id",
-    "provider_id",
-    "cluster_id",
-    "price_per_gpu_hour",
-    "billing_mode",
-    "starts_at",
-    "ends_at",
-    "min_duration_hours",
-    "cluster__gpus_per_node",
-    "cluster__region",
-    "cluster__interconnect",
-    "inventory_version",
-)
-
-
-def _book_for(request: OpenRequest, *, gpu_model: GpuModel) -> OrderBook:
-    """The engine's order book of the segment, with only the listings that could serve the
-    request and their inventory, loaded as ``OrderBook.load`` loads a segment."""
-    now = timezone.now()
+def _could_serve(request: OpenRequest) -> Q:
+    """The listings that could serve the request: on its billing mode, whose window holds the
+    request's, whose minimum it meets, in whole nodes, in its region, not the lab's own. The
+    engine holds candidates to the same terms (``OrderBook._candidates``); this only keeps the
+    book from loading listings that could not serve the request."""
     terms = Q(
-        cluster__gpu_model_id=gpu_model.pk,
         billing_mode=request.billing_mode,
         starts_at__lte=request.starts_at,
         ends_at__gte=request.ends_at,
-        ends_at__gt=now,
         min_duration_hours__lte=request.duration_hours,
-        whole_nodes=0,
-    )
+    ) & Q(Exact(Mod(Value(request.gpu_count), F("cluster__gpus_per_node")), 0))
     if request.region:
         terms &= Q(cluster__region=request.region)
+    return terms & ~Q(provider_id=request.lab_id)
+
+
+def _book_for(request: OpenRequest, *, gpu_model: GpuModel) -> OrderBook:
+    """The engine's order book of the segment with only the listings that could serve the
+    request, and their inventory, loaded as ``OrderBook.load`` loads the whole segment (its
+    columns, its order, ``_load_inventory``)."""
+    now = timezone.now()
     rows = (
         Listing.objects.on_offer()
-        .alias(whole_nodes=Mod(request.gpu_count, F("cluster__gpus_per_node")))
-        .filter(terms)
-        .exclude(provider_id=request.lab_id)
+        .filter(_could_serve(request), cluster__gpu_model_id=gpu_model.pk, ends_at__gt=now)
         .order_by("price_per_gpu_hour", "created_at", "id")
-        .values_list(*_BOOK_LISTING_FIELDS)
+        .values_list(
+            "id",
+            "provider_id",
+            "cluster_id",
+            "price_per_gpu_hour",
+            "billing_mode",
+            "starts_at",
+            "ends_at",
+            "min_duration_hours",
+            "cluster__gpus_per_node",
+            "cluster__region",
+            "cluster__interconnect",
+            "inventory_version",
+            "depth",
+        )
     )
     book = OrderBook(gpu_model.pk)
     book.gpu_model_slug = gpu_model.slug
@@ -226,6 +225,7 @@ def _book_for(request: OpenRequest, *, gpu_model: GpuModel) -> OrderBook:
             region=row[9],
             interconnect=row[10],
             version=row[11],
+            depth=row[12],
         )
         book.listings[listing.id] = listing
         book.by_price.append(listing)

@@ -282,6 +282,30 @@ class TestAccepting:
         assert sorted(created.values_list("data__id", flat=True)) == sorted(body["contract_ids"])
         assert oversell_violations() == []
 
+    def test_a_resale_is_quoted_and_booked_like_any_listing(self, lab_client):
+        from broker.resale import resale_create
+
+        holder = make_lab()
+        bought = book(lab=holder, listing=offer(price="2.00"), nodes=2, starts_at=hour(2), hours=8)
+        resale = resale_create(
+            holder=holder,
+            contract_id=bought.pk,
+            node_count=1,
+            starts_at=hour(2),
+            ends_at=hour(10),
+            price_per_gpu_hour=Decimal("1.80"),
+        )
+        quote = ask(lab_client, gpu_count=8).json()
+        assert lines_of(quote) == [(resale.pk, 8, "1.8000")]
+        body = accept(lab_client, quote["id"]).json()
+        contract = Contract.objects.get(pk=body["contract_ids"][0])
+        assert (contract.listing_id, contract.price_per_gpu_hour, contract.provider_id) == (
+            resale.pk,
+            Decimal("1.8000"),
+            holder.pk,
+        )
+        assert set(Allocation.objects.filter(contract=contract).values_list("depth", flat=True)) == {1}
+
     def test_an_expired_quote_is_409_and_books_nothing(self, lab_client, spread_quote, frozen):
         frozen.move_to(NOW + timedelta(seconds=60))
         error = assert_error(accept(lab_client, spread_quote["id"]), 409, "quote_expired")
