@@ -82,7 +82,8 @@ def sold_nodes(listing: Listing, starts_at: datetime, ends_at: datetime) -> int:
 def oversell_violations() -> list[str]:
     """Every double sale the database holds; ``[]`` when capacity was sold at most once.
 
-    Checks that no node is in two allocations for overlapping hours, that for every listing
+    Checks that no node is in two allocations of one depth for overlapping hours (a resale,
+    broker.resale, sells again at the next depth hours sold at its own), that for every listing
     and every hour its allocations do not exceed its node_count, that an allocation's node and
     listing are the ones its reservation names, inside that listing's window, and that a
     contract's allocations match its node_count.
@@ -91,6 +92,7 @@ def oversell_violations() -> list[str]:
     rows = Allocation.objects.holding().values_list(
         "id",
         "node_id",
+        "depth",
         "starts_at",
         "ends_at",
         "listing_id",
@@ -101,12 +103,13 @@ def oversell_violations() -> list[str]:
         "listing_node__listing__starts_at",
         "listing_node__listing__ends_at",
     )
-    by_node: dict[int, list[tuple[datetime, datetime, int]]] = defaultdict(list)
+    by_node: dict[tuple[int, int], list[tuple[datetime, datetime, int]]] = defaultdict(list)
     per_listing_hour: Counter = Counter()
     capacity: dict[int, int] = {}
     for (
         allocation_id,
         node_id,
+        depth,
         starts_at,
         ends_at,
         listing_id,
@@ -127,13 +130,13 @@ def oversell_violations() -> list[str]:
             )
         if starts_at < listing_starts or ends_at > listing_ends:
             problems.append(f"allocation {allocation_id}: outside its listing's window")
-        by_node[node_id].append((starts_at, ends_at, allocation_id))
+        by_node[(node_id, depth)].append((starts_at, ends_at, allocation_id))
         capacity[reserved_listing_id] = node_count
         moment = starts_at
         while moment < ends_at:
             per_listing_hour[(reserved_listing_id, moment)] += 1
             moment += HOUR
-    for node_id, spans in by_node.items():
+    for (node_id, _), spans in by_node.items():
         spans.sort()
         for (_, first_end, first_id), (second_start, _, second_id) in zip(spans, spans[1:], strict=False):
             if second_start < first_end:
