@@ -104,6 +104,21 @@ class BillingModeEnum(StrEnum):
     METERED = 'metered'
 
 
+class Level(ApiModel):
+    price_per_gpu_hour: Decimal = Field(description='The price per GPU-hour of this level.')
+    gpus: int = Field(description='GPUs at this price: free for the whole window (asks), or wanted (bids).')
+    orders: int = Field(description='How many listings (asks) or compute requests (bids) make it up.')
+
+
+class Book(ApiModel):
+    gpu_model: str = Field(description="The GPU model's slug.")
+    region: str | None = Field(description='The region asked; null: every region.')
+    starts_at: datetime = Field(description="The window's start.")
+    ends_at: datetime = Field(description="The window's end.")
+    asks: list[Level] = Field(description="Offers by price, cheapest first: GPUs of active listings free for the whole window, in listings that allow its length (a lab's search finds the same).")
+    bids: list[Level] = Field(description='Open compute requests by their maximum price, highest first: GPUs wanted for an hour of the window, by requests not yet begun, in the region asked or in any region.')
+
+
 class BookingRequest(ApiModel):
     """An input serializer that refuses fields it does not know, instead of ignoring them."""
 
@@ -394,6 +409,17 @@ class IncidentResolveRequest(ApiModel):
     resolved_at: datetime | None = Field(default=None, description='When the node was serving again: not before started_at, not in the future. Now when omitted.')
 
 
+class IndexDay(ApiModel):
+    day: date = Field(description='The UTC day.')
+    open: Decimal | None = Field(description="The day's first trade's price; null: no trade.")
+    high: Decimal | None = Field(description="The day's highest price; null: no trade.")
+    low: Decimal | None = Field(description="The day's lowest price; null: no trade.")
+    close: Decimal | None = Field(description="The day's last trade's price; null: no trade.")
+    vwap: Decimal | None = Field(description='The volume-weighted price per GPU-hour: sum(price x GPU-hours) / sum(GPU-hours), rounded half-up to cents; null: no trade.')
+    volume_gpu_hours: int = Field(description='GPU-hours traded that day (GPUs x hours of each trade).')
+    trades: int = Field(description='How many trades (contracts) were signed that day.')
+
+
 class InvoiceLineKindEnum(StrEnum):
     """* `committed` - Committed block * `metered` - Metered usage * `adjustment` - Late usage adjustment * `sla_credit` - SLA credit"""
 
@@ -521,6 +547,7 @@ class Listing(ApiModel):
     status: ListingStatusEnum | None = Field(default=None, description='active (on offer), paused (not on offer for now) or withdrawn (for good).')
     available_nodes: int | None = Field(description="Nodes still unsold for the whole window asked (a search's, else the listing's own).")
     available_gpus: int | None = Field(description='available_nodes times the GPUs per node.')
+    resale: bool = Field(description="true: hours a buyer resells from a committed contract (it is the seller, `provider`); false: the provider's own nodes.")
     sla_availability: Decimal | None = Field(default=None, description="The availability promised, in percent of a contract's GPU-hours; contracts keep the promise of their sale.")
     sla_breach_credit_rate: Decimal | None = Field(default=None, description="The multiple of the price credited per lost GPU-hour once a contract's lost hours pass the promise; below it, lost hours are credited at the price.")
     provider_reliability: Reliability = Field(description="The provider's measured reliability over the last 30 days, all its clusters.")
@@ -540,6 +567,21 @@ class ListingCreateRequest(ApiModel):
     billing_mode: BillingModeEnum = Field(description='committed: the buyer pays every hour booked; metered: the buyer pays the GPU-hours it reports using, and may terminate early.')
     sla_availability: Decimal | None = Field(default=None, description="The availability promised, in percent of a contract's GPU-hours, 50 to 100; 99.00 when omitted.")
     sla_breach_credit_rate: Decimal | None = Field(default=None, description='The multiple of the price credited per lost GPU-hour past the promise, 1 to 10; 1.50 when omitted.')
+
+
+class ResaleCreateRequest(ApiModel):
+    """An input serializer that refuses fields it does not know, instead of ignoring them."""
+
+    contract: int = Field(description='A committed contract you bought, scheduled or active, whose unused future hours you resell.')
+    node_count: int = Field(description="How many of the contract's nodes to resell (whole nodes).")
+    starts_at: datetime = Field(description="The resale's start: a whole UTC hour, the next one at the earliest.")
+    ends_at: datetime = Field(description="The resale's end: a whole UTC hour, at the contract's end at the latest.")
+    price_per_gpu_hour: Decimal = Field(description='Your price per GPU-hour, in whole cents.')
+    min_duration_hours: int | None = Field(default=None, description='The shortest booking accepted, in hours; at most the window.')
+
+
+class ListingCreateRequestRequest(ApiModel):
+    pass
 
 
 class ListingUpdateStatusEnum(StrEnum):
@@ -697,6 +739,45 @@ class PaginatedPayoutStatementList(ApiModel):
     results: list[PayoutStatement] = Field(description="This page's objects.")
 
 
+class QuoteLine(ApiModel):
+    listing_id: int = Field(description='The listing (GET /api/v1/listings/{id}).')
+    gpu_count: int = Field(description='GPUs of that listing, in whole nodes.')
+    price_per_gpu_hour: Decimal = Field(description="The listing's price per GPU-hour when quoted.")
+
+
+class QuoteStatusEnum(StrEnum):
+    OPEN = 'open'
+    ACCEPTED = 'accepted'
+    EXPIRED = 'expired'
+
+
+class Quote(ApiModel):
+    id: int = Field(description="The quote's id.")
+    gpu_model: str = Field(description="The GPU model's slug.")
+    gpu_count: int = Field(description='GPUs quoted.')
+    starts_at: datetime = Field(description='The start (a whole UTC hour).')
+    duration_hours: int = Field(description='Hours from starts_at.')
+    ends_at: datetime = Field(description='starts_at plus duration_hours.')
+    billing_mode: BillingModeEnum = Field(description='committed or metered.')
+    colocated: bool | None = Field(default=None, description='Filled from one cluster only.')
+    region: str | None = Field(default=None, description='Only clusters in this region; empty for any.')
+    lines: list[QuoteLine] = Field(description='The fill, cheapest first: each listing and the GPUs it gives. Accepting books each at its price.')
+    total_amount: Decimal = Field(description="What the whole fill costs: each line's GPUs x hours x price, summed (a metered line's ceiling: every GPU-hour used).")
+    average_price_per_gpu_hour: Decimal = Field(description='total_amount per GPU-hour quoted, on average.')
+    status: QuoteStatusEnum = Field(description='open (it may be accepted until expires_at), accepted (booked: contract_ids), or expired.')
+    expires_at: datetime = Field(description='Until when it may be accepted: QUOTE_TTL_SECONDS after it was made, or its start if sooner. It holds no capacity meanwhile.')
+    accepted_at: datetime | None = Field(default=None, description='When it was accepted; null until then.')
+    contract_ids: list[int] = Field(description='The contracts its acceptance wrote, one per line (GET /api/v1/contracts/{id}); empty until then.')
+    created_at: datetime = Field(description='When it was made.')
+
+
+class PaginatedQuoteList(ApiModel):
+    count: int = Field(description='How many objects the whole list has.')
+    next: str | None = Field(default=None, description='The URL of the next page; null on the last.')
+    previous: str | None = Field(default=None, description='The URL of the previous page; null on the first.')
+    results: list[Quote] = Field(description="This page's objects.")
+
+
 class SshKey(ApiModel):
     id: int = Field(description="The key's id: attach it to a contract with PUT /api/v1/contracts/{id}/access.")
     name: str = Field(description="The key's name, unique among your keys.")
@@ -710,6 +791,24 @@ class PaginatedSshKeyList(ApiModel):
     next: str | None = Field(default=None, description='The URL of the next page; null on the last.')
     previous: str | None = Field(default=None, description='The URL of the previous page; null on the first.')
     results: list[SshKey] = Field(description="This page's objects.")
+
+
+class Trade(ApiModel):
+    signed_at: datetime = Field(description='When the contract was signed.')
+    price_per_gpu_hour: Decimal = Field(description='The price per GPU-hour.')
+    gpu_count: int = Field(description='GPUs bought.')
+    hours: int = Field(description='Hours bought, as signed (an early release does not change them).')
+    gpu_hours: int = Field(description='gpu_count x hours.')
+    starts_at: datetime = Field(description='When the GPUs are delivered from.')
+    billing_mode: BillingModeEnum = Field(description='committed (every hour paid) or metered (GPU-hours used).')
+    resale: bool = Field(description="true: a resale of capacity bought earlier; false: a primary sale of a provider's own nodes.")
+
+
+class PaginatedTradeList(ApiModel):
+    count: int = Field(description='How many objects the whole list has.')
+    next: str | None = Field(default=None, description='The URL of the next page; null on the last.')
+    previous: str | None = Field(default=None, description='The URL of the previous page; null on the first.')
+    results: list[Trade] = Field(description="This page's objects.")
 
 
 class UsageRecord(ApiModel):
@@ -785,6 +884,25 @@ class PatchedNodeUpdateRequest(ApiModel):
     """An input serializer that refuses fields it does not know, instead of ignoring them."""
 
     status: NodeUpdateStatusEnum | None = Field(default=None, description='in_service, or maintenance to take the node out. Omitted: no change.')
+
+
+class PriceIndex(ApiModel):
+    gpu_model: str = Field(description="The GPU model's slug.")
+    from_: date = Field(alias='from', description='The first UTC day asked.')
+    to: date = Field(description='The last UTC day asked.')
+    days: list[IndexDay] = Field(description='Each day of [from, to] already computed, oldest first (the index of a day is computed after it ends, within the hour).')
+
+
+class QuoteCreateRequest(ApiModel):
+    """An input serializer that refuses fields it does not know, instead of ignoring them."""
+
+    gpu_model: str = Field(description="A GPU model's slug (GET /api/v1/gpu-models); an unknown one is a 400.")
+    gpu_count: int = Field(description='GPUs wanted, in whole nodes of the clusters that fill it.')
+    starts_at: datetime = Field(description='The start: a whole UTC hour not yet begun.')
+    duration_hours: int = Field(description='How many hours from starts_at.')
+    billing_mode: BillingModeEnum = Field(description='committed (every hour is paid) or metered (GPU-hours used).')
+    colocated: bool | None = Field(default=None, description='Fill from one cluster only.')
+    region: str | str | None = Field(default=None, description='Only clusters in this region; any when omitted.')
 
 
 class SshKeyCreateRequest(ApiModel):
