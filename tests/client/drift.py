@@ -129,11 +129,12 @@ def show(described: Any) -> str:
 
 
 def object_fields(described: Any) -> tuple | None:
-    """The fields of an inline object, or of a list's inline objects; None for anything else."""
-    if isinstance(described, tuple) and described[0] == "list":
+    """(whether a list, the fields) of an inline object or a list of them; None for anything else."""
+    is_list = isinstance(described, tuple) and described[0] == "list"
+    if is_list:
         described = described[1]
     if isinstance(described, tuple) and described[0] == "object":
-        return described[1]
+        return is_list, described[1]
     return None
 
 
@@ -149,8 +150,8 @@ def compare_fields(where: str, served: tuple, modelled: tuple) -> list[str]:
         _, served_type, served_required, served_nullable = served_by_name[name]
         _, model_type, model_required, model_nullable = modelled_by_name[name]
         served_object, model_object = object_fields(served_type), object_fields(model_type)
-        if served_object is not None and model_object is not None:
-            problems += compare_fields(f"{where}.{name}[]", served_object, model_object)
+        if served_object and model_object and served_object[0] == model_object[0]:
+            problems += compare_fields(f"{where}.{name}[]", served_object[1], model_object[1])
         elif served_type != model_type:
             says = f"the schema says {show(served_type)}, the client's model {show(model_type)}"
             problems.append(f"{where}.{name}: {says}")
