@@ -33,12 +33,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 
 from broker.models import Allocation, Contract, Resale
-from core.errors import CapacityUnavailable, InvalidInput
+from core.errors import CapacityUnavailable, InvalidInput, InvalidTransition
 from core.money import validate_price
 from core.services import audit_record
 from core.timeutils import hours_between, next_hour
 from marketplace.models import BillingMode, Listing, ListingNode, Node, Organization
-from marketplace.services import NODE_BATCH_SIZE, validate_listing_window
+from marketplace.services import NODE_BATCH_SIZE, listing_withdraw, validate_listing_window
 
 
 def _unknown_contract() -> InvalidInput:
@@ -171,3 +171,29 @@ def _free_to_resell(contract: Contract, *, depth: int, starts_at: datetime, ends
         .order_by("node_id")
         .values_list("node_id", flat=True)[:limit]
     )
+
+
+def resales_end_before_release(*, contract: Contract, release_at: datetime, actor_label: str = "") -> None:
+    """Before a locked contract is released early (an operator's cancellation): withdraw its
+    resales, so nothing more of it is sold on, or refuse if hours after ``release_at`` already
+    were, since the contract would no longer hold what their buyers hold.
+
+    The resale listings are locked first (after the contract, the order every writer takes), so
+    a booking of one either committed before this reads the sales, or finds it withdrawn.
+    """
+    listing_ids = list(
+        Listing.objects.select_for_update()
+        .filter(resale_of__contract=contract)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if not listing_ids:
+        return
+    if Allocation.objects.holding().filter(listing_id__in=listing_ids, ends_at__gt=release_at).exists():
+        raise InvalidTransition(
+            f"Hours of contract {contract.pk} from {release_at:%Y-%m-%dT%H:%MZ} on are resold to other labs: "
+            "cancel those contracts first.",
+            code="contract_resold",
+        )
+    for listing in Listing.objects.filter(pk__in=listing_ids).exclude(status=Listing.Status.WITHDRAWN):
+        listing_withdraw(listing=listing, actor_label=actor_label)

@@ -13,6 +13,7 @@ from billing.services import contract_credit_invoiced
 from broker.handover import CONTRACT_COLUMNS, REQUEST_COLUMNS, contract_data, contract_notices, request_data
 from broker.matching import segment_mark_pending, segment_unmark_pending
 from broker.models import Allocation, ComputeRequest, Contract
+from broker.resale import resales_end_before_release
 from broker.tasks import match_segment
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import InvalidInput, InvalidTransition, NotAllowed
@@ -232,6 +233,7 @@ def contract_cancel(*, contract: Contract, reason: str, actor=None, actor_label:
             return contract
         if contract.status not in LIVE_STATUSES:
             raise InvalidTransition(f"A {contract.status} contract cannot be cancelled.")
+        resales_end_before_release(contract=contract, release_at=_release_from(contract), actor_label=actor_label)
         release_at = _end_early(contract, Contract.Status.CANCELLED, cancel_reason=reason)
         _publish_ended(contract, EventType.CONTRACT_CANCELLED, released_at=release_at, cancel_reason=reason)
         credit_notes = contract_credit_invoiced(

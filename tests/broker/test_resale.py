@@ -21,7 +21,8 @@ from broker.incidents import incident_open
 from broker.matching import segment_match
 from broker.models import Allocation, Contract, Resale
 from broker.resale import resale_create
-from core.errors import InvalidInput
+from broker.services import contract_cancel
+from core.errors import InvalidInput, InvalidTransition
 from marketplace.models import Listing, ListingNode, Node
 from tests.billing.factories import close
 from tests.billing.test_ledger import assert_every_transaction_balances
@@ -441,3 +442,37 @@ def test_a_failed_resold_node_with_no_spare_stays_with_its_buyer_and_its_holder(
     assert contract.allocations.get(node=failed).ends_at == hour(63)
     assert not contract.replacements.exists() and not bought.replacements.exists()
     assert oversell_violations() == []
+
+
+@pytest.mark.django_db
+class TestCancellation:
+    def test_cancelling_a_contract_withdraws_its_unsold_resales(self, held, lab_client):
+        resale = resale_create(
+            holder=lab_client.organization,
+            contract_id=held["contract"].pk,
+            node_count=2,
+            starts_at=hour(39),
+            ends_at=hour(63),
+            price_per_gpu_hour=D("3"),
+        )
+        contract_cancel(contract=held["contract"], reason="fraud review")
+        resale.refresh_from_db()
+        assert resale.status == Listing.Status.WITHDRAWN
+        assert not resale.listing_nodes.holding().exists()
+
+    def test_a_contract_whose_hours_were_sold_on_cannot_be_cancelled(self, held, lab_client, other_lab_client):
+        resale = resale_create(
+            holder=lab_client.organization,
+            contract_id=held["contract"].pk,
+            node_count=2,
+            starts_at=hour(39),
+            ends_at=hour(63),
+            price_per_gpu_hour=D("3"),
+        )
+        book(lab=other_lab_client.organization, listing=resale, nodes=1, starts_at=hour(39), hours=4)
+        with pytest.raises(InvalidTransition) as refused:
+            contract_cancel(contract=held["contract"], reason="fraud review")
+        assert refused.value.code == "contract_resold"
+        held["contract"].refresh_from_db()
+        resale.refresh_from_db()
+        assert (held["contract"].status, resale.status) == (Contract.Status.SCHEDULED, Listing.Status.ACTIVE)
