@@ -37,7 +37,7 @@ from billing.models import InvoiceLine, UsageRecord
 from broker.models import Contract
 from core.money import ZERO, round_money
 from core.timeutils import HOUR, period_bounds
-from marketplace.models import BillingMode, Organization
+from marketplace.models import BillingMode
 
 SECONDS_PER_HOUR = Decimal(3600)
 
@@ -113,14 +113,24 @@ def _already_billed(contracts, extra=()) -> dict[tuple[int, date], Decimal]:
     return {(contract_id, period): quantity for contract_id, period, quantity in sums}
 
 
-def _fee_rate(provider: Organization) -> Decimal:
-    rate = provider.platform_fee_rate
-    return settings.PLATFORM_FEE_RATE if rate is None else rate
+def _fee_rate(*, depth: int, provider_rate: Decimal | None) -> Decimal:
+    """The broker's share of a contract's lines: the resale fee on a resale's sales (a listing
+    of depth 1 or more), else the seller's platform fee."""
+    if depth > 0:
+        return settings.RESALE_FEE_RATE
+    return settings.PLATFORM_FEE_RATE if provider_rate is None else provider_rate
+
+
+def _fee_rates(contract_ids) -> dict[int, Decimal]:
+    rows = Contract.objects.filter(pk__in=list(contract_ids)).values_list(
+        "id", "listing__depth", "provider__platform_fee_rate"
+    )
+    return {cid: _fee_rate(depth=depth, provider_rate=rate) for cid, depth, rate in rows}
 
 
 def _line(terms: ContractTerms, kind: str, period: date, quantity: Decimal, fee_rates, label: str) -> RatedLine:
     amount = round_money(quantity * terms.price)
-    rate = fee_rates[terms.provider_id]
+    rate = fee_rates[terms.id]
     return RatedLine(
         lab_id=terms.lab_id,
         contract_id=terms.id,
@@ -152,8 +162,7 @@ def rate_period(*, period: date, usage_upto: int, late_after: int) -> list[Rated
         terms |= _terms(Contract.objects.filter(pk__in=missing).values_list(*_TERMS_FIELDS))
     usage_sums = [row for row in usage_sums if terms[row[0]].billing_mode == BillingMode.METERED]
     billed = _already_billed(overlapping.values("id"), extra=missing)
-    providers = {t.provider_id for t in terms.values()}
-    fee_rates = {org.pk: _fee_rate(org) for org in Organization.objects.filter(pk__in=providers)}
+    fee_rates = _fee_rates(terms)
 
     lines: list[RatedLine] = []
     for contract in sorted(terms.values(), key=lambda t: t.id):
@@ -277,7 +286,7 @@ def sla_lines(
         if owed <= already:
             continue
         amount = -(owed - already)
-        fee_rate = _fee_rate(contract.provider)
+        fee_rate = _fee_rate(depth=contract.listing.depth, provider_rate=contract.provider.platform_fee_rate)
         note = (
             f" (below the {_figure(contract.sla_availability)}% promised: "
             f"{_figure(contract.sla_breach_credit_rate)} x price)"

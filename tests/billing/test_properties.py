@@ -1,6 +1,7 @@
 """A property test of the books: random sequences of contracts (committed and metered, some
-over month ends), usage (with duplicates and late arrivals), early releases, node failures and
-late deliveries (credited by the close), closes of consecutive months, payments, credit notes,
+over month ends, some resold by their buyer to the other lab: broker.resale), usage (with
+duplicates and late arrivals), early releases, node failures and late deliveries (credited by
+the close), closes of consecutive months, payments, credit notes,
 voids and payouts, with the clock moving forward.
 
 After every step: each ledger transaction balances; each lab's receivable is what its invoices
@@ -58,11 +59,13 @@ from billing.services import (
     payout_mark_paid,
     usage_ingest,
 )
+from broker.booking import listing_book
 from broker.models import Contract, Incident
+from broker.resale import resale_create
 from broker.services import contract_terminate
-from core.errors import InvalidTransition
+from core.errors import InvalidInput, InvalidTransition
 from core.money import CENT, ZERO, round_money
-from core.timeutils import HOUR, floor_hour, month_of, next_month, period_bounds, previous_month
+from core.timeutils import HOUR, floor_hour, month_of, next_hour, next_month, period_bounds, previous_month
 from tests.billing.factories import COMMITTED, METERED, contract_create, make_lab, make_provider, record, utc
 from tests.billing.oracle import capacity_hours, lost_gpu_hours, rate_period, service_end
 
@@ -187,6 +190,49 @@ class BillingBooks(RuleBasedStateMachine):
         self.contracts.append(contract)
         if len(self.contracts) % 2:  # half are delivered at their start; the rest on time, late or never
             Contract.objects.filter(pk=contract.pk).update(delivered_at=starts_at)
+
+    def resellable(self) -> list[Contract]:
+        """Committed contracts, not released, with a whole hour left after the current one."""
+        return [
+            c
+            for c in self.contracts
+            if c.billing_mode == COMMITTED and not c.released_at and c.ends_at > next_hour() + HOUR
+        ]
+
+    @precondition(lambda self: len(self.contracts) < MAX_CONTRACTS and self.resellable())
+    @rule(data=st.data(), price=st.integers(100, 450))
+    @guarded
+    def resell(self, data, price):
+        """A contract's buyer resells one node of it for some of its future hours, and the other
+        lab buys some of those at once: a contract whose proceeds pay the resale fee."""
+        contract = pick(data, self.resellable(), "contract")
+        first = max(next_hour(), contract.starts_at)
+        hours = int((contract.ends_at - first) // HOUR)
+        starts_at = first + data.draw(st.integers(0, hours - 1), label="start") * HOUR
+        ends_at = (
+            starts_at + data.draw(st.integers(1, int((contract.ends_at - starts_at) // HOUR)), label="hours") * HOUR
+        )
+        try:
+            listing = resale_create(
+                holder=contract.lab,
+                contract_id=contract.pk,
+                node_count=1,
+                starts_at=starts_at,
+                ends_at=ends_at,
+                price_per_gpu_hour=Decimal(price) / 100,
+            )
+        except InvalidInput:  # its nodes' hours are already resold, or a node failed
+            return
+        buyer = next(lab for lab in self.labs if lab.pk != contract.lab_id)
+        bought = listing_book(
+            lab=buyer,
+            listing=listing,
+            gpu_count=contract.cluster.gpus_per_node,
+            starts_at=starts_at,
+            duration_hours=int((ends_at - starts_at) // HOUR),
+        )
+        EXERCISED["resale"] += 1
+        self.contracts.append(bought)
 
     def reportable(self) -> list[Contract]:
         """Metered contracts with at least one whole hour served before now."""
@@ -587,6 +633,7 @@ class BillingBooks(RuleBasedStateMachine):
         )
         EXERCISED["late delivery credited"] += credits.filter(late).exists()
         EXERCISED["credited past the promise"] += credits.filter(description__contains="promised").exists()
+        EXERCISED["resale billed"] += InvoiceLine.objects.filter(contract__listing__depth__gt=0).exists()
 
 
 EXERCISED: Counter = Counter()
@@ -659,6 +706,8 @@ TALLIED = [
     "failure credited",
     "late delivery credited",
     "credited past the promise",
+    "resale",
+    "resale billed",
 ]
 
 
