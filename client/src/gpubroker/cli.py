@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import threading
 import time
@@ -697,7 +698,8 @@ def usage() -> None:
 @click.option("--concurrency", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Batches in flight at once.")  # fmt: skip
 @click.option("--progress/--no-progress", default=None, help="A progress bar (on a terminal by default).")
-@click.option("--stop-after", type=click.IntRange(min=1), hidden=True)
+@click.option("--max-batches", "stop_after", type=click.IntRange(min=1),
+              help="Send this many batches at most (a trial run); the rest on the next upload.")  # fmt: skip
 @json_option
 @pass_state
 def usage_upload(
@@ -710,8 +712,9 @@ def usage_upload(
     One record per line: {"id", "contract", "node" (optional), "started_at", "ended_at",
     "gpu_seconds"}; a CSV has those columns in a header row. Prints how many records were
     accepted, were duplicates (their id was stored before) and were rejected; rejected records
-    go to --rejects with why (exit code 7). Uploading the same file again after an
-    interruption is safe: what was stored answers as duplicates.
+    go to --rejects with why (exit code 7). On Ctrl-C the batches already sent are waited
+    for and counted (exit code 130). Uploading the same file again after an interruption is
+    safe: what was stored answers as duplicates.
     """
     fmt = file_format(file, declared_format)
     total = count_lines(file) - (1 if fmt == "csv" else 0)
@@ -725,8 +728,13 @@ def usage_upload(
             counts = f"accepted {summary.accepted:,} duplicates {summary.duplicates:,} rejected {summary.rejected:,}"
             bar.update(task, completed=done, counts=counts)
 
-        summary = upload(state.client, file, file_format=fmt, batch_size=batch_size, concurrency=concurrency,
-                         on_batch=advance, stop_after=stop_after)  # fmt: skip
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: finish the batches sent
+        try:
+            summary = upload(state.client, file, file_format=fmt, batch_size=batch_size, concurrency=concurrency,
+                             on_batch=advance, stop_after=stop_after, stop=stop)  # fmt: skip
+        finally:
+            signal.signal(signal.SIGINT, previous)
     rejects_path = None
     if summary.rejections:
         rejects_path = rejects or file.with_name(file.name + ".rejects.jsonl")
@@ -744,6 +752,10 @@ def usage_upload(
         )
         if rejects_path:
             state.out.print(f"rejected records, with why: {rejects_path}")
+        if summary.interrupted:
+            state.out.print("interrupted: upload the same file again to send the rest (what was stored is skipped)")
+    if summary.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
     if summary.rejected:
         sys.exit(EXIT_REJECTED)
 

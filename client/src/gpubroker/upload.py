@@ -48,6 +48,7 @@ class UploadSummary:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    interrupted: bool = False
     rejections: list[Rejection] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -57,6 +58,7 @@ class UploadSummary:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "interrupted": self.interrupted,
         }
 
 
@@ -139,13 +141,14 @@ def upload(
     concurrency: int = 4,
     on_batch: Callable[[UploadSummary, int], None] | None = None,
     stop_after: int | None = None,
+    stop: threading.Event | None = None,
 ) -> UploadSummary:
     """Send every record of the file; ``on_batch(summary, records_done)`` after each batch.
-    ``stop_after`` stops once that many batches were sent (an interruption, for tests)."""
+    ``stop_after``: send that many batches at most. Once ``stop`` is set (on Ctrl-C, say), no
+    batch is sent; those sent are waited for and counted, and the summary says ``interrupted``."""
     if not 1 <= batch_size <= BATCH:
         raise ValueError(f"a batch holds 1 to {BATCH} records")
     summary = UploadSummary()
-    lock = threading.Lock()
     reader = read_csv if file_format == "csv" else read_jsonl
     done = 0
     with path.open("rb") as handle, ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -155,32 +158,28 @@ def upload(
             nonlocal done
             for future in futures:
                 batch_records, (accepted, duplicates, rejections) = future.batch_records, future.result()
-                with lock:
-                    summary.accepted += accepted
-                    summary.duplicates += duplicates
-                    summary.rejected += len(rejections)
-                    summary.rejections.extend(rejections)
-                    summary.batches += 1
-                    done += batch_records
+                summary.accepted += accepted
+                summary.duplicates += duplicates
+                summary.rejected += len(rejections)
+                summary.rejections.extend(rejections)
+                summary.batches += 1
+                done += batch_records
                 if on_batch:
                     on_batch(summary, done)
 
-        try:
-            for number, batch in enumerate(batches(reader(handle), batch_size, summary), start=1):
-                if stop_after is not None and number > stop_after:
-                    break
-                future = pool.submit(send, transport, batch)
-                future.batch_records = len(batch)
-                in_flight.add(future)
-                if len(in_flight) >= concurrency * 2:
-                    finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    collect(finished)
-            finished, in_flight = wait(in_flight), set()
-            collect(finished.done)
-        except BaseException:
-            for future in in_flight:
-                future.cancel()
-            raise
+        for number, batch in enumerate(batches(reader(handle), batch_size, summary), start=1):
+            if (stop_after is not None and number > stop_after) or (stop is not None and stop.is_set()):
+                break
+            future = pool.submit(send, transport, batch)
+            future.batch_records = len(batch)
+            in_flight.add(future)
+            if len(in_flight) >= concurrency * 2:
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                collect(finished)
+        # The batches sent are waited for and counted, even when stopped: their answers say what was stored.
+        finished, in_flight = wait(in_flight), set()
+        collect(finished.done)
+    summary.interrupted = stop is not None and stop.is_set()
     summary.rejections.sort(key=lambda rejection: rejection.line)
     summary.records = summary.accepted + summary.duplicates + summary.rejected
     return summary
