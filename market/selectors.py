@@ -14,6 +14,7 @@ from django.utils import timezone
 from broker.models import ComputeRequest, Contract
 from core.money import round_money
 from core.timeutils import current_hour
+from market.models import PriceIndex
 from marketplace.models import GpuModel, Listing
 from marketplace.selectors import LISTING_SEARCH_SQL, ListingQuery, listing_search_parameters
 
@@ -234,3 +235,27 @@ def price_index_days(*, gpu_model: GpuModel, first: date, last: date) -> list[In
         )
         for day, open_, high, low, close, notional, volume, trades in rows
     ]
+
+
+@dataclass(frozen=True)
+class IndexSeries:
+    """A GPU model's traded days of a stretch, oldest first: (day, VWAP, GPU-hours)."""
+
+    gpu_model: GpuModel
+    days: list[tuple[date, Decimal, int]]
+
+
+def price_index_series(*, first: date, last: date) -> list[IndexSeries]:
+    """Each GPU model's daily VWAP over [first, last], for the days it traded: one query."""
+    rows = (
+        PriceIndex.objects.filter(day__gte=first, day__lte=last)
+        .select_related("gpu_model")
+        .order_by("gpu_model__name", "gpu_model_id", "day_id")
+    )
+    series: dict[int, IndexSeries] = {}
+    for row in rows:
+        entry = series.setdefault(row.gpu_model_id, IndexSeries(gpu_model=row.gpu_model, days=[]))
+        entry.days.append(
+            (row.day_id, vwap(notional=row.notional, volume_gpu_hours=row.volume_gpu_hours), row.volume_gpu_hours)
+        )
+    return list(series.values())
