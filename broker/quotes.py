@@ -26,13 +26,13 @@ from django.utils import timezone
 
 from billing.credit import lab_exposure
 from broker.booking import listing_book
-from broker.matching import BookListing, Fill, OpenRequest, OrderBook, _hour
-from broker.models import Quote
+from broker.matching import BookListing, Fill, OpenRequest, OrderBook, Unfilled, _hour
+from broker.models import FreeSpan, Quote
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, DomainError, InvalidInput, InvalidTransition, NotAllowed
 from core.money import PRICE_PLACES, max_price_per_gpu_hour
 from core.timeutils import HOUR
-from marketplace.models import BillingMode, GpuModel, Listing, Organization
+from marketplace.models import BillingMode, GpuModel, Listing, Node, Organization
 
 _PRICE_QUANTUM = Decimal(1).scaleb(-PRICE_PLACES)
 
@@ -110,7 +110,7 @@ def quote_create(
     book = _book_for(request, gpu_model=gpu_model)
     fill = book.plan(request, priced=False)
     if fill is None:
-        why = book.explain(request)
+        why = _explained(book, request)
         raise CapacityUnavailable(why.detail, fields={"reason": [why.reason]})
     lines = _lines(fill)
     exposure = lab_exposure(lab.pk)
@@ -184,9 +184,15 @@ def _could_serve(request: OpenRequest) -> Q:
 
 
 def _book_for(request: OpenRequest, *, gpu_model: GpuModel) -> OrderBook:
-    """The engine's order book of the segment with only the listings that could serve the
-    request, and their inventory, loaded as ``OrderBook.load`` loads the whole segment (its
-    columns, its order, ``_load_inventory``)."""
+    """The engine's order book of the segment, as ``OrderBook.load`` loads it (its columns, its
+    order) but with only what this request's plan reads: the listings that could serve it, and
+    of each the reserved nodes free for its whole window (the free spans that contain it).
+
+    ``OrderBook.plan`` then fills it as it would on the whole segment: it takes only nodes free
+    for the window, and a listing with none is no candidate either way. Only ``explain`` needs
+    the rest (a listing of the terms sold out for the window is "no capacity", not "no offer"):
+    ``_explained`` loads it as the engine does.
+    """
     now = timezone.now()
     rows = (
         Listing.objects.on_offer()
@@ -229,8 +235,27 @@ def _book_for(request: OpenRequest, *, gpu_model: GpuModel) -> OrderBook:
         )
         book.listings[listing.id] = listing
         book.by_price.append(listing)
-    book._load_inventory(list(book.listings))
+    if book.listings:
+        # A node's free spans are maximal ranges: at most one contains the window.
+        free = (
+            FreeSpan.objects.filter(
+                listing_id__in=list(book.listings),
+                starts_at__lte=request.starts_at,
+                ends_at__gte=request.ends_at,
+                node__status=Node.Status.IN_SERVICE,
+            )
+            .order_by("node_id")
+            .values_list("listing_id", "listing_node_id", "node_id")
+        )
+        for listing_id, listing_node_id, node_id in free:
+            book.listings[listing_id].bindings.append((listing_node_id, node_id))
     return book
+
+
+def _explained(book: OrderBook, request: OpenRequest) -> Unfilled:
+    """Why the engine leaves the request unfilled, on the listings' whole inventory."""
+    book._load_inventory(list(book.listings))
+    return book.explain(request)
 
 
 # --- Accepting -----------------------------------------------------------------------------

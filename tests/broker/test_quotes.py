@@ -15,7 +15,7 @@ from billing.credit import lab_exposure, lab_exposures_recomputed
 from broker.matching import OpenRequest, OrderBook
 from broker.models import Allocation, ComputeRequest, Contract, Quote
 from broker.quotes import quote_accept, quote_create
-from core.errors import InvalidInput
+from core.errors import CapacityUnavailable, InvalidInput
 from events.models import Event
 from marketplace.models import BillingMode, Listing, Organization
 from marketplace.services import listing_update, organization_set_status
@@ -133,6 +133,16 @@ class TestQuoting:
         assert error["message"].startswith("No listing offers 32 h100-sxm-80gb GPUs for that window")
         assert not Quote.objects.exists()
 
+    def test_offers_sold_out_for_the_window_are_no_capacity_not_no_offer(self, lab_client, other_lab_client):
+        sold_out = offer(nodes=1)
+        book(lab=other_lab_client.organization, listing=sold_out, nodes=1, starts_at=hour(3), hours=1)
+        error = assert_error(ask(lab_client, gpu_count=8), 409, "capacity_unavailable")
+        assert error["fields"] == {"reason": ["no_capacity"]}
+        assert error["message"] == (
+            "No listing can deliver 8 h100-sxm-80gb GPUs for that window; the most all listings together can "
+            "deliver is 0 GPUs."
+        )
+
     def test_a_quote_the_credit_limit_would_refuse_is_409(self, lab_client, two_offers):
         Organization.objects.filter(pk=lab_client.organization.pk).update(credit_limit=Decimal("223.99"))
         error = assert_error(ask(lab_client), 409, "credit_limit_exceeded")
@@ -249,11 +259,13 @@ class TestTheEnginesPlan:
                 got = [
                     (line["listing_id"], line["gpu_count"], Decimal(line["price_per_gpu_hour"])) for line in quote.lines
                 ]
-            except Exception as refused:
+            except CapacityUnavailable as refused:
                 got = refused.message
+                answers.add(refused.fields["reason"][0])
+            else:
+                answers.add("filled")
             assert got == expected, terms
-            answers.add(isinstance(expected, list))
-        assert answers == {True, False}  # both fills and refusals were compared
+        assert answers == {"filled", "no_offer", "no_capacity"}  # each answer was compared
 
 
 @pytest.mark.django_db
