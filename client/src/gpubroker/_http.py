@@ -142,7 +142,9 @@ class _Base:
             # One key for every attempt of this call: the API replays the first answer to a retry.
             headers["Idempotency-Key"] = call.idempotency_key or str(uuid.uuid4())
         params = {key: stringify(value) for key, value in (call.params or {}).items() if value is not None}
-        kwargs: dict[str, Any] = {"headers": headers, "params": params}
+        kwargs: dict[str, Any] = {"headers": headers}
+        if params:  # httpx replaces a URL's query with params, even empty ones: a next page's URL keeps its own
+            kwargs["params"] = params
         if isinstance(call.body, bytes):  # already JSON
             kwargs["content"] = call.body
             headers["Content-Type"] = "application/json"
