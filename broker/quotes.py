@@ -2,8 +2,9 @@
 short time to take exactly that.
 
 A quote is planned by the engine's own planner (``OrderBook.plan``, the one fill rule) on a
-book of only the listings that could serve the terms, so quoting reads a few listings, not
-the whole segment. It holds no capacity: anyone may buy the listings it names meanwhile.
+book of only the listings that could serve the terms and their nodes free for the window, so
+quoting reads a few hundred rows, not the whole segment's book. It holds no capacity: anyone
+may buy what it names meanwhile, and its listings may be repriced.
 
 Accepting books each line of the quote with ``listing_book`` inside one transaction: all of
 them, or none. The quote is claimed first (a conditional update, so of two acceptances one
@@ -280,7 +281,7 @@ def quote_accept(*, quote: Quote, lab: Organization) -> Quote:
             accepted_at=now
         )
         if not claimed:
-            raise _not_acceptable(Quote.objects.get(pk=quote.pk), now)
+            raise _not_acceptable(Quote.objects.get(pk=quote.pk))
         providers = _lock_listings(lines)
         exposure = lab_exposure(lab.pk, lock=True)
         value = _value(lines, quote.duration_hours)
@@ -308,7 +309,7 @@ def quote_accept(*, quote: Quote, lab: Organization) -> Quote:
     return quote
 
 
-def _not_acceptable(quote: Quote, now: datetime) -> DomainError:
+def _not_acceptable(quote: Quote) -> DomainError:
     if quote.accepted_at is not None:
         return InvalidTransition(
             f"This quote was accepted at {quote.accepted_at:%Y-%m-%dT%H:%M:%SZ}; its contracts are "
@@ -331,6 +332,12 @@ def _lock_listings(lines: list[QuoteLine]) -> dict[int, int]:
     prices, providers = {}, {}
     for listing_id, provider_id, price in rows:
         prices[listing_id], providers[listing_id] = price, provider_id
+    gone = [line.listing_id for line in lines if line.listing_id not in prices]
+    if gone:
+        raise CapacityUnavailable(
+            f"Listing {gone[0]} is no longer on offer. Nothing was booked; ask for a new quote.",
+            fields={"listing_id": [str(gone[0])]},
+        )
     changed = [line for line in lines if prices.get(line.listing_id) != line.price_per_gpu_hour]
     if changed:
         raise DomainError(
