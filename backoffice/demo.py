@@ -1,8 +1,9 @@
 """The demo market that `make run` serves.
 
 A large provider (a 12,500-node, 100,000-GPU H100 supercluster) and a smaller cloud list
-capacity; a lab has open requests that the matching engine fills and a contract running
-since yesterday; last month is closed, so there is usage, an issued invoice and a payout
+capacity; a lab has open requests that the matching engine fills, a contract running since
+yesterday and part of another resold (a day of it bought by the lab-and-provider); last month
+is closed, so there is usage, an issued invoice and a payout
 statement to look at. Seeding twice changes nothing but the demo API keys, which are
 re-issued (the old ones revoked) and printed again with the shell exports of
 `demo_exports`, the ones the README's walkthrough starts from.
@@ -19,6 +20,7 @@ from billing.services import billing_period_close, usage_ingest
 from broker.booking import listing_book
 from broker.incidents import incident_open, incident_resolve
 from broker.models import Allocation, ComputeRequest, Contract, Incident
+from broker.resale import resale_create
 from broker.services import compute_request_create
 from broker.terms import contract_total
 from core.timeutils import HOUR, current_hour, month_of, period_bounds, previous_month
@@ -230,6 +232,26 @@ def _seed_market() -> None:
         actor_label="demo",
     ).incident
     incident_resolve(provider=booked.provider, incident=incident, actor_label="demo")
+    # The lab bought a week of 64 supercluster nodes and needs only four days of 16 of them: it
+    # resells those (broker.resale), and the lab-and-provider buys a day of 4 nodes from it.
+    week = listing_book(
+        lab=orgs[LAB],
+        listing=listings["colossus-1", "committed"],
+        gpu_count=64 * 8,
+        starts_at=hour + 1 * HOUR,
+        duration_hours=7 * 24,
+    )
+    resale = resale_create(
+        holder=orgs[LAB],
+        contract_id=week.pk,
+        node_count=16,
+        starts_at=hour + 73 * HOUR,
+        ends_at=week.ends_at,
+        price_per_gpu_hour=Decimal("2.3000"),
+        min_duration_hours=12,
+        actor_label="demo",
+    )
+    listing_book(lab=orgs[BOTH], listing=resale, gpu_count=4 * 8, starts_at=hour + 97 * HOUR, duration_hours=24)
     for model, gpus, offset, duration, price, mode, colocated in REQUESTS:
         compute_request_create(
             lab=orgs[LAB],

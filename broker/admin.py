@@ -3,7 +3,8 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
 from broker.incidents import incident_open, incident_resolve, incident_start_validate
-from broker.models import Allocation, ComputeRequest, Contract, Incident, Replacement
+from broker.models import Allocation, ComputeRequest, Contract, Incident, Replacement, Resale
+from broker.selectors import resale_activity
 from broker.services import compute_request_rematch, contract_cancel
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, ReasonForm, run_form_action
 from core.errors import DomainError
@@ -181,3 +182,47 @@ class ReplacementAdmin(ReadOnlyAdmin):
     list_display = ["id", "incident", "contract", "failed_node", "replacement_node", "from_hour", "created_at"]
     list_select_related = ["failed_node", "replacement_node"]
     search_fields = ["contract__id", "failed_node__hostname", "replacement_node__hostname"]
+
+
+@admin.register(Resale)
+class ResaleAdmin(ReadOnlyAdmin):
+    """Capacity bought and put back on the market (broker.resale): each resale listing, and
+    above them the resale activity of each organization, as seller and as buyer."""
+
+    change_list_template = "admin/broker/resale/change_list.html"
+    list_display = ["listing", "seller", "contract", "depth", "nodes", "starts_at", "ends_at", "price", "status"]
+    list_filter = [("listing__provider", admin.RelatedOnlyFieldListFilter), "listing__status"]
+    list_select_related = ["listing__provider", "contract"]
+    search_fields = ["listing__provider__name", "contract__id", "listing__id"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Seller", ordering="listing__provider__name")
+    def seller(self, obj: Resale):
+        return obj.listing.provider
+
+    @admin.display(description="Depth")
+    def depth(self, obj: Resale) -> int:
+        return obj.listing.depth
+
+    @admin.display(description="Nodes")
+    def nodes(self, obj: Resale) -> int:
+        return obj.listing.node_count
+
+    @admin.display(description="Starts", ordering="listing__starts_at")
+    def starts_at(self, obj: Resale):
+        return obj.listing.starts_at
+
+    @admin.display(description="Ends", ordering="listing__ends_at")
+    def ends_at(self, obj: Resale):
+        return obj.listing.ends_at
+
+    @admin.display(description="Price per GPU-hour", ordering="listing__price_per_gpu_hour")
+    def price(self, obj: Resale):
+        return obj.listing.price_per_gpu_hour
+
+    @admin.display(description="Status", ordering="listing__status")
+    def status(self, obj: Resale) -> str:
+        return obj.listing.get_status_display()
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {**(extra_context or {}), "resale_activity": resale_activity()})

@@ -1,9 +1,10 @@
+from django.db import connection
 from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from broker.models import Allocation, ComputeRequest, Contract, Incident, Replacement
 from core.timeutils import HORIZON
-from marketplace.models import Organization
+from marketplace.models import Listing, Organization
 
 
 def compute_request_list(*, lab: Organization) -> QuerySet[ComputeRequest]:
@@ -105,3 +106,59 @@ def incident_list(*, organization: Organization) -> QuerySet[Incident]:
         )
         .order_by("-started_at", "-id")
     )
+
+
+# Resale activity per organization (broker.resale), for operators: as a seller, the resale
+# listings it made (active now, GPU-hours listed) and what they sold (contracts, GPU-hours,
+# proceeds before the resale fee); as a buyer, the GPU-hours it bought on resale. Cancelled
+# contracts count for neither side.
+RESALE_ACTIVITY = """
+WITH sold AS (
+    SELECT k.listing_id, k.lab_id, k.gpu_count * EXTRACT(EPOCH FROM k.ends_at - k.starts_at) / 3600 AS gpu_hours,
+           k.total_amount
+    FROM broker_contract k JOIN marketplace_listing l ON l.id = k.listing_id
+    WHERE l.depth > 0 AND k.status <> %(cancelled)s
+), selling AS (
+    SELECT l.provider_id AS organization_id, COUNT(*) AS listings,
+           COUNT(*) FILTER (WHERE l.status = %(active)s) AS active,
+           SUM(l.node_count * c.gpus_per_node * EXTRACT(EPOCH FROM l.ends_at - l.starts_at) / 3600) AS listed,
+           SUM(s.contracts) AS contracts, SUM(s.gpu_hours) AS sold, SUM(s.proceeds) AS proceeds
+    FROM marketplace_listing l
+    JOIN marketplace_cluster c ON c.id = l.cluster_id
+    LEFT JOIN LATERAL (
+        SELECT COUNT(*) AS contracts, SUM(sold.gpu_hours) AS gpu_hours, SUM(sold.total_amount) AS proceeds
+        FROM sold WHERE sold.listing_id = l.id
+    ) s ON TRUE
+    WHERE l.depth > 0
+    GROUP BY l.provider_id
+), buying AS (
+    SELECT lab_id AS organization_id, SUM(gpu_hours) AS bought FROM sold GROUP BY lab_id
+)
+SELECT o.id, o.name, COALESCE(selling.listings, 0), COALESCE(selling.active, 0), COALESCE(selling.listed, 0),
+       COALESCE(selling.contracts, 0), COALESCE(selling.sold, 0), COALESCE(selling.proceeds, 0),
+       COALESCE(buying.bought, 0)
+FROM marketplace_organization o
+LEFT JOIN selling ON selling.organization_id = o.id
+LEFT JOIN buying ON buying.organization_id = o.id
+WHERE selling.organization_id IS NOT NULL OR buying.organization_id IS NOT NULL
+ORDER BY COALESCE(selling.proceeds, 0) DESC, o.name
+"""
+
+_RESALE_ACTIVITY_FIELDS = (
+    "organization_id",
+    "organization",
+    "listings",
+    "active_listings",
+    "gpu_hours_listed",
+    "contracts_sold",
+    "gpu_hours_sold",
+    "proceeds",
+    "gpu_hours_bought",
+)
+
+
+def resale_activity() -> list[dict]:
+    """Each organization that resold or bought resold capacity, with its figures."""
+    with connection.cursor() as cursor:
+        cursor.execute(RESALE_ACTIVITY, {"cancelled": Contract.Status.CANCELLED, "active": Listing.Status.ACTIVE})
+        return [dict(zip(_RESALE_ACTIVITY_FIELDS, row, strict=True)) for row in cursor.fetchall()]

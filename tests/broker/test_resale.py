@@ -476,3 +476,34 @@ class TestCancellation:
         held["contract"].refresh_from_db()
         resale.refresh_from_db()
         assert (held["contract"].status, resale.status) == (Contract.Status.SCHEDULED, Listing.Status.ACTIVE)
+
+
+@pytest.mark.django_db
+def test_operators_see_resale_activity_per_organization(held, lab_client, other_lab_client):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    resale = resale_create(
+        holder=lab_client.organization,
+        contract_id=held["contract"].pk,
+        node_count=2,
+        starts_at=hour(39),
+        ends_at=hour(63),
+        price_per_gpu_hour=D("3"),
+    )
+    book(lab=other_lab_client.organization, listing=resale, nodes=1, starts_at=hour(39), hours=10)
+    client = Client()
+    client.force_login(get_user_model().objects.create_superuser("ops", "ops@example.com", None))
+    page = client.get("/admin/broker/resale/")
+    assert page.status_code == 200
+    rows = page.context["resale_activity"]
+    assert [(row["organization"], row["listings"], row["contracts_sold"]) for row in rows] == [
+        (lab_client.organization.name, 1, 1),
+        (other_lab_client.organization.name, 0, 0),
+    ]
+    seller, buyer = rows
+    assert (seller["gpu_hours_listed"], seller["gpu_hours_sold"], seller["proceeds"]) == (384, 80, D("240.00"))
+    assert buyer["gpu_hours_bought"] == 80
+    html = page.content.decode()
+    assert "Resale activity per organization" in html and lab_client.organization.name in html
+    assert client.get(f"/admin/broker/resale/{resale.resale_of.pk}/change/").status_code == 200
