@@ -39,7 +39,14 @@ def test_a_lab_searches_books_waits_for_a_request_and_reads_contracts_and_the_pr
                      "--hours", "24", "--max-price", "2.50")  # fmt: skip
     assert [(item["id"], item["available_gpus"]) for item in found] == [(listing["id"], 32)]
 
+    book = lab.json("market", "book", "h100-sxm-80gb", "--start", iso(start), "--end", iso(start + timedelta(hours=24)))
+    assert [(level["price_per_gpu_hour"], level["gpus"]) for level in book["asks"]] == [("2.1000", 32)]
+
     booked = lab.json("book", str(listing["id"]), "--gpus", "16", "--start", iso(start), "--hours", "24")
+    trades = lab.json("market", "trades", "h100-sxm-80gb")
+    assert [(trade["price_per_gpu_hour"], trade["gpu_count"], trade["hours"]) for trade in trades] == [
+        ("2.1000", 16, 24)
+    ]
     assert (booked["listing"], booked["gpu_count"], booked["node_count"], len(booked["nodes"])) == (
         listing["id"], 16, 2, 2,
     )  # fmt: skip

@@ -62,7 +62,7 @@ def usage_file(path, contract, start: datetime) -> None:
 def test_a_provider_lists_capacity_and_takes_a_node_out(provider):
     cluster = provider.json("clusters", "create", "--name", "dc2-h100", "--gpu-model", "h100-sxm-80gb",
                             "--region", "us-east-1", "--interconnect", "roce", "--gpus-per-node", "8",
-                            "--nodes", "4")  # fmt: skip
+                            "--nodes", "60")  # fmt: skip
     assert [item["id"] for item in provider.json("clusters", "list")] == [cluster["id"]]
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=3)
     listing = provider.json("listings", "create", "--cluster", str(cluster["id"]), "--nodes", "3",
@@ -73,7 +73,9 @@ def test_a_provider_lists_capacity_and_takes_a_node_out(provider):
     updated = provider.json("listings", "update", str(listing["id"]), "--price", "1.95")
     assert updated["price_per_gpu_hour"] == "1.9500"
 
-    [node, *_] = provider.json("nodes", "list", str(cluster["id"]))
+    nodes = provider.json("nodes", "list", str(cluster["id"]))  # two pages of 50
+    assert len({node["id"] for node in nodes}) == 60
+    node = nodes[0]
     changed = provider.json("nodes", "set-status", str(cluster["id"]), str(node["id"]), "maintenance")
     assert changed["status"] == "maintenance"
     assert Node.objects.get(pk=node["id"]).status == "maintenance"

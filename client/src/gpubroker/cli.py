@@ -847,6 +847,57 @@ def events(state: State, event_type: str | None, limit: int) -> None:
     show_list(state, state.client.events.list(type=event_type), m.Event, limit)
 
 
+@cli.group(cls=GpbGroup)
+def market() -> None:
+    """Market data of a GPU model: the order book, trades, the daily price index."""
+
+
+@market.command("book")
+@click.argument("gpu_model")
+@click.option("--start", "starts_at", type=MOMENT, help="The window's start; the next whole hour when omitted.")
+@click.option("--end", "ends_at", type=MOMENT, help="The window's end; an hour after the start when omitted.")
+@click.option("--region", help="Only this region.")
+@click.option("--levels", type=click.IntRange(1, 500), help="Price levels of each side, best first (50).")
+@json_option
+@pass_state
+def market_book(state: State, gpu_model: str, **params: Any) -> None:
+    """The order book of GPU_MODEL for a window: asks (GPUs free, by price) and bids (open requests)."""
+    book = state.client.market.book(gpu_model, **params)
+    if state.json:
+        show_object(state, book)
+        return
+    state.out.print(f"{book.gpu_model} {book.region or 'all regions'}, {book.starts_at:%Y-%m-%d %H:%M} to "
+                    f"{book.ends_at:%Y-%m-%d %H:%M} UTC")  # fmt: skip
+    for side, levels in (("Asks", book.asks), ("Bids", book.bids)):
+        show_list(state, levels, m.Level, title=side)
+
+
+@market.command("trades")
+@click.argument("gpu_model")
+@click.option("--since", type=MOMENT, help="Trades signed since then (at most 31 days back; 24 hours when omitted).")
+@limit_option(100)
+@json_option
+@pass_state
+def market_trades(state: State, gpu_model: str, since: datetime | None, limit: int) -> None:
+    """Recent trades of GPU_MODEL, anonymous: price, GPUs, hours."""
+    show_list(state, state.client.market.trades(gpu_model, since=since), m.Trade, limit)
+
+
+@market.command("index")
+@click.argument("gpu_model")
+@click.option("--from", "from_", metavar="YYYY-MM-DD", help="The first UTC day (29 days before --to).")
+@click.option("--to", metavar="YYYY-MM-DD", help="The last UTC day (yesterday).")
+@json_option
+@pass_state
+def market_index(state: State, gpu_model: str, from_: str | None, to: str | None) -> None:
+    """The daily price index of GPU_MODEL: open, high, low, close, VWAP and volume per day."""
+    index = state.client.market.index(gpu_model, from_=from_, to=to)
+    if state.json:
+        show_object(state, index)
+        return
+    show_list(state, index.days, m.IndexDay, title=f"{index.gpu_model}, {index.from_} to {index.to}")
+
+
 @cli.command("gpu-models")
 @json_option
 @pass_state

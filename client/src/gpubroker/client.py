@@ -14,7 +14,7 @@ sent) or as the model itself (``body=``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -317,6 +317,46 @@ class SshKeys(Resource):
         return self._run(Call("DELETE", f"/ssh-keys/{key_id}"))
 
 
+class Market(Resource):
+    """Market data of a GPU model, for any key: the order book, recent trades, the daily price index."""
+
+    def book(
+        self,
+        gpu_model: str,
+        *,
+        starts_at: datetime | str | None = None,
+        ends_at: datetime | str | None = None,
+        region: str | None = None,
+        levels: int | None = None,
+    ) -> m.Book:
+        params = {"starts_at": starts_at, "ends_at": ends_at, "region": region, "levels": levels}
+        return self._run(Call("GET", f"/market/{gpu_model}/book", params, result=m.Book))
+
+    def trades(self, gpu_model: str, *, since: datetime | str | None = None) -> Iterator[m.Trade]:
+        return self._list(f"/market/{gpu_model}/trades", m.Trade, {"since": since})
+
+    def index(self, gpu_model: str, *, from_: date | str | None = None, to: date | str | None = None) -> m.PriceIndex:
+        return self._run(Call("GET", f"/market/{gpu_model}/index", {"from": from_, "to": to}, result=m.PriceIndex))
+
+
+class Quotes(Resource):
+    """Firm quotes (labs): what the matching engine would fill now, to accept before it expires."""
+
+    def list(self) -> Iterator[m.Quote]:
+        return self._list("/quotes", m.Quote)
+
+    def get(self, quote_id: int) -> m.Quote:
+        return self._run(Call("GET", f"/quotes/{quote_id}", result=m.Quote))
+
+    def create(self, *, body: m.QuoteCreateRequest | None = None, **fields: Any) -> m.Quote:
+        payload = body_of(m.QuoteCreateRequest, body, fields)
+        return self._run(Call("POST", "/quotes", body=payload, result=m.Quote))
+
+    def accept(self, quote_id: int) -> m.Quote:
+        """Book every line at its quoted price, or nothing (``Conflict`` when it cannot)."""
+        return self._run(Call("POST", f"/quotes/{quote_id}/accept", result=m.Quote))
+
+
 class _Resources:
     def _attach(self, transport: SyncTransport | AsyncTransport) -> None:
         self.gpu_models = GpuModels(transport)
@@ -333,6 +373,8 @@ class _Resources:
         self.events = Events(transport)
         self.webhook_endpoints = WebhookEndpoints(transport)
         self.ssh_keys = SshKeys(transport)
+        self.market = Market(transport)
+        self.quotes = Quotes(transport)
 
 
 class Client(SyncTransport, _Resources):
