@@ -28,8 +28,10 @@ from decimal import Decimal
 import redis
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q, Value
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Mod
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from billing.credit import Exposure, credit_limit_exceeded, lab_exposures, lab_exposures_add
@@ -113,6 +115,24 @@ def _ids(ids) -> RawSQL:
     return RawSQL("SELECT unnest(%s::bigint[])", [list(ids)])
 
 
+def could_serve(request: OpenRequest) -> Q:
+    """The listings that could serve the request, as a filter: the terms ``OrderBook._candidates``
+    holds a listing to that a query can check (its billing mode, a window that holds the
+    request's, a minimum it meets, whole nodes, the region and interconnect, not the lab's own).
+    Loading only these (``OrderBook.load_for``) plans the request as the whole book would."""
+    terms = Q(
+        billing_mode=request.billing_mode,
+        starts_at__lte=request.starts_at,
+        ends_at__gte=request.ends_at,
+        min_duration_hours__lte=request.duration_hours,
+    ) & Q(Exact(Mod(Value(request.gpu_count), F("cluster__gpus_per_node")), 0))
+    if request.region:
+        terms &= Q(cluster__region=request.region)
+    if request.interconnect:
+        terms &= Q(cluster__interconnect=request.interconnect)
+    return terms & ~Q(provider_id=request.lab_id)
+
+
 @dataclass(slots=True)
 class Fill:
     request: OpenRequest
@@ -172,32 +192,69 @@ class OrderBook:
 
     # -- loading ---------------------------------------------------------------------------
 
+    _LISTING_COLUMNS = (
+        "id",
+        "provider_id",
+        "cluster_id",
+        "price_per_gpu_hour",
+        "billing_mode",
+        "starts_at",
+        "ends_at",
+        "min_duration_hours",
+        "cluster__gpus_per_node",
+        "cluster__region",
+        "cluster__interconnect",
+        "inventory_version",
+        "depth",
+    )
+
     def load(self) -> None:
-        now = timezone.now()
         self.gpu_model_slug = GpuModel.objects.values_list("slug", flat=True).get(pk=self.gpu_model_id)
+        self._load_listings(Q())
+        self._load_inventory(list(self.listings))
+
+    def load_for(self, request: OpenRequest) -> None:
+        """Load only what planning this one request reads (a quote): the listings that could
+        serve it (``could_serve``) and, of each, its reserved nodes free for the whole window.
+
+        ``plan`` fills it as it would on the whole segment's book: it takes only nodes free for
+        the window, and a listing with none is no candidate either way. ``explain`` also counts
+        the listings' other nodes: call ``load_inventory`` before it.
+        """
+        self.gpu_model_slug = GpuModel.objects.values_list("slug", flat=True).get(pk=self.gpu_model_id)
+        self._load_listings(could_serve(request))
+        if not self.listings:
+            return
+        # A node's free spans are maximal ranges: at most one contains the window.
+        free = (
+            FreeSpan.objects.filter(
+                listing_id__in=_ids(self.listings),
+                starts_at__lte=request.starts_at,
+                ends_at__gte=request.ends_at,
+                node__status=Node.Status.IN_SERVICE,
+            )
+            .order_by("node_id")
+            .values_list("listing_id", "listing_node_id", "node_id")
+        )
+        for listing_id, listing_node_id, node_id in free:
+            self.listings[listing_id].bindings.append((listing_node_id, node_id))
+
+    def load_inventory(self) -> None:
+        """(Re)load the whole inventory of the listings loaded (after ``load_for``)."""
+        self._load_inventory(list(self.listings))
+
+    def _load_listings(self, terms: Q) -> None:
+        now = timezone.now()
         rows = (
             Listing.objects.on_offer()
-            .filter(cluster__gpu_model_id=self.gpu_model_id, ends_at__gt=now)
+            .filter(terms, cluster__gpu_model_id=self.gpu_model_id, ends_at__gt=now)
             .order_by("price_per_gpu_hour", "created_at", "id")
-            .values_list(
-                "id",
-                "provider_id",
-                "cluster_id",
-                "price_per_gpu_hour",
-                "billing_mode",
-                "starts_at",
-                "ends_at",
-                "min_duration_hours",
-                "cluster__gpus_per_node",
-                "cluster__region",
-                "cluster__interconnect",
-                "inventory_version",
-                "depth",
-            )
+            .values_list(*self._LISTING_COLUMNS)
         )
         self.listings = {}
         self.by_price = []
         self._covering = {}
+        self.busy = {}
         self.origin = _hour(now)
         for row in rows:
             listing = BookListing(
@@ -217,8 +274,6 @@ class OrderBook:
             )
             self.listings[listing.id] = listing
             self.by_price.append(listing)
-        self.busy = {}
-        self._load_inventory(list(self.listings))
 
     def _load_inventory(self, listing_ids: list[int]) -> None:
         """(Re)load reserved nodes of these listings and every sale on those nodes."""

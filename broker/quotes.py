@@ -20,20 +20,18 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q, QuerySet, Value
-from django.db.models.functions import Mod
-from django.db.models.lookups import Exact
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from billing.credit import lab_exposure
 from broker.booking import listing_book
-from broker.matching import BookListing, Fill, OpenRequest, OrderBook, Unfilled, _hour
-from broker.models import FreeSpan, Quote
+from broker.matching import Fill, OpenRequest, OrderBook, Unfilled
+from broker.models import Quote
 from broker.terms import contract_total, validate_size, validate_window
 from core.errors import CapacityUnavailable, DomainError, InvalidInput, InvalidTransition, NotAllowed
 from core.money import PRICE_PLACES, max_price_per_gpu_hour
 from core.timeutils import HOUR
-from marketplace.models import BillingMode, GpuModel, Listing, Node, Organization
+from marketplace.models import BillingMode, GpuModel, Listing, Organization
 
 _PRICE_QUANTUM = Decimal(1).scaleb(-PRICE_PLACES)
 
@@ -108,7 +106,8 @@ def quote_create(
         unfilled_detail="",
         fill_price_now=None,
     )
-    book = _book_for(request, gpu_model=gpu_model)
+    book = OrderBook(gpu_model.pk)
+    book.load_for(request)
     fill = book.plan(request, priced=False)
     if fill is None:
         why = _explained(book, request)
@@ -168,94 +167,9 @@ def _lines(fill: Fill) -> list[QuoteLine]:
     return [QuoteLine(listing.id, len(nodes) * listing.gpus_per_node, listing.price) for listing, nodes in fill.parts]
 
 
-def _could_serve(request: OpenRequest) -> Q:
-    """The listings that could serve the request: on its billing mode, whose window holds the
-    request's, whose minimum it meets, in whole nodes, in its region, not the lab's own. The
-    engine holds candidates to the same terms (``OrderBook._candidates``); this only keeps the
-    book from loading listings that could not serve the request."""
-    terms = Q(
-        billing_mode=request.billing_mode,
-        starts_at__lte=request.starts_at,
-        ends_at__gte=request.ends_at,
-        min_duration_hours__lte=request.duration_hours,
-    ) & Q(Exact(Mod(Value(request.gpu_count), F("cluster__gpus_per_node")), 0))
-    if request.region:
-        terms &= Q(cluster__region=request.region)
-    return terms & ~Q(provider_id=request.lab_id)
-
-
-def _book_for(request: OpenRequest, *, gpu_model: GpuModel) -> OrderBook:
-    """The engine's order book of the segment, as ``OrderBook.load`` loads it (its columns, its
-    order) but with only what this request's plan reads: the listings that could serve it, and
-    of each the reserved nodes free for its whole window (the free spans that contain it).
-
-    ``OrderBook.plan`` then fills it as it would on the whole segment: it takes only nodes free
-    for the window, and a listing with none is no candidate either way. Only ``explain`` needs
-    the rest (a listing of the terms sold out for the window is "no capacity", not "no offer"):
-    ``_explained`` loads it as the engine does.
-    """
-    now = timezone.now()
-    rows = (
-        Listing.objects.on_offer()
-        .filter(_could_serve(request), cluster__gpu_model_id=gpu_model.pk, ends_at__gt=now)
-        .order_by("price_per_gpu_hour", "created_at", "id")
-        .values_list(
-            "id",
-            "provider_id",
-            "cluster_id",
-            "price_per_gpu_hour",
-            "billing_mode",
-            "starts_at",
-            "ends_at",
-            "min_duration_hours",
-            "cluster__gpus_per_node",
-            "cluster__region",
-            "cluster__interconnect",
-            "inventory_version",
-            "depth",
-        )
-    )
-    book = OrderBook(gpu_model.pk)
-    book.gpu_model_slug = gpu_model.slug
-    book.origin = _hour(now)
-    for row in rows:
-        listing = BookListing(
-            id=row[0],
-            provider_id=row[1],
-            cluster_id=row[2],
-            price=row[3],
-            billing_mode=row[4],
-            starts=_hour(row[5]),
-            ends=_hour(row[6]),
-            min_duration=row[7],
-            gpus_per_node=row[8],
-            region=row[9],
-            interconnect=row[10],
-            version=row[11],
-            depth=row[12],
-        )
-        book.listings[listing.id] = listing
-        book.by_price.append(listing)
-    if book.listings:
-        # A node's free spans are maximal ranges: at most one contains the window.
-        free = (
-            FreeSpan.objects.filter(
-                listing_id__in=list(book.listings),
-                starts_at__lte=request.starts_at,
-                ends_at__gte=request.ends_at,
-                node__status=Node.Status.IN_SERVICE,
-            )
-            .order_by("node_id")
-            .values_list("listing_id", "listing_node_id", "node_id")
-        )
-        for listing_id, listing_node_id, node_id in free:
-            book.listings[listing_id].bindings.append((listing_node_id, node_id))
-    return book
-
-
 def _explained(book: OrderBook, request: OpenRequest) -> Unfilled:
     """Why the engine leaves the request unfilled, on the listings' whole inventory."""
-    book._load_inventory(list(book.listings))
+    book.load_inventory()
     return book.explain(request)
 
 
