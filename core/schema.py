@@ -92,6 +92,10 @@ def describe_shared_components(result, generator, request, public):
 # object's id. Clients and tools read them (the fuzz run's stateful phase creates a listing,
 # then books it and reads the contract).
 LINKS = {
+    ("quotes_create", "201"): {
+        "ReadTheQuote": "quotes_retrieve",
+        "AcceptTheQuote": "quotes_accept_create",
+    },
     ("api_keys_create", "201"): {
         "ReadTheKey": "api_keys_retrieve",
         "RevokeTheKey": "api_keys_revoke_create",

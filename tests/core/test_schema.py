@@ -78,6 +78,11 @@ def test_operation_documents_its_errors(schema, method, path, codes):
         ("/api/v1/compute-requests", ["credit_limit_exceeded", "idempotency_key_reused"]),
         ("/api/v1/contracts/{id}/terminate", ["committed_contract", "invalid_transition"]),
         ("/api/v1/api-keys", ["idempotent_replay_withheld"]),
+        ("/api/v1/listings", ["capacity_unavailable"]),
+        (
+            "/api/v1/quotes/{id}/accept",
+            ["quote_accepted", "quote_expired", "quote_price_changed", "capacity_unavailable", "credit_limit_exceeded"],
+        ),
     ],
 )
 def test_conflicts_name_their_codes(schema, path, codes):
@@ -93,6 +98,8 @@ def test_conflicts_name_their_codes(schema, path, codes):
         ("get", "/api/v1/listings", "400", "window has already begun or is over"),
         ("post", "/api/v1/clusters", "400", "an unknown `gpu_model`"),
         ("post", "/api/v1/compute-requests", "400", "an unknown `gpu_model`"),
+        ("post", "/api/v1/quotes", "400", "an unknown `gpu_model`"),
+        ("post", "/api/v1/listings", "400", "with `contract`: a contract that is not yours, metered"),
     ],
 )
 def test_refusals_say_what_they_refuse(schema, method, path, status, says):
