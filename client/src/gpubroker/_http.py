@@ -19,7 +19,9 @@ from gpubroker import __version__
 from gpubroker.config import resolve
 from gpubroker.errors import ApiError, ConfigurationError, TransportError, error_class
 
-MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The calls sent with an Idempotency-Key. Not DELETE: deleting twice deletes once, and the API
+# rolls back a keyed call whose answer has no JSON body, as a DELETE's 204 has none.
+KEYED = frozenset({"POST", "PUT", "PATCH"})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 API_PREFIX = "/api/v1"
 
@@ -138,7 +140,7 @@ class _Base:
     def _prepare(self, call: Call) -> tuple[str, dict[str, Any]]:
         url = call.path if call.path.startswith(("http://", "https://")) else API_PREFIX + call.path
         headers = dict(call.headers)
-        if call.method in MUTATING:
+        if call.method in KEYED:
             # One key for every attempt of this call: the API replays the first answer to a retry.
             headers["Idempotency-Key"] = call.idempotency_key or str(uuid.uuid4())
         params = {key: stringify(value) for key, value in (call.params or {}).items() if value is not None}

@@ -967,6 +967,9 @@ def webhooks_listen(
             state.err.print(f"deleted webhook endpoint {endpoint.id}")
 
 
+FORWARDED_HEADERS = ("Content-Type", "Webhook-Id", "Webhook-Signature")
+
+
 class Listener:
     def __init__(self, state: State, secret: str | None, forward_to: str | None, tolerance: int, limit: int | None):
         self.state, self.secret, self.forward_to = state, secret, forward_to
@@ -990,8 +993,7 @@ class Listener:
         status = 200
         forwarded = None
         if self.forwarder is not None:
-            forward_headers = {name: headers[name] for name in ("content-type", "webhook-id", "webhook-signature")
-                               if name in headers}  # fmt: skip
+            forward_headers = {name: headers[name.lower()] for name in FORWARDED_HEADERS if name.lower() in headers}
             try:
                 response = self.forwarder.post(self.forward_to, content=body, headers=forward_headers)
                 status = forwarded = response.status_code
