@@ -45,10 +45,11 @@ class IdempotencyMiddleware:
     The record is inserted in the same transaction as the work. A concurrent retry with
     the same key blocks on the unique index until the first commits, then replays its
     response; if the first failed, its rollback removes the record and the retry runs.
-    Only successful (2xx) JSON responses are kept, like Stripe, byte for byte (a replay is the
-    same bytes as the first answer), and never one that carries a secret
-    (it says ``Cache-Control: no-store``): its retry is answered 409, since a secret is shown
-    once and stored nowhere.
+    Only successful (2xx) responses are kept, like Stripe, byte for byte (a replay is the same
+    bytes as the first answer; an empty one, a 204, is replayed empty), and never one that
+    carries a secret (it says ``Cache-Control: no-store``) or is streamed: its retry is answered
+    409, since a secret is shown once and stored nowhere. A refusal (not 2xx) rolls back the
+    record with whatever the request wrote; a success always commits its work.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
@@ -112,7 +113,10 @@ class IdempotencyMiddleware:
                     )
                     refused["Retry-After"] = str(throttle.wait())
                     return refused
-                if record.response_content is not None:
+                if record.response_content is not None and not record.response_content:
+                    replay = HttpResponse(status=record.response_status)  # a 204: no body, no type
+                    del replay["Content-Type"]
+                elif record.response_content is not None:
                     replay = HttpResponse(
                         bytes(record.response_content), status=record.response_status, content_type=JSON
                     )
@@ -122,9 +126,9 @@ class IdempotencyMiddleware:
                 return replay
 
             response = self.get_response(request)
-            if not 200 <= response.status_code < 300 or not response.get("Content-Type", "").startswith(JSON):
+            if not 200 <= response.status_code < 300:
                 transaction.set_rollback(True)
-            elif _carries_secret(response):
+            elif _carries_secret(response) or response.streaming or not _replayable(response):
                 record.response_status, record.withheld = response.status_code, True
                 record.save(update_fields=["response_status", "withheld"])
             else:
@@ -146,6 +150,11 @@ def _routed(request: HttpRequest) -> bool:
         return method in actions
     view = getattr(match.func, "cls", None) or getattr(match.func, "view_class", None)
     return view is not None and method in view.http_method_names and hasattr(view, method)
+
+
+def _replayable(response: HttpResponse) -> bool:
+    """A JSON answer, or an empty one: what a replay can give back as it was."""
+    return not response.content or response.get("Content-Type", "").startswith(JSON)
 
 
 def _carries_secret(response: HttpResponse) -> bool:

@@ -1,6 +1,5 @@
 """SSH keys of a lab, for the contracts' access manifests: register, list, read, delete."""
 
-from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -112,10 +111,7 @@ class SshKeyViewSet(
         description="204. Contracts the key was attached to keep their copy in their access manifest; attach "
         "another set to change it.",
     )
-    def destroy(self, request: Request, pk: str) -> HttpResponse:
+    def destroy(self, request: Request, pk: str) -> Response:
         ssh_key = get_object_or_404(self.get_queryset(), pk=pk)
         ssh_key_delete(ssh_key=ssh_key, actor_label=request.user.audit_label)
-        # Said to be JSON though empty: the idempotency middleware keeps (and commits) only a
-        # success it can replay, which it recognises by its JSON type; DRF drops the type of an
-        # empty body, and the deletion would be rolled back under an Idempotency-Key.
-        return HttpResponse(status=status.HTTP_204_NO_CONTENT, content_type="application/json")
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -198,3 +198,16 @@ def test_deliveries_list_and_status_filter(lab_client):
     assert [row["event"] for row in lab_client.get(f"{path}?status=succeeded").json()["results"]] == created
     assert_error(lab_client.get(f"{path}?status=lost"), 400, "invalid")
     assert_error(lab_client.get(f"{path}?status="), 400, "invalid")
+
+
+def test_a_delete_under_an_idempotency_key_is_done_once_and_replayed_empty(lab_client):
+    """A 204 has no body and, from DRF, no content type: the key keeps it (and the deletion is
+    committed, not rolled back with the record); the retry answers the same empty 204."""
+    path = f"/api/v1/webhook-endpoints/{register(lab_client, URL)['id']}"
+    first = lab_client.delete(path, HTTP_IDEMPOTENCY_KEY="delete-once")
+    assert (first.status_code, first.content) == (204, b"")
+    assert not WebhookEndpoint.objects.exists()
+    again = lab_client.delete(path, HTTP_IDEMPOTENCY_KEY="delete-once")
+    assert (again.status_code, again.content, again["Idempotent-Replayed"]) == (204, b"", "true")
+    assert "Content-Type" not in again
+    assert_error(lab_client.delete(path, HTTP_IDEMPOTENCY_KEY="delete-twice"), 404, "not_found")
