@@ -356,9 +356,9 @@ def whoami(state: State) -> None:
 @click.option("--end", "ends_at", type=MOMENT, help="The window's end.")
 @click.option("--hours", type=click.IntRange(min=1), help="The window's length from --start, instead of --end.")
 @click.option("--max-price", help="The most per GPU-hour, e.g. 2.50.")
-@click.option("--region")
-@click.option("--interconnect", type=INTERCONNECTS)
-@click.option("--billing-mode", type=BILLING_MODES)
+@click.option("--region", help="Only clusters in this region, e.g. us-south-1.")
+@click.option("--interconnect", type=INTERCONNECTS, help="Only this network between nodes.")
+@click.option("--billing-mode", type=BILLING_MODES, help="committed (every hour booked is paid) or metered (use).")
 @click.option("--min-availability", help="Measured availability over 30 days, in percent, e.g. 99.5.")
 @click.option("--mine", is_flag=True, help="Your own listings (providers).")
 @limit_option(50)
@@ -403,14 +403,15 @@ def requests() -> None:
 
 @requests.command("create")
 @click.option("--gpu-model", required=True, help="A GPU model's slug, e.g. h100-sxm-80gb.")
-@click.option("--gpus", "gpu_count", type=click.IntRange(min=1), required=True)
+@click.option("--gpus", "gpu_count", type=click.IntRange(min=1), required=True, help="GPUs wanted.")
 @click.option("--start", "starts_at", type=MOMENT, required=True, help="A whole UTC hour: ISO 8601 or +Nh / +Nd.")
-@click.option("--hours", "duration_hours", type=click.IntRange(min=1), required=True)
+@click.option("--hours", "duration_hours", type=click.IntRange(min=1), required=True, help="Hours from --start.")
 @click.option("--max-price", "max_price_per_gpu_hour", required=True, help="The most per GPU-hour, e.g. 2.50.")
-@click.option("--billing-mode", type=BILLING_MODES, default="metered", show_default=True)
+@click.option("--billing-mode", type=BILLING_MODES, default="metered", show_default=True,
+              help="committed (every hour is paid) or metered (use is paid).")  # fmt: skip
 @click.option("--colocated", is_flag=True, help="Fill from one cluster only.")
-@click.option("--region")
-@click.option("--interconnect", type=INTERCONNECTS)
+@click.option("--region", help="Only clusters in this region.")
+@click.option("--interconnect", type=INTERCONNECTS, help="Only this network between nodes.")
 @click.option("--idempotency-key", help="Your own key for this request, to repeat the command safely.")
 @click.option("--wait", is_flag=True, help="Follow the request until it fills, expires or is cancelled.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=600, show_default=True,
@@ -455,7 +456,8 @@ def follow(state: State, request: m.ComputeRequest, timeout: float, interval: fl
 
 
 @requests.command("list")
-@click.option("--status", type=click.Choice([status.value for status in m.ComputeStatusEnum]))
+@click.option("--status", type=click.Choice([status.value for status in m.ComputeStatusEnum]),
+              help="Only requests in this state.")  # fmt: skip
 @limit_option()
 @json_option
 @pass_state
@@ -488,8 +490,9 @@ def contracts() -> None:
 
 
 @contracts.command("list")
-@click.option("--status", type=click.Choice([status.value for status in m.ContractStatusEnum]))
-@click.option("--billing-mode", type=BILLING_MODES)
+@click.option("--status", type=click.Choice([status.value for status in m.ContractStatusEnum]),
+              help="Only contracts in this state.")  # fmt: skip
+@click.option("--billing-mode", type=BILLING_MODES, help="Only committed or only metered contracts.")
 @limit_option()
 @json_option
 @pass_state
@@ -522,7 +525,8 @@ def invoices() -> None:
 
 
 @invoices.command("list")
-@click.option("--status", type=click.Choice([status.value for status in m.InvoiceStatusEnum]))
+@click.option("--status", type=click.Choice([status.value for status in m.InvoiceStatusEnum]),
+              help="Only invoices in this state.")  # fmt: skip
 @limit_option()
 @json_option
 @pass_state
@@ -575,11 +579,11 @@ def clusters() -> None:
 
 
 @clusters.command("create")
-@click.option("--name", required=True)
+@click.option("--name", required=True, help="Your name for it, unique among your clusters.")
 @click.option("--gpu-model", required=True, help="A GPU model's slug, e.g. h100-sxm-80gb.")
-@click.option("--region", required=True)
-@click.option("--interconnect", type=INTERCONNECTS, required=True)
-@click.option("--gpus-per-node", type=click.IntRange(min=1), required=True)
+@click.option("--region", required=True, help="Where it is, e.g. us-south-1.")
+@click.option("--interconnect", type=INTERCONNECTS, required=True, help="The network between its nodes.")
+@click.option("--gpus-per-node", type=click.IntRange(min=1), required=True, help="GPUs in each node.")
 @click.option("--nodes", "node_count", type=click.IntRange(min=1), required=True, help="Nodes to register.")
 @json_option
 @pass_state
@@ -637,7 +641,8 @@ def listings() -> None:
 @click.option("--start", "starts_at", type=MOMENT, required=True, help="A whole UTC hour: ISO 8601 or +Nh / +Nd.")
 @click.option("--end", "ends_at", type=MOMENT, required=True, help="A whole UTC hour after --start.")
 @click.option("--price", "price_per_gpu_hour", required=True, help="Per GPU-hour, e.g. 2.10.")
-@click.option("--billing-mode", type=BILLING_MODES, required=True)
+@click.option("--billing-mode", type=BILLING_MODES, required=True,
+              help="committed: buyers pay every hour booked; metered: the GPU-hours they use.")  # fmt: skip
 @click.option("--min-hours", "min_duration_hours", type=click.IntRange(min=1), help="The shortest booking, in hours.")
 @click.option("--sla-availability", help="Availability promised, percent (50-100; 99.00 when omitted).")
 @click.option("--sla-credit-rate", "sla_breach_credit_rate", help="Credit multiple past the promise (1-10).")
@@ -694,7 +699,8 @@ def usage() -> None:
               help="The file's format; by its extension when omitted (.csv, else JSON lines).")  # fmt: skip
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write rejected records (JSON lines); FILE.rejects.jsonl when omitted.")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(1, BATCH), default=BATCH, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, BATCH), default=BATCH, show_default=True,
+              help="Records per call (the API takes 1,000 at most).")  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Batches in flight at once.")  # fmt: skip
 @click.option("--progress/--no-progress", default=None, help="A progress bar (on a terminal by default).")
@@ -811,7 +817,8 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="To tell your keys apart.")
-@click.option("--scope", type=click.Choice([scope.value for scope in m.ScopeEnum]), default="full", show_default=True)
+@click.option("--scope", type=click.Choice([scope.value for scope in m.ScopeEnum]), default="full", show_default=True,
+              help="full: reads and writes; read_only: GET requests only.")  # fmt: skip
 @json_option
 @pass_state
 def keys_create(state: State, name: str, scope: str) -> None:
@@ -838,7 +845,8 @@ def keys_revoke(state: State, key_id: int) -> None:
 
 
 @cli.command()
-@click.option("--type", "event_type", type=click.Choice([kind.value for kind in m.EventTypeEnum]))
+@click.option("--type", "event_type", type=click.Choice([kind.value for kind in m.EventTypeEnum]),
+              help="Only events of this type.")  # fmt: skip
 @limit_option(20)
 @json_option
 @pass_state
