@@ -2,7 +2,7 @@ from django.urls import re_path
 
 from market.api import views
 
-GPU_MODEL = rf"(?P<gpu_model>{views.GPU_MODEL_SLUG})"
+GPU_MODEL = rf"(?P<slug>{views.GPU_MODEL_SLUG})"
 
 urlpatterns = [
     re_path(rf"^market/{GPU_MODEL}/book$", views.BookView.as_view(), name="market-book"),

@@ -21,7 +21,7 @@ from marketplace.models import GpuModel
 # its place matches no route and is the JSON 404.
 GPU_MODEL_SLUG = "[-a-zA-Z0-9_]{1,64}"
 GPU_MODEL_PARAMETER = OpenApiParameter(
-    "gpu_model",
+    "slug",
     str,
     OpenApiParameter.PATH,
     pattern=f"^{GPU_MODEL_SLUG}$",
@@ -54,8 +54,8 @@ class BookView(GenericAPIView):
         "when omitted). Asks: GPUs of active listings free for the whole window, cheapest first. Bids: GPUs that "
         f"open compute requests want for an hour of the window, by their maximum price, highest first. {ANONYMOUS}",
     )
-    def get(self, request: Request, gpu_model: str) -> Response:
-        model = _gpu_model(gpu_model)
+    def get(self, request: Request, slug: str) -> Response:
+        model = _gpu_model(slug)
         query = BookQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = query.validated_data
@@ -97,8 +97,8 @@ class TradeListView(GenericAPIView):
         description="Contracts signed since `since` (24 hours back when omitted), newest first: price, GPUs, hours, "
         f"when, and whether a primary sale or a resale. Cancelled contracts are left out. {ANONYMOUS}",
     )
-    def get(self, request: Request, gpu_model: str) -> Response:
-        model = _gpu_model(gpu_model)
+    def get(self, request: Request, slug: str) -> Response:
+        model = _gpu_model(slug)
         query = TradeQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         since = query.validated_data["since"]
@@ -127,8 +127,8 @@ class PriceIndexView(GenericAPIView):
         "day, cancelled ones left out. A day is computed once, within the hour after it ends; days not computed "
         f"yet are left out, and a day with no trade has volume 0 and null prices. {ANONYMOUS}",
     )
-    def get(self, request: Request, gpu_model: str) -> Response:
-        model = _gpu_model(gpu_model)
+    def get(self, request: Request, slug: str) -> Response:
+        model = _gpu_model(slug)
         query = IndexQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         first, last = query.validated_data["from"], query.validated_data["to"]

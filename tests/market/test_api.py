@@ -34,17 +34,17 @@ def schema():
 
 @pytest.mark.parametrize("operation", OPERATIONS)
 def test_the_schema_documents_each_operation_and_its_errors(schema, operation):
-    documented = schema["paths"][f"/api/v1/market/{{gpu_model}}/{operation}"]["get"]
+    documented = schema["paths"][f"/api/v1/market/{{slug}}/{operation}"]["get"]
     assert documented["operationId"] == f"market_{operation}"
     assert {code for code in documented["responses"] if code >= "4"} == {"400", "401", "404", "414", "429"}
     assert "an unknown GPU model" in documented["responses"]["404"]["description"]
     assert "Anonymous" in documented["description"]
-    slug = next(parameter for parameter in documented["parameters"] if parameter["name"] == "gpu_model")
+    slug = next(parameter for parameter in documented["parameters"] if parameter["name"] == "slug")
     assert slug["in"] == "path" and slug["schema"]["pattern"] == "^[-a-zA-Z0-9_]{1,64}$"
 
 
 def test_the_trades_are_a_paginated_list(schema):
-    documented = schema["paths"]["/api/v1/market/{gpu_model}/trades"]["get"]
-    assert {parameter["name"] for parameter in documented["parameters"]} == {"gpu_model", "since", "page", "page_size"}
+    documented = schema["paths"]["/api/v1/market/{slug}/trades"]["get"]
+    assert {parameter["name"] for parameter in documented["parameters"]} == {"slug", "since", "page", "page_size"}
     page = documented["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     assert page == "#/components/schemas/PaginatedTradeList"
