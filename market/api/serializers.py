@@ -5,10 +5,10 @@ from datetime import UTC, timedelta
 from django.utils import timezone
 from rest_framework import serializers
 
-from broker.terms import validate_window
+from broker.terms import MAX_DURATION_HOURS, validate_window
 from core.errors import InvalidInput
 from core.serializers import QuerySerializer, count_field, time_field
-from core.timeutils import EARLIEST, HORIZON, HOUR, hours_between, is_whole_hour, next_hour
+from core.timeutils import EARLIEST, HORIZON, HORIZON_TEXT, HOUR, hours_between, is_whole_hour, next_hour
 from market.index import last_completed_day
 from marketplace.models import REGION_VALIDATOR, BillingMode
 
@@ -49,9 +49,14 @@ class BookQuerySerializer(QuerySerializer):
             raise serializers.ValidationError({"ends_at": ["Must be after starts_at."]})
         try:
             validate_window(starts_at, hours_between(starts_at, ends_at))
-        except InvalidInput as exc:  # the window is given by its end here, not by a duration
-            fields = {"ends_at" if name == "duration_hours" else name: value for name, value in exc.fields.items()}
-            raise InvalidInput(exc.message.replace("duration_hours", "The window"), fields=fields) from None
+        except InvalidInput as exc:
+            if "duration_hours" not in exc.fields:
+                raise
+            # The window is given by its end here, not by a duration.
+            raise InvalidInput(
+                f"The window may last at most {MAX_DURATION_HOURS} hours and must end within {HORIZON_TEXT}.",
+                fields={"ends_at": exc.fields["duration_hours"]},
+            ) from None
         return attrs
 
 
