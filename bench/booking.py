@@ -110,18 +110,27 @@ def build_market(rng: random.Random) -> dict:
 
 
 class Booker:
-    """Books random small windows of random listings as one lab, counting the outcomes."""
+    """Books random small windows of random listings as one lab, counting the outcomes.
 
-    def __init__(self, *, lab_index: int, seed: int):
+    ``offers``: the (listing id, provider id, starts_at, ends_at) windows to book in, every
+    listing's whole window by default; ``lab_ids``: the labs that book, every lab by default.
+    """
+
+    def __init__(
+        self, *, lab_index: int, seed: int, offers: list[tuple] | None = None, lab_ids: list[int] | None = None
+    ):
         from broker.booking import listing_book
         from core.errors import CapacityUnavailable
         from marketplace.models import Listing, Organization
 
         self.listing_book, self.capacity_unavailable, self.listing_model = listing_book, CapacityUnavailable, Listing
         self.rng = random.Random(seed)
-        labs = list(Organization.objects.filter(is_lab=True).order_by("id"))
+        labs = Organization.objects.filter(is_lab=True).order_by("id")
+        labs = list(labs if lab_ids is None else labs.filter(pk__in=lab_ids))
         self.lab = labs[lab_index % len(labs)]
-        self.offers = list(Listing.objects.values_list("id", "provider_id", "starts_at", "ends_at"))
+        if offers is None:
+            offers = list(Listing.objects.values_list("id", "provider_id", "starts_at", "ends_at"))
+        self.offers = offers
         self.booked = self.conflicts = self.errors = 0
         self.latencies: list[float] = []
 
@@ -149,11 +158,11 @@ class Booker:
                 traceback.print_exc()
 
 
-def client(index: int, seconds: float, seed: int, barrier, results) -> None:
+def client(index: int, seconds: float, seed: int, barrier, results, offers=None, lab_ids=None) -> None:
     """One booking client: its own process, Django and connection."""
     try:
         setup(default_database=DATABASE, prepare=False)
-        booker = Booker(lab_index=index, seed=seed * 1000 + index)
+        booker = Booker(lab_index=index, seed=seed * 1000 + index, offers=offers, lab_ids=lab_ids)
         server_pid = backend_pid()
     except Exception:
         traceback.print_exc()
@@ -177,13 +186,15 @@ def client(index: int, seconds: float, seed: int, barrier, results) -> None:
     )
 
 
-def profile_one_client(*, count: int, seed: int) -> dict:
+def profile_one_client(
+    *, count: int, seed: int, offers: list[tuple] | None = None, lab_ids: list[int] | None = None
+) -> dict:
     """Book ``count`` times from this process alone under cProfile; print where the CPU goes.
 
     CPU time, not wall: with 16 clients on a few cores, wall time mostly measures waiting
     for a core. Alone, the client's CPU per booking is what caps 16 of them.
     """
-    booker = Booker(lab_index=0, seed=seed)
+    booker = Booker(lab_index=0, seed=seed, offers=offers, lab_ids=lab_ids)
     profiler = cProfile.Profile(time.process_time)
     with cpu_meter(backend_pid()) as cpu, stopwatch() as elapsed:
         profiler.enable()
@@ -204,12 +215,16 @@ def profile_one_client(*, count: int, seed: int) -> dict:
     }
 
 
-def run_clients(*, clients: int, seconds: float, seed: int) -> dict:
+def client_outcomes(
+    *, clients: int, seconds: float, seed: int, offers: list[tuple] | None = None, lab_ids: list[int] | None = None
+) -> list[dict]:
+    """Each client's counts, latencies and CPU seconds, booking at once (see ``Booker``)."""
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(clients + 1)
     results = context.Queue()
     processes = [
-        context.Process(target=client, args=(index, seconds, seed, barrier, results)) for index in range(clients)
+        context.Process(target=client, args=(index, seconds, seed, barrier, results, offers, lab_ids))
+        for index in range(clients)
     ]
     for process in processes:
         process.start()
@@ -218,7 +233,21 @@ def run_clients(*, clients: int, seconds: float, seed: int) -> dict:
     outcomes = [results.get(timeout=seconds + 120) for _ in processes]
     for process in processes:
         process.join(timeout=30)
-    latencies = sorted(value for outcome in outcomes for value in outcome["latencies"])
+    return outcomes
+
+
+def latency_ms(latencies: list[float]) -> dict:
+    """p50 and p99 of booking latencies given in seconds, in milliseconds."""
+    latencies = sorted(latencies)
+    return {
+        "p50": round(statistics.median(latencies) * 1000, 2) if latencies else None,
+        "p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
+    }
+
+
+def summary(outcomes: list[dict]) -> dict:
+    """The clients' outcomes of one run as figures: bookings per second, latencies, CPU per attempt."""
+    latencies = [value for outcome in outcomes for value in outcome["latencies"]]
     booked = sum(outcome["booked"] for outcome in outcomes)
     attempts = booked + sum(outcome["conflicts"] + outcome["errors"] for outcome in outcomes)
     elapsed = max(outcome["seconds"] for outcome in outcomes)
@@ -231,10 +260,7 @@ def run_clients(*, clients: int, seconds: float, seed: int) -> dict:
         "errors": sum(outcome["errors"] for outcome in outcomes),
         "seconds": round(elapsed, 3),
         "bookings_per_second": round(booked / elapsed, 1),
-        "latency_ms": {
-            "p50": round(statistics.median(latencies) * 1000, 2) if latencies else None,
-            "p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
-        },
+        "latency_ms": latency_ms(latencies),
         # CPU per attempt, in the client processes (Python, Django) and their PostgreSQL backends:
         # on a small or shared machine these say more than wall-clock rates.
         "cpu_ms_per_attempt": {
@@ -244,14 +270,19 @@ def run_clients(*, clients: int, seconds: float, seed: int) -> dict:
     }
 
 
+def run_clients(*, clients: int, seconds: float, seed: int) -> dict:
+    return summary(client_outcomes(clients=clients, seconds=seconds, seed=seed))
+
+
 def oversold() -> bool:
-    """Any node sold twice for an hour, or sold through another listing's reservation."""
+    """Any node sold twice for an hour at one depth (a resale, broker.resale, sells again at the
+    next depth hours sold at its own), or sold through another listing's reservation."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute(
             """SELECT count(*) FROM broker_allocation a JOIN broker_allocation b
-               ON a.node_id = b.node_id AND a.id < b.id
+               ON a.node_id = b.node_id AND a.depth = b.depth AND a.id < b.id
               AND tstzrange(a.starts_at, a.ends_at, '[)') && tstzrange(b.starts_at, b.ends_at, '[)')"""
         )
         double_sold = cursor.fetchone()[0]
