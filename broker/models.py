@@ -151,6 +151,8 @@ class Contract(models.Model):
             models.Index(fields=["status", "starts_at"]),
             models.Index(fields=["status", "ends_at"]),
             models.Index(fields=["listing", "starts_at"]),  # a listing's contracts (its key has no index of its own)
+            # Contracts by signing time: the market's recent trades and the daily price index.
+            models.Index(fields=["created_at"], name="contract_signed"),
             # Contracts started and not delivered: the late-delivery sweep reads only these.
             models.Index(
                 fields=["starts_at"],

@@ -16,7 +16,7 @@ from core.money import round_money
 from core.timeutils import current_hour
 from market.models import PriceIndex
 from marketplace.models import GpuModel, Listing
-from marketplace.selectors import LISTING_SEARCH_SQL, ListingQuery, listing_search_parameters
+from marketplace.selectors import LISTING_AVAILABILITY_SQL, ListingQuery, listing_search_parameters
 
 # What a trade is, once for the tape and the price index: a contract signed (its created_at),
 # not cancelled, with its GPUs, its hours as signed (an early release does not change what was
@@ -39,18 +39,17 @@ def trades_parameters() -> dict:
 
 # --- The order book -----------------------------------------------------------------------
 
-# Asks: the listings a lab's search finds for the window (LISTING_SEARCH_SQL, all its rows),
-# their GPUs free for the whole window added up by price. One statement.
+# Asks: the listings a lab's search finds for the window (LISTING_AVAILABILITY_SQL, the first
+# part of the search's statement), their GPUs free for the whole window added up by price. One
+# statement.
 ASK_LEVELS = "".join(
     (
+        LISTING_AVAILABILITY_SQL,
         """
-    SELECT s.price_per_gpu_hour, SUM(s.available_nodes * s.gpus_per_node) AS gpus, COUNT(*) AS orders
-    FROM (""",
-        LISTING_SEARCH_SQL,
-        """) s
-    WHERE s.id IS NOT NULL
-    GROUP BY s.price_per_gpu_hour
-    ORDER BY s.price_per_gpu_hour
+    SELECT m.price_per_gpu_hour, SUM(m.available_nodes * m.gpus_per_node) AS gpus, COUNT(*) AS orders
+    FROM matching m
+    GROUP BY m.price_per_gpu_hour
+    ORDER BY m.price_per_gpu_hour
     LIMIT %(levels)s
 """,
     )
@@ -107,7 +106,7 @@ def market_book(
         statuses=(Listing.Status.ACTIVE,),
         deliverable_only=True,
     )
-    search = listing_search_parameters(query=query, now_hour=current_hour(), limit=None, offset=0)
+    search = listing_search_parameters(query=query, now_hour=current_hour(), limit=None, offset=0)  # no page
     asks = _levels(ASK_LEVELS, search | {"levels": levels})
     bids = _levels(
         BID_LEVELS,

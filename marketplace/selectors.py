@@ -126,8 +126,10 @@ def _refuse_a_window_begun(*, starts_at: datetime | None, ends_at: datetime | No
 # runs several times slower). Every value is a parameter. The provider and status conditions
 # are the SQL of Listing.objects.of_trading_providers() and on_offer(); the reservation and
 # allocation conditions those of ListingNode.objects.holding() and
-# Allocation.objects.holding_during(ws, we).
-LISTING_SEARCH_SQL = """
+# Allocation.objects.holding_during(ws, we). LISTING_AVAILABILITY_SQL is its first part, the
+# listings that remain (``matching``) with their available nodes, which the market's order book
+# adds up by price (market.selectors.ASK_LEVELS); LISTING_SEARCH_SQL goes on to the page.
+LISTING_AVAILABILITY_SQL = """
     WITH candidates AS (
         -- The listings the search judges, each with the window it is judged on: the one asked
         -- for, else the rest of its own.
@@ -200,13 +202,18 @@ LISTING_SEARCH_SQL = """
         -- A lab's search keeps the listings that cover the window, allow its length (in
         -- timestamp arithmetic: an EXTRACT of the hours is numeric, slower on every row), and
         -- can deliver min_gpus (at least one node) in whole nodes.
-        SELECT w.id, w.price_per_gpu_hour, w.starts_at, GREATEST(w.available_nodes, 0) AS available_nodes
+        SELECT w.id, w.price_per_gpu_hour, w.starts_at, w.gpus_per_node,
+               GREATEST(w.available_nodes, 0) AS available_nodes
         FROM counted w
         WHERE NOT %(deliverable_only)s
            OR (w.covers AND w.ws + w.min_duration_hours * INTERVAL '1 hour' <= w.we
                AND w.available_nodes >= 1
                AND (%(min_gpus)s IS NULL OR w.available_nodes * w.gpus_per_node >= %(min_gpus)s))
-    ), page AS (
+    )"""
+LISTING_SEARCH_SQL = "".join(
+    (
+        LISTING_AVAILABILITY_SQL,
+        """, page AS (
         SELECT m.id, m.available_nodes
         FROM matching m
         ORDER BY m.price_per_gpu_hour, m.starts_at, m.id
@@ -236,7 +243,9 @@ LISTING_SEARCH_SQL = """
         WHERE l.id = page.id
     ) listing) ON TRUE
     ORDER BY listing.price_per_gpu_hour, listing.starts_at, listing.id
-"""
+""",
+    )
+)
 
 
 class ListingRow(TypedDict):
