@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,15 +53,19 @@ def run_gpb(port: int, path: Path, secret: str, concurrency: int | None, records
     if concurrency:
         command += ["--concurrency", str(concurrency)]
     env = os.environ | {"GPUBROKER_URL": f"http://127.0.0.1:{port}", "GPUBROKER_API_KEY": secret}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with stopwatch() as seconds:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"gpb exited with {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}")
     summary = json.loads(done.stdout)
     if summary["accepted"] != records or ingest.usage_count() != records:
         raise SystemExit(f"gpb: expected {records} accepted and stored, got {summary}")
     counts = {key: summary[key] for key in ("accepted", "duplicates", "rejected", "batches")}
-    return {"seconds": round(seconds(), 3), "records_per_second": round(records / seconds()), **counts}
+    return {"seconds": round(seconds(), 3), "records_per_second": round(records / seconds()), **counts,
+            "gpb_cpu_ms_per_1000": round(1e6 * cpu / records, 1)}  # fmt: skip
 
 
 def main() -> None:
