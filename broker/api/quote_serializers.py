@@ -3,7 +3,7 @@ from rest_framework import serializers
 
 from broker.models import Quote
 from broker.quotes import quote_status
-from core.serializers import PriceField, StrictSerializer, count_field, time_field
+from core.serializers import StrictSerializer, count_field, time_field
 from marketplace.api.serializers import GpuModelField
 from marketplace.models import REGION_VALIDATOR, BillingMode
 
@@ -52,7 +52,7 @@ class QuoteCreateSerializer(StrictSerializer):
 class QuoteLineSerializer(serializers.Serializer):
     listing_id = serializers.IntegerField(help_text="The listing (GET /api/v1/listings/{id}).")
     gpu_count = serializers.IntegerField(help_text="GPUs of that listing, in whole nodes.")
-    price_per_gpu_hour = PriceField(
+    price_per_gpu_hour = serializers.DecimalField(
         max_digits=12, decimal_places=4, help_text="The listing's price per GPU-hour when quoted."
     )
 
