@@ -56,21 +56,6 @@ def sign_over_the_last_days(now) -> None:
         )
 
 
-def build_search_market(rng: random.Random) -> None:
-    """bench/search.py's market. Its build sells a few nodes it has just put in maintenance,
-    which the trigger of broker/0010 (an allocation only takes a node in service) refuses since;
-    the trigger is off for the build alone, so the market is the one search measures."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE broker_allocation DISABLE TRIGGER allocation_node_in_service")
-    try:
-        build_market(rng)
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE broker_allocation ENABLE TRIGGER allocation_node_in_service")
-
-
 def open_requests(rng: random.Random, base) -> None:
     from broker.models import ComputeRequest
     from marketplace.models import GpuModel, Organization
@@ -149,7 +134,7 @@ def main() -> None:
     else:
         log("building the market")
         truncate()
-        build_search_market(rng)
+        build_market(rng)
         counts = market_counts()
         log(f"market ready: {counts}")
     now = timezone.now()

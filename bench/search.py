@@ -157,8 +157,10 @@ def build_market(rng: random.Random) -> None:
             ),
         )
         log("nodes copied")
-        # A few nodes in maintenance.
-        Node.objects.filter(pk__in=rng.sample(range(1, NODES + 1), NODES // 200)).update(status=Node.Status.MAINTENANCE)
+        # A few nodes in maintenance, drawn here (the market is the same for a seed) and set once
+        # their sales are written: an allocation only takes a node in service (broker/0010), and
+        # these were sold before they went into maintenance.
+        maintenance = rng.sample(range(1, NODES + 1), NODES // 200)
 
         # Each cluster's nodes are split into groups; a group's listings follow each other in
         # time, so a node is never in two listings for the same hour.
@@ -285,6 +287,7 @@ def build_market(rng: random.Random) -> None:
             ["id", "contract_id", "listing_node_id", "node_id", "listing_id", "starts_at", "ends_at"],
             allocations,
         )
+        Node.objects.filter(pk__in=maintenance).update(status=Node.Status.MAINTENANCE)
         with connection.cursor() as cursor:
             for statement in connection.ops.sequence_reset_sql(
                 no_style(), [Organization, Cluster, Node, Listing, ListingNode, Contract, Allocation]
