@@ -19,9 +19,9 @@ from gpubroker import __version__
 from gpubroker.config import resolve
 from gpubroker.errors import ApiError, ConfigurationError, TransportError, error_class
 
-# The calls sent with an Idempotency-Key. Not DELETE: deleting twice deletes once, and the API
-# rolls back a keyed call whose answer has no JSON body, as a DELETE's 204 has none.
-KEYED = frozenset({"POST", "PUT", "PATCH"})
+# The calls sent with an Idempotency-Key: a retry of one that succeeded gets the first answer
+# again (a DELETE's 204 too, rather than a 404), and never does the work twice.
+KEYED = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 API_PREFIX = "/api/v1"
 
