@@ -96,8 +96,9 @@ class Gpb:
     def __init__(self, url: str, key: str, home: Path):
         self.url, self.key, self.home = url, key, home
 
-    def env(self) -> dict[str, str]:
-        return {"GPUBROKER_URL": self.url, "GPUBROKER_API_KEY": self.key}
+    def env(self, url: bool = True) -> dict[str, str]:
+        """The URL and key in the environment (none when the key is empty: the config file has it)."""
+        return ({"GPUBROKER_URL": self.url} if url else {}) | ({"GPUBROKER_API_KEY": self.key} if self.key else {})
 
     def __call__(self, *args: str, code: int = 0, input: str | None = None):  # noqa: A002
         """Run ``gpb ARGS`` through the runner; check the exit code; the result."""
@@ -111,8 +112,10 @@ class Gpb:
     def json(self, *args: str, code: int = 0):
         return json.loads(self("--json", *args, code=code).stdout)
 
-    def run(self, *args: str, code: int | None = 0, **kwargs) -> subprocess.CompletedProcess:
-        env = os.environ | {"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / ".config")} | self.env()
+    def run(self, *args: str, code: int | None = 0, env_url: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        """Run ``gpb ARGS`` as a subprocess, with this home; check the exit code."""
+        env = os.environ | {"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / ".config")}
+        env = {name: value for name, value in env.items() if not name.startswith("GPUBROKER_")} | self.env(env_url)
         result = subprocess.run([str(GPB), *args], env=env, capture_output=True, text=True, timeout=120, **kwargs)
         if code is not None:
             assert result.returncode == code, (args, result.returncode, result.stdout, result.stderr)

@@ -1,6 +1,7 @@
 """A lab's whole flow through ``gpb`` against the served API: search, book, a request followed with
 ``--wait`` until the matching engine (a real worker) fills it, contracts, the invoice preview."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -108,3 +109,18 @@ def test_the_command_line_as_a_subprocess_prints_tables_and_documented_exit_code
     # A bad key: exit code 4.
     lab.key = "gpb_wrong"
     lab.run("contracts", "list", code=4)
+
+
+def test_gpb_login_checks_the_key_and_later_commands_use_the_stored_one(market, tmp_path):
+    provider, lab, start, cluster, listing = market
+    key, lab.key = lab.key, ""  # from here on, only the config file has it
+    stored = lab.run("--url", lab.url, "login", input=key + "\n")
+    assert "Stored the key for Client Lab" in stored.stderr
+    assert key not in stored.stdout + stored.stderr
+    config = lab.home / ".config" / "gpubroker" / "config.toml"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    env_free = lab.run("--json", "whoami", env_url=False)
+    assert json.loads(env_free.stdout)["name"] == "Client Lab"
+    # A key the API refuses is not stored: exit code 4, the stored one stays.
+    lab.run("login", "--api-key", "gpb_not_a_key", code=4)
+    assert key in config.read_text()
