@@ -57,6 +57,10 @@ def is_enum(component: dict) -> bool:
     return "enum" in component and "properties" not in component
 
 
+def is_union(component: dict) -> bool:
+    return "oneOf" in component and "properties" not in component
+
+
 def member_name(value: str) -> str:
     name = re.sub(r"[^0-9A-Za-z]+", "_", value).strip("_").upper()
     return name or "NOT_SET"
@@ -184,6 +188,10 @@ class Generator:
             component = self.components[name]
             if is_enum(component):
                 blocks.append(self.enum_source(name, component))
+                continue
+            if is_union(component):  # one of several bodies: a type alias
+                members = " | ".join(self.type_of(part, name, "") for part in component["oneOf"])
+                blocks.append(f"{name} = {members}")
                 continue
             model = self.model_source(name, component)
             while self.inline:  # an inline object's model goes before the model that holds it

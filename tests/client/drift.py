@@ -185,6 +185,13 @@ def drift(schema: dict, models: types.ModuleType) -> list[str]:
             for value in sorted(modelled - served):
                 problems.append(f"{name}: the client's value {value!r} is no longer in the schema")
             continue
+        if "oneOf" in component and "properties" not in component:  # one of several bodies
+            served_members = {schema_type(part) for part in component["oneOf"]}
+            modelled_members = {python_type(member, names)[0] for member in typing.get_args(model)}
+            if served_members != modelled_members:
+                problems.append(f"{name}: one of {sorted(map(show, served_members))} in the schema, "
+                                f"of {sorted(map(show, modelled_members))} in the client")  # fmt: skip
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             problems.append(f"{name}: an object in the schema, not a model in the client")
             continue

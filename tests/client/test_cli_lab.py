@@ -124,3 +124,27 @@ def test_gpb_login_checks_the_key_and_later_commands_use_the_stored_one(market, 
     # A key the API refuses is not stored: exit code 4, the stored one stays.
     lab.run("login", "--api-key", "gpb_not_a_key", code=4)
     assert key in config.read_text()
+
+
+def test_a_lab_resells_unused_hours_of_a_committed_contract(as_org):
+    provider, lab, other_lab = as_org("Resale Provider", "provider"), as_org("Reseller Lab", "lab"), as_org(
+        "Second Lab", "lab"
+    )
+    start = whole_hour(2)
+    cluster = provider.json("clusters", "create", "--name", "resale-h100", "--gpu-model", "h100-sxm-80gb",
+                            "--region", "us-south-1", "--interconnect", "infiniband", "--gpus-per-node", "8",
+                            "--nodes", "2")  # fmt: skip
+    listing = provider.json("listings", "create", "--cluster", str(cluster["id"]), "--nodes", "2",
+                            "--start", iso(start), "--end", iso(start + timedelta(days=1)), "--price", "2.00",
+                            "--billing-mode", "committed", "--min-hours", "1")  # fmt: skip
+    contract = lab.json("book", str(listing["id"]), "--gpus", "16", "--start", iso(start), "--hours", "24")
+    resale = lab.json("listings", "create", "--contract", str(contract["id"]), "--nodes", "1",
+                      "--start", iso(start + timedelta(hours=12)), "--end", iso(start + timedelta(hours=24)),
+                      "--price", "3.00", "--min-hours", "1")  # fmt: skip
+    assert (resale["resale"], resale["node_count"], resale["price_per_gpu_hour"]) == (True, 1, "3.0000")
+    found = other_lab.json("search", "--gpu-model", "h100-sxm-80gb", "--start", iso(start + timedelta(hours=12)),
+                           "--hours", "6")  # fmt: skip
+    assert [item["id"] for item in found] == [resale["id"]]
+    # Both a cluster and a contract, or neither: a usage error before any request.
+    lab("listings", "create", "--cluster", "1", "--contract", str(contract["id"]), "--nodes", "1",
+        "--start", iso(start), "--end", iso(start + timedelta(hours=1)), "--price", "3.00", code=2)  # fmt: skip

@@ -82,3 +82,12 @@ def test_required_nullable_and_enum_changes_are_reported(served):
         "ContractDetail.gpu_count: may be null in the schema, not in the client's model",
         "PaginatedSshKeyList: a model in the client, no longer in the schema",
     ]
+
+
+def test_a_body_that_may_take_another_shape_is_reported(served):
+    schema = copy.deepcopy(served)
+    schema["components"]["schemas"]["ListingCreateRequestRequest"]["oneOf"].pop()
+    assert drift(schema, models) == [
+        "ListingCreateRequestRequest: one of ['ListingCreateRequest'] in the schema, "
+        "of ['ListingCreateRequest', 'ResaleCreateRequest'] in the client"
+    ]

@@ -636,13 +636,15 @@ def listings() -> None:
 
 
 @listings.command("create")
-@click.option("--cluster", type=int, required=True, help="The cluster's id.")
+@click.option("--cluster", type=int, help="The cluster whose nodes you offer (providers).")
+@click.option("--contract", type=int, help="Resell unused hours of this committed contract you bought (labs).")
 @click.option("--nodes", "node_count", type=click.IntRange(min=1), required=True, help="Nodes offered.")
 @click.option("--start", "starts_at", type=MOMENT, required=True, help="A whole UTC hour: ISO 8601 or +Nh / +Nd.")
 @click.option("--end", "ends_at", type=MOMENT, required=True, help="A whole UTC hour after --start.")
 @click.option("--price", "price_per_gpu_hour", required=True, help="Per GPU-hour, e.g. 2.10.")
-@click.option("--billing-mode", type=BILLING_MODES, required=True,
-              help="committed: buyers pay every hour booked; metered: the GPU-hours they use.")  # fmt: skip
+@click.option("--billing-mode", type=BILLING_MODES,
+              help="With --cluster: committed (buyers pay every hour booked) or metered (the GPU-hours they "
+                   "use). A resale is committed.")  # fmt: skip
 @click.option("--min-hours", "min_duration_hours", type=click.IntRange(min=1), help="The shortest booking, in hours.")
 @click.option("--sla-availability", help="Availability promised, percent (50-100; 99.00 when omitted).")
 @click.option("--sla-credit-rate", "sla_breach_credit_rate", help="Credit multiple past the promise (1-10).")
@@ -650,7 +652,13 @@ def listings() -> None:
 @json_option
 @pass_state
 def listings_create(state: State, idempotency_key: str | None, **fields: Any) -> None:
-    """Offer nodes of a cluster for a window at a price per GPU-hour."""
+    """Offer nodes of a cluster for a window at a price per GPU-hour, or resell unused hours of
+    a committed contract (--contract): whole nodes, whole UTC hours up to the contract's end."""
+    if (fields["cluster"] is None) == (fields["contract"] is None):
+        raise click.UsageError("give --cluster (a provider's nodes) or --contract (a resale), not both")
+    if fields["cluster"] is not None and fields["billing_mode"] is None:
+        raise click.UsageError("--cluster needs --billing-mode")
+    fields = {name: value for name, value in fields.items() if value is not None}
     show_object(state, state.client.listings.create(idempotency_key=idempotency_key, **fields))
 
 

@@ -137,9 +137,15 @@ class Listings(Resource):
         return self._run(Call("GET", f"/listings/{listing_id}", result=m.Listing))
 
     def create(
-        self, *, body: m.ListingCreateRequest | None = None, idempotency_key: str | None = None, **fields: Any
+        self,
+        *,
+        body: m.ListingCreateRequest | m.ResaleCreateRequest | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
     ) -> m.Listing:
-        payload = body_of(m.ListingCreateRequest, body, fields)
+        """Offer nodes of a cluster (``cluster=``), or resell unused hours of a committed contract
+        you bought (``contract=``)."""
+        payload = body_of(m.ResaleCreateRequest if "contract" in fields else m.ListingCreateRequest, body, fields)
         return self._run(Call("POST", "/listings", body=payload, result=m.Listing, idempotency_key=idempotency_key))
 
     def update(self, listing_id: int, *, body: m.PatchedListingUpdateRequest | None = None, **fields: Any) -> m.Listing:

@@ -580,8 +580,7 @@ class ResaleCreateRequest(ApiModel):
     min_duration_hours: int | None = Field(default=None, description='The shortest booking accepted, in hours; at most the window.')
 
 
-class ListingCreateRequestRequest(ApiModel):
-    pass
+ListingCreateRequestRequest = ListingCreateRequest | ResaleCreateRequest
 
 
 class ListingUpdateStatusEnum(StrEnum):
