@@ -40,7 +40,6 @@ from urllib.parse import urlsplit
 import search
 from _common import analyze, database_url, emit, log, server_url, setup, stopwatch, truncate
 from booking import GPUS_PER_NODE, LAB_CREDIT_LIMIT, client_outcomes, latency_ms, oversold, profile_one_client, summary
-from market_data import build_search_market  # search.py's build, as it runs under broker/0010's trigger
 
 DATABASE = "gpubroker_bench_resale"
 MIGRATE_APPS = ("core", "marketplace", "events", "broker", "billing")  # billing: the exposure reads invoices
@@ -72,7 +71,7 @@ def prepare_market(url: str, rebuild: bool, seed: int, answers) -> None:
         log("building the market (bench/search.py's)")
         truncate()
         with stopwatch() as elapsed:
-            build_search_market(random.Random(seed))
+            search.build_market(random.Random(seed))
             analyze(vacuum=("broker_allocation", "marketplace_listingnode", "marketplace_node"))
         build_seconds = elapsed()
         counts = search.market_counts()
