@@ -1,11 +1,9 @@
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
+from broker.api.serializers import FillTermsSerializer
 from broker.models import Quote
 from broker.quotes import quote_status
-from core.serializers import StrictSerializer, count_field, time_field
-from marketplace.api.serializers import GpuModelField
-from marketplace.models import REGION_VALIDATOR, BillingMode
 
 QUOTE_STATUSES = [
     ("open", "Open"),  # may still be accepted
@@ -30,23 +28,8 @@ QUOTE_STATUSES = [
         )
     ]
 )
-class QuoteCreateSerializer(StrictSerializer):
-    gpu_model = GpuModelField()
-    gpu_count = count_field(max_value=1_000_000, help_text="GPUs wanted, in whole nodes of the clusters that fill it.")
-    starts_at = time_field(help_text="The start: a whole UTC hour not yet begun.")
-    duration_hours = count_field(max_value=24 * 366 * 3, help_text="How many hours from starts_at.")
-    billing_mode = serializers.ChoiceField(
-        choices=BillingMode.choices, help_text="committed (every hour is paid) or metered (GPU-hours used)."
-    )
-    colocated = serializers.BooleanField(default=True, help_text="Fill from one cluster only.")
-    region = serializers.CharField(
-        max_length=63,
-        required=False,
-        allow_blank=True,  # the default, "": any region (a generated client sends the default)
-        default="",
-        validators=[REGION_VALIDATOR],
-        help_text="Only clusters in this region; any when omitted.",
-    )
+class QuoteCreateSerializer(FillTermsSerializer):
+    """A quote's terms: a compute request's, with no maximum price (the quote is the price)."""
 
 
 class QuoteLineSerializer(serializers.Serializer):

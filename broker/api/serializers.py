@@ -25,12 +25,13 @@ from marketplace.models import REGION_VALIDATOR, BillingMode, Interconnect
         )
     ]
 )
-class ComputeRequestCreateSerializer(StrictSerializer):
+class FillTermsSerializer(StrictSerializer):
+    """The terms the matching engine fills: a compute request's, and a quote's (broker.quotes)."""
+
     gpu_model = GpuModelField()
     gpu_count = count_field(max_value=1_000_000, help_text="GPUs wanted, in whole nodes of the clusters that fill it.")
     starts_at = time_field(help_text="The start: a whole UTC hour not yet begun.")
     duration_hours = count_field(max_value=24 * 366 * 3, help_text="How many hours from starts_at.")
-    max_price_per_gpu_hour = price_field(help_text="The most you will pay per GPU-hour, in whole cents.")
     billing_mode = serializers.ChoiceField(
         choices=BillingMode.choices, help_text="committed (every hour is paid) or metered (GPU-hours used)."
     )
@@ -43,6 +44,10 @@ class ComputeRequestCreateSerializer(StrictSerializer):
         validators=[REGION_VALIDATOR],
         help_text="Only clusters in this region; any when omitted.",
     )
+
+
+class ComputeRequestCreateSerializer(FillTermsSerializer):
+    max_price_per_gpu_hour = price_field(help_text="The most you will pay per GPU-hour, in whole cents.")
     interconnect = serializers.ChoiceField(
         choices=Interconnect.choices,
         required=False,

@@ -58,6 +58,18 @@ def resell_via_api(client, contract_id: int, *, nodes: int, starts_at, ends_at, 
     )
 
 
+def resell(held, client, *, nodes: int = 2, starts_at=None, ends_at=None, price: str = "3"):
+    """The held contract's buyer resells ``nodes`` of its nodes, by default for its last 24 hours."""
+    return resale_create(
+        holder=client.organization,
+        contract_id=held["contract"].pk,
+        node_count=nodes,
+        starts_at=starts_at or hour(39),
+        ends_at=ends_at or hour(63),
+        price_per_gpu_hour=D(price),
+    )
+
+
 @pytest.fixture
 def held(frozen, provider_client, lab_client):
     """Lab A holds all 4 nodes (8 GPUs each) of a provider's listing for 48 hours at 2.00,
@@ -137,14 +149,7 @@ class TestEndToEnd:
 
     @override_settings(RESALE_FEE_RATE=D("0.1"))
     def test_the_fee_is_the_setting(self, held, lab_client, other_lab_client):
-        listing = resale_create(
-            holder=lab_client.organization,
-            contract_id=held["contract"].pk,
-            node_count=1,
-            starts_at=hour(39),
-            ends_at=hour(63),
-            price_per_gpu_hour=D("2.50"),
-        )
+        listing = resell(held, lab_client, nodes=1, price="2.50")
         book(lab=other_lab_client.organization, listing=listing, nodes=1, starts_at=hour(39), hours=24)
         close(MARCH)
         gross, fee = PayoutStatement.objects.filter(provider=lab_client.organization).values_list("gross", "fee").get()
@@ -266,14 +271,7 @@ class TestRules:
 @pytest.mark.django_db
 class TestTheDatabaseRefuses:
     def test_a_resale_reservation_outside_its_sellers_hours(self, held, lab_client):
-        listing = resale_create(
-            holder=lab_client.organization,
-            contract_id=held["contract"].pk,
-            node_count=1,
-            starts_at=hour(39),
-            ends_at=hour(50),
-            price_per_gpu_hour=D("3"),
-        )
+        listing = resell(held, lab_client, nodes=1, ends_at=hour(50))
         node = listing.listing_nodes.get()
         with pytest.raises(IntegrityError, match="does not hold"), transaction.atomic():
             ListingNode.objects.filter(pk=node.pk).update(ends_at=hour(70))  # past the contract's end
@@ -285,14 +283,7 @@ class TestTheDatabaseRefuses:
             ListingNode.objects.create(listing=listing, node=stranger, starts_at=hour(39), ends_at=hour(50), depth=1)
 
     def test_an_hour_sold_twice_at_one_depth(self, held, lab_client, other_lab_client):
-        listing = resale_create(
-            holder=lab_client.organization,
-            contract_id=held["contract"].pk,
-            node_count=1,
-            starts_at=hour(39),
-            ends_at=hour(50),
-            price_per_gpu_hour=D("3"),
-        )
+        listing = resell(held, lab_client, nodes=1, ends_at=hour(50))
         first = book(lab=other_lab_client.organization, listing=listing, nodes=1, starts_at=hour(39), hours=11)
         allocation = first.allocations.get()
         second = Contract.objects.create(
@@ -394,14 +385,7 @@ def test_the_engine_fills_a_request_from_a_resale(held, lab_client, other_lab_cl
 
 @pytest.mark.django_db
 def test_a_failed_resold_node_moves_the_buyer_to_a_spare_of_the_resale(held, lab_client, other_lab_client):
-    resale = resale_create(
-        holder=lab_client.organization,
-        contract_id=held["contract"].pk,
-        node_count=2,
-        starts_at=hour(39),
-        ends_at=hour(63),
-        price_per_gpu_hour=D("3"),
-    )
+    resale = resell(held, lab_client)
     bought = book(lab=other_lab_client.organization, listing=resale, nodes=1, starts_at=hour(39), hours=24)
     failed = bought.allocations.get().node
     with time_machine.travel(hour(40) + timedelta(minutes=5), tick=False):
@@ -447,28 +431,14 @@ def test_a_failed_resold_node_with_no_spare_stays_with_its_buyer_and_its_holder(
 @pytest.mark.django_db
 class TestCancellation:
     def test_cancelling_a_contract_withdraws_its_unsold_resales(self, held, lab_client):
-        resale = resale_create(
-            holder=lab_client.organization,
-            contract_id=held["contract"].pk,
-            node_count=2,
-            starts_at=hour(39),
-            ends_at=hour(63),
-            price_per_gpu_hour=D("3"),
-        )
+        resale = resell(held, lab_client)
         contract_cancel(contract=held["contract"], reason="fraud review")
         resale.refresh_from_db()
         assert resale.status == Listing.Status.WITHDRAWN
         assert not resale.listing_nodes.holding().exists()
 
     def test_a_contract_whose_hours_were_sold_on_cannot_be_cancelled(self, held, lab_client, other_lab_client):
-        resale = resale_create(
-            holder=lab_client.organization,
-            contract_id=held["contract"].pk,
-            node_count=2,
-            starts_at=hour(39),
-            ends_at=hour(63),
-            price_per_gpu_hour=D("3"),
-        )
+        resale = resell(held, lab_client)
         book(lab=other_lab_client.organization, listing=resale, nodes=1, starts_at=hour(39), hours=4)
         with pytest.raises(InvalidTransition) as refused:
             contract_cancel(contract=held["contract"], reason="fraud review")
@@ -483,14 +453,7 @@ def test_operators_see_resale_activity_per_organization(held, lab_client, other_
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    resale = resale_create(
-        holder=lab_client.organization,
-        contract_id=held["contract"].pk,
-        node_count=2,
-        starts_at=hour(39),
-        ends_at=hour(63),
-        price_per_gpu_hour=D("3"),
-    )
+    resale = resell(held, lab_client)
     book(lab=other_lab_client.organization, listing=resale, nodes=1, starts_at=hour(39), hours=10)
     client = Client()
     client.force_login(get_user_model().objects.create_superuser("ops", "ops@example.com", None))
