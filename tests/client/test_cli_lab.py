@@ -148,3 +148,22 @@ def test_a_lab_resells_unused_hours_of_a_committed_contract(as_org):
     # Both a cluster and a contract, or neither: a usage error before any request.
     lab("listings", "create", "--cluster", "1", "--contract", str(contract["id"]), "--nodes", "1",
         "--start", iso(start), "--end", iso(start + timedelta(hours=1)), "--price", "3.00", code=2)  # fmt: skip
+
+
+def test_a_lab_takes_a_quote_and_accepts_it(market):
+    provider, lab, start, cluster, listing = market
+    quote = lab.json("quotes", "create", "--gpu-model", "h100-sxm-80gb", "--gpus", "16", "--start", iso(start),
+                     "--hours", "10")  # fmt: skip
+    assert quote["status"] == "open"
+    assert [(line["listing_id"], line["gpu_count"], line["price_per_gpu_hour"]) for line in quote["lines"]] == [
+        (listing["id"], 16, "2.1000")
+    ]
+    assert quote["total_amount"] == "336.00"  # 16 GPUs x 10 hours x 2.10
+    accepted = lab.json("quotes", "accept", str(quote["id"]))
+    [contract_id] = accepted["contract_ids"]
+    assert (accepted["status"], Contract.objects.get(pk=contract_id).gpu_count) == ("accepted", 16)
+    # Terms nothing fills now: a conflict, exit code 3, with the API's code.
+    refused = lab("quotes", "create", "--gpu-model", "h100-sxm-80gb", "--gpus", "4096", "--start", iso(start),
+                  "--hours", "10", code=3)  # fmt: skip
+    assert "capacity_unavailable" in refused.stderr
+    assert [item["id"] for item in lab.json("quotes", "list")] == [quote["id"]]

@@ -171,6 +171,8 @@ COLUMNS: dict[type, list[str]] = {
     m.Event: ["id", "type", "created", "data.object", "data.id"],
     m.UsageRecord: ["id", "contract", "node", "started_at", "ended_at", "gpu_seconds", "period"],
     m.WebhookEndpoint: ["id", "url", "event_types", "status"],
+    m.Quote: ["id", "gpu_model", "gpu_count", "starts_at", "duration_hours", "total_amount",
+              "average_price_per_gpu_hour", "status", "expires_at", "contract_ids"],
 }  # fmt: skip
 
 
@@ -482,6 +484,71 @@ def requests_show(state: State, request_id: int) -> None:
 def requests_cancel(state: State, request_id: int) -> None:
     """Cancel an open compute request."""
     show_object(state, state.client.compute_requests.cancel(request_id))
+
+
+@cli.group(cls=GpbGroup)
+def quotes() -> None:
+    """Quotes (labs): what the broker would fill now, at a price that holds until it expires."""
+
+
+@quotes.command("create")
+@click.option("--gpu-model", required=True, help="A GPU model's slug, e.g. h100-sxm-80gb.")
+@click.option("--gpus", "gpu_count", type=click.IntRange(min=1), required=True, help="GPUs wanted.")
+@click.option("--start", "starts_at", type=MOMENT, required=True, help="A whole UTC hour: ISO 8601 or +Nh / +Nd.")
+@click.option("--hours", "duration_hours", type=click.IntRange(min=1), required=True, help="Hours from --start.")
+@click.option("--billing-mode", type=BILLING_MODES, default="metered", show_default=True,
+              help="committed (every hour is paid) or metered (use is paid).")  # fmt: skip
+@click.option("--colocated", is_flag=True, help="Fill from one cluster only.")
+@click.option("--region", help="Only clusters in this region.")
+@click.option("--accept", is_flag=True, help="Accept it at once: book every line at its price, or nothing.")
+@json_option
+@pass_state
+def quotes_create(state: State, accept: bool, colocated: bool, **fields: Any) -> None:
+    """Ask for a quote: the listings and GPUs the broker would fill now, their total, and
+    until when it may be accepted. It holds no capacity: accept it before someone else buys.
+
+    Exit code 3 when nothing fills these terms now, or (--accept) when a price or the capacity
+    changed since.
+    """
+    quote = state.client.quotes.create(colocated=colocated, **fields)
+    if accept:
+        quote = state.client.quotes.accept(quote.id)
+    show_quote(state, quote)
+
+
+@quotes.command("accept")
+@click.argument("quote_id", type=int)
+@json_option
+@pass_state
+def quotes_accept(state: State, quote_id: int) -> None:
+    """Book every line of a quote at its price, one contract per line, or nothing (exit code 3)."""
+    show_quote(state, state.client.quotes.accept(quote_id))
+
+
+@quotes.command("show")
+@click.argument("quote_id", type=int)
+@json_option
+@pass_state
+def quotes_show(state: State, quote_id: int) -> None:
+    """One quote with its lines."""
+    show_quote(state, state.client.quotes.get(quote_id))
+
+
+@quotes.command("list")
+@limit_option()
+@json_option
+@pass_state
+def quotes_list(state: State, limit: int | None) -> None:
+    """Your quotes, newest first."""
+    show_list(state, state.client.quotes.list(), m.Quote, limit)
+
+
+def show_quote(state: State, quote: m.Quote) -> None:
+    if state.json:
+        show_object(state, quote)
+        return
+    show_object(state, plain(quote) | {"lines": f"{len(quote.lines)} lines (below)"}, title=f"Quote {quote.id}")
+    show_list(state, quote.lines, m.QuoteLine, title="Lines")
 
 
 @cli.group(cls=GpbGroup)
