@@ -135,6 +135,12 @@ else:
         "default": ensure_server(VAR_DIR / "postgres", "gpubroker") | {"CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True}
     }
 
+# A connection to PostgreSQL that is not made in this many seconds fails (libpq's
+# connect_timeout), so a request, a task and /readyz answer rather than hang on a database
+# host that does not answer.
+DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5)
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
+
 # The API's rate limits count in this cache: Redis, shared by every process, in the
 # production shape; in one process's memory in the embedded mode.
 if REDIS_URL:

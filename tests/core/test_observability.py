@@ -166,6 +166,27 @@ class TestReadyz:
         }
         assert any("database is down" in r.getMessage() and r.exc_info for r in caplog.records)
 
+    @pytest.mark.timeout(60)  # without a connect timeout this would wait for the kernel's, minutes
+    def test_a_database_host_that_never_answers_is_503_once_the_connect_timeout_passes(self, monkeypatch):
+        assert connections["default"].settings_dict["OPTIONS"]["connect_timeout"] == settings.DATABASE_CONNECT_TIMEOUT
+        silent = socket.socket()  # accepts the connection (its backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        default = connections["default"]
+        options = {**default.settings_dict["OPTIONS"], "connect_timeout": 1}
+        unreachable = default.__class__(
+            {**default.settings_dict, "HOST": "127.0.0.1", "PORT": str(silent.getsockname()[1]), "OPTIONS": options},
+            alias="default",
+        )
+        monkeypatch.setattr(observability, "connections", {"default": unreachable})
+        try:
+            response = Client().get("/readyz")
+        finally:
+            unreachable.close()
+            silent.close()
+        assert response.status_code == 503
+        assert response.json()["checks"]["database"] == "down: OperationalError"
+
     def test_needs_no_key_and_is_not_rate_limited(self):
         client = Client()
         # Past the per-address limit of failed authentications (30/min by default), were it counted.
