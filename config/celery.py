@@ -2,13 +2,36 @@ import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("config", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+# A task logs under the id of the request that enqueued it (core.observability). The handlers
+# are imported when first called: this module is imported before Django's settings are.
+@before_task_publish.connect
+def _request_id_send(**kwargs) -> None:
+    from core.observability import task_request_id_send
+
+    task_request_id_send(**kwargs)
+
+
+@task_prerun.connect
+def _request_id_take(**kwargs) -> None:
+    from core.observability import task_request_id_take
+
+    task_request_id_take(**kwargs)
+
+
+@task_postrun.connect
+def _request_id_drop(**kwargs) -> None:
+    from core.observability import task_request_id_drop
+
+    task_request_id_drop(**kwargs)
 
 
 @worker_init.connect

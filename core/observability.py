@@ -55,6 +55,36 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
+# A task carries the id of the request that enqueued it, in its message's headers, and its
+# worker logs under that id while it runs (the Celery signals connected in config/celery.py).
+TASK_REQUEST_ID_HEADER = "request_id"
+_task_tokens: dict[str, contextvars.Token] = {}
+
+
+def task_request_id_send(headers=None, **kwargs) -> None:
+    """``before_task_publish``: put the current request's id in the task's headers."""
+    request_id = _request_id.get()
+    if request_id and headers is not None:
+        headers.setdefault(TASK_REQUEST_ID_HEADER, request_id)
+
+
+def task_request_id_take(task_id=None, task=None, **kwargs) -> None:
+    """``task_prerun``: log the task's run under the id of the request that enqueued it."""
+    request = getattr(task, "request", None)
+    request_id = getattr(request, TASK_REQUEST_ID_HEADER, None) or (getattr(request, "headers", None) or {}).get(
+        TASK_REQUEST_ID_HEADER
+    )
+    if request_id and task_id and _SANE_REQUEST_ID.fullmatch(str(request_id)):
+        _task_tokens[task_id] = _request_id.set(str(request_id))
+
+
+def task_request_id_drop(task_id=None, **kwargs) -> None:
+    """``task_postrun``: the run is over; its records carry no request id any more."""
+    token = _task_tokens.pop(task_id, None)
+    if token is not None:
+        _request_id.reset(token)
+
+
 class RequestIdFilter(logging.Filter):
     """Put the current request's id on every record as ``request_id`` (None outside a request)."""
 
