@@ -12,8 +12,9 @@ listing's window has no span, so the walk never meets it, however much of the li
 and a node cut into many spans costs one probe, as a whole one does: what the walk reads is
 the nodes with free hours that do not cover the window, which first fit keeps few.
 
-``FREE_SPANS_DRIFT`` is the definition itself, computed from the allocations and the listing
-nodes; the tests compare it with the kept rows after every test that writes them.
+``FREE_SPANS_DRIFT`` compares the kept rows with the definition, the SQL function
+``broker_freespan_definition`` (migration 0013) that the triggers' rebuild reads too; the tests
+run it after every test that writes them.
 """
 
 from django.db import connection
@@ -43,19 +44,12 @@ FREE_NODES = """
     ) AS fit
     LIMIT %(limit)s"""
 
-# The spans as defined, against the spans as kept: a row per difference, none when they agree.
+# The spans as defined (the function ``broker_freespan_definition`` of migration 0013, which
+# the triggers' rebuild reads too), against the spans as kept: a row per difference, none when
+# they agree.
 FREE_SPANS_DRIFT = """
 WITH expected AS (
-    SELECT ln.listing_id, ln.id AS listing_node_id, ln.node_id, lower(piece) AS starts_at, upper(piece) AS ends_at
-    FROM marketplace_listingnode ln
-    CROSS JOIN LATERAL unnest(
-        tstzmultirange(tstzrange(ln.starts_at, ln.ends_at, '[)')) - coalesce(
-            (SELECT range_agg(tstzrange(a.starts_at, a.ends_at, '[)')) FROM broker_allocation a
-             WHERE a.node_id = ln.node_id AND a.depth = ln.depth
-               AND a.starts_at < ln.ends_at AND a.ends_at > ln.starts_at),
-            '{}'::tstzmultirange)
-    ) AS piece
-    WHERE NOT ln.released
+    SELECT * FROM broker_freespan_definition(ARRAY(SELECT DISTINCT node_id FROM marketplace_listingnode))
 ), kept AS (
     SELECT listing_id, listing_node_id, node_id, starts_at, ends_at FROM broker_freespan
 )
