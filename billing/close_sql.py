@@ -185,12 +185,15 @@ ORDER BY l.part, l.service_period, l.contract_id
 
 # Each issued invoice posts: the lab owes the total; each provider is owed its lines' net;
 # the platform earns the fees (credit lines take their share back). Zero legs are left out;
-# an invoice whose lines are all 0.00 posts nothing.
+# an invoice none of whose legs is non-zero (its lines all 0.00, or netting out) posts nothing.
 _POST = """
 WITH invoices AS (
     SELECT id, lab_id, number, total, %(source_prefix)s || id AS source_key
     FROM billing_close_invoice i
-    WHERE EXISTS (SELECT 1 FROM billing_close_line l WHERE l.lab_id = i.lab_id AND l.amount <> 0)
+    WHERE i.total <> 0
+       OR EXISTS (SELECT 1 FROM billing_close_line l WHERE l.lab_id = i.lab_id
+                  GROUP BY l.provider_id HAVING SUM(l.amount - l.fee_amount) <> 0)
+       OR (SELECT SUM(l.fee_amount) FROM billing_close_line l WHERE l.lab_id = i.lab_id) <> 0
 ), txns AS (
     INSERT INTO billing_ledgertransaction (kind, source_key, memo, created_at)
     SELECT %(kind)s, source_key, %(memo_prefix)s || number, %(now)s FROM invoices ORDER BY id

@@ -30,7 +30,7 @@ from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 
 from broker.models import Allocation, Contract, Resale
 from core.errors import CapacityUnavailable, InvalidInput, InvalidTransition
@@ -142,14 +142,15 @@ def _check_resellable(contract: Contract, *, starts_at: datetime, ends_at: datet
             f"This contract is {contract.status}: only a scheduled or active contract can be resold.",
             fields={"contract": [f"The contract is {contract.status}."]},
         )
-    if starts_at < contract.starts_at or ends_at > contract.ends_at:
+    outside = [
+        name
+        for name, out in (("starts_at", starts_at < contract.starts_at), ("ends_at", ends_at > contract.ends_at))
+        if out
+    ]
+    if outside:
+        window = f"The contract runs {contract.starts_at:%Y-%m-%dT%H:%MZ} to {contract.ends_at:%Y-%m-%dT%H:%MZ}."
         raise InvalidInput(
-            "A resale must fall inside the contract's window.",
-            fields={
-                "starts_at": [
-                    f"The contract runs {contract.starts_at:%Y-%m-%dT%H:%MZ} to {contract.ends_at:%Y-%m-%dT%H:%MZ}."
-                ]
-            },
+            "A resale must fall inside the contract's window.", fields={name: [window] for name in outside}
         )
 
 
@@ -178,15 +179,22 @@ def resales_end_before_release(*, contract: Contract, release_at: datetime, acto
     resales, so nothing more of it is sold on, or refuse if hours after ``release_at`` already
     were, since the contract would no longer hold what their buyers hold.
 
-    The resale listings are locked first (after the contract, the order every writer takes), so
-    a booking of one either committed before this reads the sales, or finds it withdrawn.
+    Every listing the release touches is locked first (after the contract): its own listing, its
+    resales and any other listing reserving its nodes (the free spans' rebuild locks them), in
+    id order, the order the matching engine and quote acceptance lock listings in. So a booking
+    of a resale either committed before this reads the sales, or finds it withdrawn.
     """
-    listing_ids = list(
+    resales = Resale.objects.filter(contract=contract).values("listing_id")
+    reserving = ListingNode.objects.holding().filter(
+        node_id__in=Allocation.objects.filter(contract=contract).values("node_id")
+    )
+    list(
         Listing.objects.select_for_update()
-        .filter(resale_of__contract=contract)
+        .filter(Q(pk=contract.listing_id) | Q(pk__in=resales) | Q(pk__in=reserving.values("listing_id")))
         .order_by("pk")
         .values_list("pk", flat=True)
     )
+    listing_ids = list(Listing.objects.filter(pk__in=resales).order_by("pk").values_list("pk", flat=True))
     if not listing_ids:
         return
     if Allocation.objects.holding().filter(listing_id__in=listing_ids, ends_at__gt=release_at).exists():

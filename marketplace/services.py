@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -600,7 +600,19 @@ def listing_update(
 def listing_withdraw(*, listing: Listing, actor: AbstractBaseUser | None = None, actor_label: str = "") -> Listing:
     """End a listing for good and release its unsold nodes. Sold nodes stay sold."""
     with transaction.atomic():
-        listing = Listing.objects.select_for_update().get(pk=listing.pk)
+        # Releasing the reservations rebuilds the free spans of every listing reserving the same
+        # nodes (a resale's parent, resales of it), which locks them: lock them all first, with
+        # this one, in id order, the order the matching engine and quote acceptance lock in.
+        sharing = ListingNode.objects.holding().filter(
+            node_id__in=ListingNode.objects.holding().filter(listing_id=listing.pk).values("node_id")
+        )
+        list(
+            Listing.objects.select_for_update()
+            .filter(Q(pk=listing.pk) | Q(pk__in=sharing.values("listing_id")))
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        listing = Listing.objects.get(pk=listing.pk)
         if listing.status == Listing.Status.WITHDRAWN:
             return listing
         previous = listing.status

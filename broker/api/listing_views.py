@@ -84,7 +84,8 @@ class ListingViewSet(capacity_views.ListingViewSet):
         "you bought. The listing is `resale: true` in search; labs book it and the matching engine fills it like "
         "any listing, and each sale is a contract with you as seller. Your own contract is invoiced as before; "
         "the proceeds, less the resale fee, go to your payout statement. Withdrawing the listing gives the "
-        "unsold hours back to you. Metered contracts cannot be resold.",
+        "unsold hours back to you. Metered contracts cannot be resold. Each sale is yours to hand over: attach its "
+        "buyer's keys to your own contract and report the sale delivered, or it is credited as late.",
     )
     def create(self, request: Request) -> Response:
         organization = request.user.organization

@@ -16,7 +16,7 @@ import time_machine
 from django.db import IntegrityError, transaction
 from django.test import override_settings
 
-from billing.models import Invoice, PayoutStatement
+from billing.models import Invoice, LedgerTransaction, PayoutStatement
 from broker.incidents import incident_open
 from broker.matching import segment_match
 from broker.models import Allocation, Contract, Resale
@@ -202,7 +202,7 @@ class TestRules:
         [
             ({"starts_at": hour(9)}, "starts_at"),  # the current hour: the next one at the earliest
             ({"starts_at": hour(14), "ends_at": hour(20)}, "starts_at"),  # before the contract's start
-            ({"ends_at": hour(64)}, "starts_at"),  # past the contract's end
+            ({"ends_at": hour(64)}, "ends_at"),  # past the contract's end
             ({"node_count": 5}, "node_count"),
             ({"min_duration_hours": 25}, "min_duration_hours"),
             ({"price_per_gpu_hour": "0"}, "price_per_gpu_hour"),
@@ -470,3 +470,23 @@ def test_operators_see_resale_activity_per_organization(held, lab_client, other_
     html = page.content.decode()
     assert "Resale activity per organization" in html and lab_client.organization.name in html
     assert client.get(f"/admin/broker/resale/{resale.resale_of.pk}/change/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_resale_credited_in_full_posts_no_empty_ledger_transaction(
+    held, provider_client, lab_client, other_lab_client
+):
+    """The buyer of a resold node that fails with no spare gets everything back (the breach
+    rate past the promise, capped at what was billed): its invoice nets to 0.00 and posts no
+    ledger transaction, rather than one with no entries."""
+    resale = resell(held, lab_client, nodes=1)
+    bought = book(lab=other_lab_client.organization, listing=resale, nodes=1, starts_at=hour(39), hours=24)
+    with time_machine.travel(hour(40) + timedelta(minutes=5), tick=False):
+        incident_open(
+            provider=provider_client.organization, node=bought.allocations.get().node, kind="failure",
+            started_at=hour(40),
+        )  # fmt: skip
+    close(MARCH)
+    assert Invoice.objects.get(lab=other_lab_client.organization, period=MARCH).total == D("0.00")
+    assert not LedgerTransaction.objects.filter(entries__isnull=True).exists()
+    assert_every_transaction_balances()
