@@ -34,11 +34,10 @@ from django.db.models import Exists, OuterRef, Q
 
 from broker.models import Allocation, Contract, Resale
 from core.errors import CapacityUnavailable, InvalidInput, InvalidTransition
-from core.money import validate_price
 from core.services import audit_record
-from core.timeutils import hours_between, next_hour
+from core.timeutils import next_hour
 from marketplace.models import BillingMode, Listing, ListingNode, Node, Organization
-from marketplace.services import NODE_BATCH_SIZE, listing_withdraw, validate_listing_window
+from marketplace.services import NODE_BATCH_SIZE, listing_withdraw, validate_listing_terms
 
 
 def _unknown_contract() -> InvalidInput:
@@ -59,18 +58,16 @@ def resale_create(
 ) -> Listing:
     """List ``node_count`` nodes of a committed contract the holder bought, for the whole hours
     [starts_at, ends_at) inside the contract's, from the next hour on, at the holder's price."""
-    validate_listing_window(starts_at=starts_at, ends_at=ends_at)
+    validate_listing_terms(
+        starts_at=starts_at,
+        ends_at=ends_at,
+        price_per_gpu_hour=price_per_gpu_hour,
+        min_duration_hours=min_duration_hours,
+    )
     if starts_at < next_hour():
         raise InvalidInput(
             "A resale starts at the next whole hour at the earliest.",
             fields={"starts_at": ["Must be the next whole hour or later."]},
-        )
-    validate_price(price_per_gpu_hour, field="price_per_gpu_hour")
-    window_hours = hours_between(starts_at, ends_at)
-    if not 1 <= min_duration_hours <= window_hours:
-        raise InvalidInput(
-            f"min_duration_hours must be 1 to {window_hours} (the window's length).",
-            fields={"min_duration_hours": [f"Must be between 1 and {window_hours}."]},
         )
     with transaction.atomic():
         # The contract's row lock: one resale writer per contract at a time (and none while an
@@ -97,11 +94,10 @@ def resale_create(
             min_duration_hours=min_duration_hours,
             billing_mode=BillingMode.COMMITTED,
             depth=depth + 1,
-            # The promise the holder bought is the one it passes on.
-            sla_availability=contract.sla_availability or Listing._meta.get_field("sla_availability").default,
-            sla_breach_credit_rate=(
-                contract.sla_breach_credit_rate or Listing._meta.get_field("sla_breach_credit_rate").default
-            ),
+            # The promise the holder bought is the one it passes on (every contract has one since
+            # migration 0009 backfilled and its trigger copies it).
+            sla_availability=contract.sla_availability,
+            sla_breach_credit_rate=contract.sla_breach_credit_rate,
         )
         Resale.objects.create(listing=listing, contract=contract)
         try:

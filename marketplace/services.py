@@ -454,6 +454,21 @@ def validate_listing_window(*, starts_at: datetime, ends_at: datetime) -> None:
         raise InvalidInput(next(iter(fields.values()))[0], fields=fields)
 
 
+def validate_listing_terms(
+    *, starts_at: datetime, ends_at: datetime, price_per_gpu_hour: Decimal, min_duration_hours: int
+) -> None:
+    """A listing's terms (a provider's, or a resale's): its window, its price, and a minimum
+    booking from one hour to the whole window."""
+    validate_listing_window(starts_at=starts_at, ends_at=ends_at)
+    validate_price(price_per_gpu_hour, field="price_per_gpu_hour")
+    window_hours = hours_between(starts_at, ends_at)
+    if not 1 <= min_duration_hours <= window_hours:
+        raise InvalidInput(
+            f"min_duration_hours must be 1 to {window_hours} (the window's length).",
+            fields={"min_duration_hours": [f"Must be between 1 and {window_hours}."]},
+        )
+
+
 def listing_create(
     *,
     provider: Organization,
@@ -471,19 +486,17 @@ def listing_create(
     availability promise and its credit rate default to the model's (99.00%, 1.50)."""
     if cluster.provider_id != provider.pk:
         raise InvalidInput("Unknown cluster.", fields={"cluster": ["No such cluster of yours."]})
-    validate_listing_window(starts_at=starts_at, ends_at=ends_at)
-    validate_price(price_per_gpu_hour, field="price_per_gpu_hour")
+    validate_listing_terms(
+        starts_at=starts_at,
+        ends_at=ends_at,
+        price_per_gpu_hour=price_per_gpu_hour,
+        min_duration_hours=min_duration_hours,
+    )
     if billing_mode not in BillingMode.values:
         raise InvalidInput("Unknown billing mode.", fields={"billing_mode": ["Use committed or metered."]})
     if node_count < 1:
         raise InvalidInput("node_count must be at least 1.", fields={"node_count": ["Must be at least 1."]})
     promise = _validate_promise(sla_availability=sla_availability, sla_breach_credit_rate=sla_breach_credit_rate)
-    window_hours = hours_between(starts_at, ends_at)
-    if not 1 <= min_duration_hours <= window_hours:
-        raise InvalidInput(
-            f"min_duration_hours must be 1 to {window_hours} (the window's length).",
-            fields={"min_duration_hours": [f"Must be between 1 and {window_hours}."]},
-        )
     with transaction.atomic():
         # One listing writer per cluster at a time: the free-node choice below stays valid.
         Cluster.objects.select_for_update().get(pk=cluster.pk)
