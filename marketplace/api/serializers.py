@@ -1,4 +1,5 @@
 import re
+from functools import cache
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -159,12 +160,17 @@ def reliability_of(measured) -> dict:
     return ReliabilitySerializer(measured).data
 
 
+@cache
+def _reliability_fields() -> dict[str, serializers.Field]:
+    """ReliabilitySerializer's fields, built once: a search page shows two figures a row."""
+    return dict(ReliabilitySerializer().fields)
+
+
 def reliability_from_row(row: dict, prefix: str) -> dict:
-    """The reliability figures of a search row's provider (``provider_``) or cluster (``cluster_``)."""
-    return ReliabilitySerializer(
-        {
-            "availability_30d": row[f"{prefix}availability_30d"],
-            "mean_time_to_replace_seconds": row[f"{prefix}mean_time_to_replace_seconds"],
-            "late_deliveries_30d": row[f"{prefix}late_deliveries_30d"],
-        }
-    ).data
+    """The reliability figures of a search row's provider (``provider_``) or cluster (``cluster_``),
+    as ReliabilitySerializer shows them, without a serializer (and its fields) per row."""
+    shown = {}
+    for name, field in _reliability_fields().items():
+        value = row[f"{prefix}{name}"]
+        shown[name] = None if value is None else field.to_representation(value)
+    return shown
