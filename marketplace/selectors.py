@@ -9,6 +9,7 @@ from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from core.db import CompiledQuery
 from core.errors import InvalidInput
 from core.timeutils import ceil_hour, current_hour
 from marketplace.models import ApiKey, Cluster, Listing, Node, Organization
@@ -28,20 +29,35 @@ def api_key_prefix_of(raw: str) -> str | None:
     return f"{parts[0]}_{parts[1]}"
 
 
+_KEY_FIELDS = tuple(field.attname for field in ApiKey._meta.concrete_fields)
+_ORGANIZATION_FIELDS = tuple(field.attname for field in Organization._meta.concrete_fields)
+# On every request: compiled once per process, not once per request (core.db.CompiledQuery).
+_ACTIVE_KEY = CompiledQuery(
+    lambda prefix: ApiKey.objects.active()
+    .filter(prefix=prefix)
+    .exclude(organization__status=Organization.Status.SUSPENDED)
+    .order_by()
+    .values_list(*_KEY_FIELDS, *(f"organization__{name}" for name in _ORGANIZATION_FIELDS)),
+    prefix=str,
+)
+
+
 def api_key_lookup(*, raw: str) -> ApiKey | None:
-    """Return the active key matching ``raw`` whose organization may trade, else None."""
+    """Return the active key matching ``raw`` whose organization may trade, else None.
+
+    Read afresh on every request: a revoked key or a suspended organization is refused from
+    the next request on."""
     prefix = api_key_prefix_of(raw)
     if prefix is None:
         return None
-    api_key = (
-        ApiKey.objects.active()
-        .select_related("organization")
-        .filter(prefix=prefix)
-        .exclude(organization__status=Organization.Status.SUSPENDED)
-        .first()
-    )
-    if api_key is None or not hmac.compare_digest(api_key.key_hash, hash_api_key(raw)):
+    found = _ACTIVE_KEY.rows(prefix=prefix)
+    if not found:
         return None
+    row = found[0]
+    api_key = ApiKey.from_db("default", _KEY_FIELDS, row[: len(_KEY_FIELDS)])
+    if not hmac.compare_digest(api_key.key_hash, hash_api_key(raw)):
+        return None
+    api_key.organization = Organization.from_db("default", _ORGANIZATION_FIELDS, row[len(_KEY_FIELDS) :])
     return api_key
 
 
@@ -360,9 +376,28 @@ def cluster_list(*, provider: Organization) -> QuerySet[Cluster]:
     )
 
 
+def _listings_visible(organization_id: int, is_lab: bool) -> QuerySet[Listing]:
+    visible = Listing.objects.filter(provider_id=organization_id)
+    if is_lab:
+        visible |= Listing.objects.on_offer()
+    return visible
+
+
 def listing_visible_to(*, organization: Organization) -> QuerySet[Listing]:
     """Listings an organization may read one by one: its own, and other providers' active ones."""
-    visible = Listing.objects.filter(provider=organization)
-    if organization.is_lab:
-        visible |= Listing.objects.on_offer()
-    return visible.select_related("cluster__gpu_model", "provider")
+    return _listings_visible(organization.pk, organization.is_lab).select_related("cluster__gpu_model", "provider")
+
+
+# A booking's first read (core.db.CompiledQuery): the listing, if the lab may see it.
+_LISTING_VISIBLE_TO_LAB = CompiledQuery(
+    lambda lab, listing: _listings_visible(lab, True).filter(pk=listing).order_by().values_list("id", "provider_id"),
+    lab=int,
+    listing=int,
+)
+
+
+def listing_for_booking(*, lab: Organization, pk: int) -> Listing | None:
+    """The listing ``pk`` if the lab may see it (listing_visible_to), with only its id and
+    provider read: what a booking needs before its statement, which reads the rest itself."""
+    found = _LISTING_VISIBLE_TO_LAB.rows(lab=lab.pk, listing=pk)
+    return Listing.from_db("default", ["id", "provider_id"], found[0]) if found else None

@@ -1,7 +1,7 @@
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,7 +21,7 @@ from broker.selectors import compute_request_list, contract_detail_list, contrac
 from broker.services import compute_request_cancel, compute_request_create, contract_terminate
 from core.schema import bad_request, conflict, documented_error
 from marketplace.permissions import IsLab
-from marketplace.selectors import listing_visible_to
+from marketplace.selectors import listing_for_booking
 
 
 class ComputeRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -164,7 +164,9 @@ class ListingBookView(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         organization = request.user.organization
-        listing = get_object_or_404(listing_visible_to(organization=organization), pk=pk)
+        listing = listing_for_booking(lab=organization, pk=pk)
+        if listing is None:
+            raise NotFound("No Listing matches the given query.")
         serializer = BookingSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         contract = listing_book(lab=organization, listing=listing, **serializer.validated_data)
