@@ -33,11 +33,13 @@ _KEY_FIELDS = tuple(field.attname for field in ApiKey._meta.concrete_fields)
 _ORGANIZATION_FIELDS = tuple(field.attname for field in Organization._meta.concrete_fields)
 # On every request: compiled once per process, not once per request (core.db.CompiledQuery).
 _ACTIVE_KEY = CompiledQuery(
-    lambda prefix: ApiKey.objects.active()
-    .filter(prefix=prefix)
-    .exclude(organization__status=Organization.Status.SUSPENDED)
-    .order_by()
-    .values_list(*_KEY_FIELDS, *(f"organization__{name}" for name in _ORGANIZATION_FIELDS)),
+    lambda prefix: (
+        ApiKey.objects.active()
+        .filter(prefix=prefix)
+        .exclude(organization__status=Organization.Status.SUSPENDED)
+        .order_by()
+        .values_list(*_KEY_FIELDS, *(f"organization__{name}" for name in _ORGANIZATION_FIELDS))
+    ),
     prefix=str,
 )
 

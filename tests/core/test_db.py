@@ -26,9 +26,9 @@ def test_it_answers_as_the_queryset_does_for_each_value():
 
 def test_integer_values_and_several_names():
     compiled = CompiledQuery(
-        lambda organization, status: Organization.objects.filter(pk=organization, status=status)
-        .order_by()
-        .values_list("name", flat=True),
+        lambda organization, status: (
+            Organization.objects.filter(pk=organization, status=status).order_by().values_list("name", flat=True)
+        ),
         organization=int,
         status=str,
     )
