@@ -3,7 +3,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_sc
 from rest_framework import serializers
 
 from broker.models import Allocation, ComputeRequest, Contract
-from core.serializers import QuerySerializer, StrictSerializer, count_field, price_field, time_field
+from core.serializers import FieldsBuiltOnce, QuerySerializer, StrictSerializer, count_field, price_field, time_field
 from marketplace.api.serializers import GpuModelField
 from marketplace.models import REGION_VALIDATOR, BillingMode, Interconnect
 
@@ -124,7 +124,7 @@ class ContractClusterSerializer(serializers.Serializer):
     gpus_per_node = serializers.IntegerField(help_text="GPUs in each node.")
 
 
-class ContractSerializer(serializers.ModelSerializer):
+class ContractSerializer(FieldsBuiltOnce, serializers.ModelSerializer):
     """A contract as lists show it: its terms, without its nodes (GET /api/v1/contracts/{id}/nodes)."""
 
     lab = serializers.CharField(source="lab.name", read_only=True, help_text="The buyer's name.")

@@ -1,0 +1,48 @@
+"""core.serializers.FieldsBuiltOnce: fields built once per class, bound to each instance."""
+
+from decimal import Decimal
+
+import pytest
+from rest_framework import serializers
+
+from billing.credit import Exposure
+from core.serializers import FieldsBuiltOnce
+from marketplace.api.serializers import OrganizationSerializer
+from marketplace.models import Organization
+
+pytestmark = pytest.mark.django_db
+
+
+def exposure(lab: Organization, committed: str) -> Exposure:
+    return Exposure(lab.pk, None, Decimal(committed), Decimal(0), Decimal(0))
+
+
+def test_each_instance_answers_with_its_own_object_and_context():
+    first = Organization.objects.create(name="First", is_lab=True)
+    second = Organization.objects.create(name="Second", is_lab=True, is_provider=True)
+    shown = []
+    for lab, committed in [(first, "10.00"), (second, "20.00"), (first, "30.00")]:
+        data = OrganizationSerializer(lab, context={"exposure": exposure(lab, committed)}).data
+        shown.append((data["name"], data["role"], data["exposure"]["committed"]))
+    assert shown == [("First", "lab", "10.00"), ("Second", "both", "20.00"), ("First", "lab", "30.00")]
+
+
+def test_the_fields_are_those_drf_builds_and_each_instance_has_its_own():
+    class Plain(serializers.ModelSerializer):
+        role = serializers.CharField(read_only=True)
+
+        class Meta:
+            model = Organization
+            fields = ["id", "name", "role", "status", "credit_limit", "created_at"]
+
+    class Once(FieldsBuiltOnce, Plain):
+        pass
+
+    lab = Organization.objects.create(name="Lab", is_lab=True, credit_limit=Decimal("99.5"))
+    assert Once(lab).data == Plain(lab).data
+    one, two = Once(lab), Once(lab)
+    assert [type(field) for field in one.fields.values()] == [type(field) for field in Plain(lab).fields.values()]
+    for name in one.fields:
+        assert one.fields[name] is not two.fields[name]
+        assert one.fields[name].parent is one and two.fields[name].parent is two
+    assert "_fields_built" in Once.__dict__ and "_fields_built" not in Plain.__dict__
