@@ -11,6 +11,14 @@ import pytest
 from events import signing
 
 
+class _Server(ThreadingHTTPServer):
+    # Several worker threads connect at once (a run sends on many threads, and tests start
+    # several runs): with socketserver's backlog of 5 a burst overflows the accept queue, and
+    # a connection dropped there can outlast the sender's timeout, a failed attempt that
+    # waits its backoff with no run left to retry it.
+    request_queue_size = 256
+
+
 class Receiver:
     """An HTTP/1.1 (keep-alive) server on 127.0.0.1 that records every request and answers each
     with the next status of ``statuses`` (the last one repeats), 200 by default; -1 answers
@@ -48,7 +56,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
