@@ -154,6 +154,18 @@ def lab_exposures(lab_ids: Iterable[int], *, lock: bool = False) -> dict[int, Ex
         return {row[0]: Exposure(*row) for row in cursor.fetchall()}
 
 
+def exposure_as_read(organization) -> Exposure:
+    """The lab's exposure as its row was read with the organization (the columns _READ reads),
+    as a request's API key lookup reads it: no second read of the same row."""
+    return Exposure(
+        organization.pk,
+        organization.credit_limit,
+        organization.exposure_committed,
+        organization.exposure_metered,
+        organization.exposure_unpaid,
+    )
+
+
 def lab_exposure(lab_id: int, *, lock: bool = False) -> Exposure:
     return lab_exposures([lab_id], lock=lock)[lab_id]
 

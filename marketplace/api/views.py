@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.credit import lab_exposure
+from billing.credit import exposure_as_read
 from marketplace.api.serializers import (
     ApiKeyCreateSerializer,
     ApiKeySerializer,
@@ -25,8 +25,8 @@ class OrganizationView(APIView):
     @extend_schema(responses=OrganizationSerializer, summary="The calling organization, with its credit")
     def get(self, request: Request) -> Response:
         """The organization whose API key calls: its roles, status, credit limit and exposure."""
-        organization = request.user.organization
-        exposure = lab_exposure(organization.pk)
+        organization = request.user.organization  # read with its key, this request
+        exposure = exposure_as_read(organization)
         return Response(OrganizationSerializer(organization, context={"exposure": exposure}).data)
 
 
