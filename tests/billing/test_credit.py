@@ -5,7 +5,9 @@ from decimal import Decimal
 
 import pytest
 import time_machine
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from billing.credit import lab_exposure, lab_exposures_recomputed
 from billing.services import credit_note_create, invoice_record_payment
@@ -99,6 +101,20 @@ def test_the_organization_endpoint_shows_the_limit_and_the_exposure(lab_client, 
         "total": "338.40",
         "available": "1661.60",
     }
+
+
+def test_the_organization_endpoint_reads_the_callers_row_once_and_afresh(lab_client, spanning_contract):
+    """One statement: the key with its organization, whose row carries the exposure; a change
+    made since the last request shows in the next one."""
+    assert lab_client.get("/api/v1/organization").json()["credit_limit"] != "1234.00"  # the key's use recorded
+    organization_set_credit_limit(organization=lab_client.organization, limit=Decimal("1234.00"))
+    close(SEPTEMBER)
+    with CaptureQueriesContext(connection) as queries:
+        data = lab_client.get("/api/v1/organization").json()
+    assert [query["sql"].split()[0] for query in queries.captured_queries] == ["SELECT"]
+    exposure = lab_exposure(lab_client.organization.pk)
+    assert data["credit_limit"] == "1234.00"
+    assert (data["exposure"]["unpaid"], data["exposure"]["total"]) == ("263.20", str(exposure.total))
 
 
 def test_a_provider_has_no_exposure_and_no_limit_means_nothing_is_available_to_count(provider_client, lab_client):
