@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 from django.utils import timezone
@@ -72,69 +72,103 @@ class IdempotencyMiddleware:
                 ),
                 status=400,
             )
-        api_key = api_key_from_authorization_header(request.headers.get("Authorization", ""))
+        header = request.headers.get("Authorization", "")
+        api_key = api_key_from_authorization_header(header)
+        request.api_key_found = (header, api_key)  # the authentication takes it: one lookup a request
         if api_key is None:
             return self.get_response(request)  # the view answers 401 in the error shape
 
         fingerprint = _fingerprint(request)
         with transaction.atomic():
-            expired_before = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
-            IdempotencyRecord.objects.filter(
-                organization_id=api_key.organization_id, key=key, created_at__lt=expired_before
-            ).delete()
-            record, created = IdempotencyRecord.objects.get_or_create(
-                organization_id=api_key.organization_id, key=key, defaults={"fingerprint": fingerprint}
-            )
-            if not created:
-                if record.fingerprint != fingerprint:
-                    return JsonResponse(
-                        error_body(
-                            "idempotency_key_reused",
-                            "This Idempotency-Key was used with a different request.",
-                        ),
-                        status=409,
-                    )
-                if record.withheld:
-                    return JsonResponse(
-                        error_body(
-                            "idempotent_replay_withheld",
-                            "The first request with this Idempotency-Key succeeded, and its response carried a "
-                            "secret, which is shown once and never stored. List what it created instead.",
-                        ),
-                        status=409,
-                    )
-                throttle = ApiKeyRateThrottle()
-                if not throttle.allow_api_key(api_key):  # a replay counts against the key's limit too
-                    refused = JsonResponse(
-                        error_body(
-                            "throttled", f"Request was throttled. Expected available in {throttle.wait()} seconds."
-                        ),
-                        status=429,
-                    )
-                    refused["Retry-After"] = str(throttle.wait())
-                    return refused
-                if record.response_content is not None and not record.response_content:
-                    replay = HttpResponse(status=record.response_status)  # a 204: no body, no type
-                    del replay["Content-Type"]
-                elif record.response_content is not None:
-                    replay = HttpResponse(
-                        bytes(record.response_content), status=record.response_status, content_type=JSON
-                    )
-                else:
-                    replay = JsonResponse(record.response_body, status=record.response_status, safe=False)
-                replay["Idempotent-Replayed"] = "true"
-                return replay
-
+            record_id = _claim(api_key.organization_id, key, fingerprint)
+            while record_id is None:
+                record = IdempotencyRecord.objects.filter(organization_id=api_key.organization_id, key=key).first()
+                if record is not None:
+                    return _answer_again(api_key, record, fingerprint)
+                # Purged between the two statements, as it reached its expiry: claim it afresh.
+                record_id = _claim(api_key.organization_id, key, fingerprint)
             response = self.get_response(request)
             if not 200 <= response.status_code < 300:
                 transaction.set_rollback(True)
             elif _carries_secret(response) or response.streaming or not _replayable(response):
-                record.response_status, record.withheld = response.status_code, True
-                record.save(update_fields=["response_status", "withheld"])
+                _keep(record_id, response.status_code, content=None, withheld=True)
             else:
-                record.response_status, record.response_content = response.status_code, response.content
-                record.save(update_fields=["response_status", "response_content"])
+                _keep(record_id, response.status_code, content=response.content, withheld=False)
             return response
+
+
+# The claim of a key: its record, inserted with the work's transaction, or nothing when the
+# organization has a record of that key. A record of the key inserted by a request not yet
+# committed makes the insert wait (the unique index): committed, it is answered again;
+# rolled back, this request runs.
+_CLAIM = """
+INSERT INTO marketplace_idempotencyrecord (organization_id, key, fingerprint, withheld, created_at)
+VALUES (%(organization)s, %(key)s, %(fingerprint)s, false, %(now)s)
+ON CONFLICT (organization_id, key) DO NOTHING
+RETURNING id"""
+_EXPIRED = "DELETE FROM marketplace_idempotencyrecord WHERE organization_id = %s AND key = %s AND created_at < %s"
+_KEEP = """
+UPDATE marketplace_idempotencyrecord SET response_status = %s, response_content = %s, withheld = %s WHERE id = %s"""
+
+
+def _claim(organization_id: int, key: str, fingerprint: str) -> int | None:
+    """The new record's id, or None when a live record of the key exists. An expired record
+    (older than IDEMPOTENCY_KEY_TTL_HOURS) is deleted, and the key claimed afresh."""
+    now = timezone.now()
+    parameters = {"organization": organization_id, "key": key, "fingerprint": fingerprint, "now": now}
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM, parameters)
+        claimed = cursor.fetchone()
+        if claimed is None:
+            expired_before = now - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+            cursor.execute(_EXPIRED, [organization_id, key, expired_before])
+            if cursor.rowcount:
+                cursor.execute(_CLAIM, parameters)
+                claimed = cursor.fetchone()
+    return None if claimed is None else claimed[0]
+
+
+def _keep(record_id: int, status: int, *, content: bytes | None, withheld: bool) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(_KEEP, [status, content, withheld, record_id])
+
+
+def _answer_again(api_key, record: IdempotencyRecord, fingerprint: str) -> HttpResponse:
+    """A retry of a key already used: the first answer again, or why not (409, 429)."""
+    if record.fingerprint != fingerprint:
+        return JsonResponse(
+            error_body(
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request.",
+            ),
+            status=409,
+        )
+    if record.withheld:
+        return JsonResponse(
+            error_body(
+                "idempotent_replay_withheld",
+                "The first request with this Idempotency-Key succeeded, and its response carried a "
+                "secret, which is shown once and never stored. List what it created instead.",
+            ),
+            status=409,
+        )
+    throttle = ApiKeyRateThrottle()
+    if not throttle.allow_api_key(api_key):  # a replay counts against the key's limit too
+        refused = JsonResponse(
+            error_body("throttled", f"Request was throttled. Expected available in {throttle.wait()} seconds."),
+            status=429,
+        )
+        refused["Retry-After"] = str(throttle.wait())
+        return refused
+    if record.response_content is not None and not record.response_content:
+        replay = HttpResponse(status=record.response_status)  # a 204: no body, no type
+        del replay["Content-Type"]
+    elif record.response_content is not None:
+        replay = HttpResponse(bytes(record.response_content), status=record.response_status, content_type=JSON)
+    else:
+        replay = JsonResponse(record.response_body, status=record.response_status, safe=False)
+    replay["Idempotent-Replayed"] = "true"
+    return replay
 
 
 def _routed(request: HttpRequest) -> bool:

@@ -1,6 +1,7 @@
 """The conventions every endpoint follows: auth, the error shape, bad input, idempotency."""
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.test import override_settings
@@ -150,6 +151,36 @@ class TestIdempotency:
         response = lab_client.post("/api/v1/api-keys", {"name": "b"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
         assert_error(response, 409, "idempotency_key_reused")
         assert not ApiKey.objects.filter(name="b").exists()
+
+    def test_a_key_past_its_time_to_live_is_claimed_afresh(self, provider_client, settings):
+        cluster = {"name": "old", "gpu_model": "h100-sxm-80gb", "region": "us-east-1",
+                   "interconnect": "infiniband", "gpus_per_node": 8, "node_count": 1}  # fmt: skip
+        assert (
+            provider_client.post("/api/v1/clusters", cluster, format="json", HTTP_IDEMPOTENCY_KEY="k-3").status_code
+            == 201
+        )
+        record = IdempotencyRecord.objects.get(organization=provider_client.organization, key="k-3")
+        aged = record.created_at - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS, seconds=1)
+        IdempotencyRecord.objects.filter(pk=record.pk).update(created_at=aged)
+        # Another body under the same key: not a reuse any more, but a new request.
+        renamed = provider_client.post(
+            "/api/v1/clusters", cluster | {"name": "new"}, format="json", HTTP_IDEMPOTENCY_KEY="k-3"
+        )
+        assert renamed.status_code == 201 and "Idempotent-Replayed" not in renamed
+        again = provider_client.post(
+            "/api/v1/clusters", cluster | {"name": "new"}, format="json", HTTP_IDEMPOTENCY_KEY="k-3"
+        )
+        assert again["Idempotent-Replayed"] == "true" and again.content == renamed.content
+        (kept,) = IdempotencyRecord.objects.filter(organization=provider_client.organization, key="k-3")
+        assert kept.pk != record.pk and kept.created_at > aged
+        assert Cluster.objects.filter(provider=provider_client.organization, name="new").count() == 1
+
+    def test_a_refused_request_leaves_no_record_and_its_retry_runs(self, lab_client):
+        refused = lab_client.post("/api/v1/api-keys", {"name": ""}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
+        assert_error(refused, 400)
+        assert not IdempotencyRecord.objects.filter(key="k-4").exists()
+        fixed = lab_client.post("/api/v1/api-keys", {"name": "fixed"}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
+        assert fixed.status_code == 201 and "Idempotent-Replayed" not in fixed
 
     def test_keys_are_scoped_per_organization(self, lab_client, other_lab_client):
         lab_client.post("/api/v1/api-keys", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
