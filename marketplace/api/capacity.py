@@ -9,7 +9,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_sc
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from core.serializers import QuerySerializer, StrictSerializer, count_field, price_field, time_field
+from core.serializers import FieldsBuiltOnce, QuerySerializer, StrictSerializer, count_field, price_field, time_field
 from marketplace.api.serializers import GpuModelField, ReliabilitySerializer, reliability_from_row, reliability_of
 from marketplace.models import (
     HOSTNAME_VALIDATOR,
@@ -340,7 +340,7 @@ class ListingRowSerializer(serializers.BaseSerializer):
         }
 
 
-class ListingSearchSerializer(QuerySerializer):
+class ListingSearchSerializer(FieldsBuiltOnce, QuerySerializer):
     gpu_model = GpuModelField(
         required=False, help_text="Only this GPU model, by its slug (GET /api/v1/gpu-models); an unknown one is a 400."
     )
