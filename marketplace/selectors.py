@@ -1,5 +1,6 @@
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -15,6 +16,7 @@ from core.timeutils import ceil_hour, current_hour
 from marketplace.models import ApiKey, Cluster, Listing, Node, Organization
 
 KEY_PREFIX = "gpb"
+_PREFIX_SHAPE = re.compile(r"[a-z0-9]{8}")  # as issued (services.api_key_create)
 
 
 def hash_api_key(raw: str) -> str:
@@ -24,7 +26,7 @@ def hash_api_key(raw: str) -> str:
 def api_key_prefix_of(raw: str) -> str | None:
     """The public prefix of a raw key (``gpb_ab12cd34``), or None if it is not shaped like one."""
     parts = raw.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != 8 or not parts[2]:
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not _PREFIX_SHAPE.fullmatch(parts[1]) or not parts[2]:
         return None
     return f"{parts[0]}_{parts[1]}"
 

@@ -30,6 +30,13 @@ class TestAuthentication:
         anon_client.credentials(HTTP_AUTHORIZATION="Bearer gpb_abcdefgh_nope")
         assert_error(anon_client.get("/api/v1/organization"), 401)
 
+    @pytest.mark.parametrize(
+        "key", ["gpb_ab\x00cdefg_secret", "gpb_ABCDEFGH_secret", "gpb_abcdéfgh_secret", "gpb_abcdefgh_x\x00y"]
+    )
+    def test_a_key_not_shaped_as_issued_is_401(self, anon_client, key):
+        anon_client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        assert_error(anon_client.get("/api/v1/organization"), 401)
+
     def test_valid_key_authenticates_and_records_use(self, provider_client):
         response = provider_client.get("/api/v1/organization")
         assert response.status_code == 200
