@@ -48,6 +48,8 @@ class CompiledQuery:
         }
         compiler = self._build(**markers).using(using).query.get_compiler(using)
         statement, params = compiler.as_sql()
+        if compiler.has_extra_select:  # execute_sql would trim these columns; rows() does not
+            raise ValueError("the queryset selects columns beyond its values")
         slots = {}
         for name, marker in markers.items():
             found = [index for index, param in enumerate(params) if type(param) is type(marker) and param == marker]
@@ -68,4 +70,4 @@ class CompiledQuery:
         with connections[using].cursor() as cursor:
             cursor.execute(statement, bound)
             fetched = cursor.fetchall()
-        return list(compiler.results_iter(results=[fetched]))
+        return list(compiler.results_iter(results=[fetched], tuple_expected=True))

@@ -8,26 +8,32 @@ from core.timeutils import HORIZON_TEXT, within_horizon
 MAX_COUNT = 10_000_000
 
 
+# For a ModelSerializer that answers often (a booking's contract, the caller's
+# organization): its fields are built from the model once per class, not once per instance.
+#
+# DRF builds a ModelSerializer's fields for every instance, reading the model's fields and
+# deep-copying the declared ones: a third of a booking's Python. Here each instance gets a
+# shallow copy of the fields built the first time, bound to itself; a nested serializer is
+# deep-copied, as DRF does, since it keeps fields of its own. Only for serializers whose
+# fields do not depend on the instance (its context, its data): ``get_fields`` runs once.
+#
+# (A comment, not a docstring: drf-spectacular would show a docstring as the description of
+# every serializer without one of its own, e.g. Organization.)
 class FieldsBuiltOnce:
-    """For a ModelSerializer that answers often (a booking's contract, the caller's
-    organization): its fields are built from the model once per class, not once per instance.
-
-    DRF builds a ModelSerializer's fields for every instance, reading the model's fields and
-    deep-copying the declared ones: a third of a booking's Python. Here each instance gets a
-    shallow copy of the fields built the first time, bound to itself; a nested serializer is
-    deep-copied, as DRF does, since it keeps fields of its own. Only for serializers whose
-    fields do not depend on the instance (its context, its data): ``get_fields`` runs once.
-    """
-
     def get_fields(self):
         built = type(self).__dict__.get("_fields_built")
         if built is None:
             built = super().get_fields()
             type(self)._fields_built = built  # this class's own, not a subclass's
         return {
-            name: copy.deepcopy(field) if isinstance(field, serializers.BaseSerializer) else copy.copy(field)
-            for name, field in built.items()
+            name: copy.deepcopy(field) if _keeps_fields(field) else copy.copy(field) for name, field in built.items()
         }
+
+
+def _keeps_fields(field) -> bool:
+    """A nested serializer, or a field bound to a child of its own (ListField, DictField, a
+    many=True relation): a shallow copy would share the child, bound to the unbound original."""
+    return isinstance(field, serializers.BaseSerializer) or hasattr(field, "child") or hasattr(field, "child_relation")
 
 
 class StrictSerializer(serializers.Serializer):

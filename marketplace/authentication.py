@@ -50,8 +50,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != self.keyword or not token.strip():
             raise AuthenticationFailed("Use the header 'Authorization: Bearer <api key>'.")
-        found = getattr(request._request, "api_key_found", None)  # IdempotencyMiddleware's, same header
-        api_key = found[1] if found is not None and found[0] == header else api_key_lookup(raw=token.strip())
+        api_key = api_key_lookup(raw=token.strip())
         if api_key is None:
             raise AuthenticationFailed("Invalid, revoked or suspended API key.")
         api_key_touch(api_key=api_key)

@@ -72,9 +72,9 @@ class IdempotencyMiddleware:
                 ),
                 status=400,
             )
-        header = request.headers.get("Authorization", "")
-        api_key = api_key_from_authorization_header(header)
-        request.api_key_found = (header, api_key)  # the authentication takes it: one lookup a request
+        # Read again by the authentication, after the claim: the claim may wait on another
+        # request with this key, and a key revoked meanwhile must be refused.
+        api_key = api_key_from_authorization_header(request.headers.get("Authorization", ""))
         if api_key is None:
             return self.get_response(request)  # the view answers 401 in the error shape
 

@@ -166,7 +166,7 @@ class ListingBookView(APIView):
         organization = request.user.organization
         listing = listing_for_booking(lab=organization, pk=pk)
         if listing is None:
-            raise NotFound("No Listing matches the given query.")
+            raise NotFound()  # as get_object_or_404's Http404 is answered: "Not found."
         serializer = BookingSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         contract = listing_book(lab=organization, listing=listing, **serializer.validated_data)

@@ -131,7 +131,8 @@ def test_suspended_providers_listing_cannot_be_booked(lab_client, listing):
 
 
 def test_unknown_listing_is_404(lab_client):
-    assert_error(lab_client.post("/api/v1/listings/999999/book", {}, format="json"), 404, "not_found")
+    error = assert_error(lab_client.post("/api/v1/listings/999999/book", {}, format="json"), 404, "not_found")
+    assert error["message"] == "Not found."  # as every other 404 says it
 
 
 def test_provider_is_403(provider_client, other_provider_client, listing):

@@ -1,13 +1,30 @@
 """The conventions every endpoint follows: auth, the error shape, bad input, idempotency."""
 
 import json
+import threading
 from datetime import timedelta
 
+import psycopg
 import pytest
-from django.test import override_settings
+from django.db import connection, connections
+from django.test import RequestFactory, override_settings
+from django.utils import timezone
 
+from core.local_postgres import database_url
+from marketplace.idempotency import _fingerprint
 from marketplace.models import ApiKey, Cluster, IdempotencyRecord
-from tests.conftest import assert_error
+from tests.conftest import assert_error, make_client, wait_until
+
+CLUSTER = {"name": "c", "gpu_model": "h100-sxm-80gb", "region": "us-east-1",
+           "interconnect": "infiniband", "gpus_per_node": 8, "node_count": 1}  # fmt: skip
+
+
+def waiting_on_a_lock() -> bool:
+    """Whether another session waits on a lock (the retry, on the first request's record)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        return bool(cursor.fetchone()[0])
+
 
 pytestmark = pytest.mark.django_db
 
@@ -188,6 +205,39 @@ class TestIdempotency:
         assert not IdempotencyRecord.objects.filter(key="k-4").exists()
         fixed = lab_client.post("/api/v1/api-keys", {"name": "fixed"}, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
         assert fixed.status_code == 201 and "Idempotent-Replayed" not in fixed
+
+    def test_a_key_revoked_while_its_retry_waits_on_the_first_request_is_refused(self, transactional_db):
+        """The retry waits on the first request's record (the unique index); the first fails,
+        so the retry runs: with its key as it is then, not as it was before the wait."""
+        client = make_client("Waiting Provider", "provider")
+        fingerprint = _fingerprint(
+            RequestFactory().post("/api/v1/clusters", data=json.dumps(CLUSTER), content_type="application/json")
+        )
+        first = psycopg.connect(database_url(connection.settings_dict))
+        first.execute(  # the first request with the key, not yet committed
+            "INSERT INTO marketplace_idempotencyrecord (organization_id, key, fingerprint, withheld, created_at)"
+            " VALUES (%s, 'k', %s, false, now())",
+            [client.organization.pk, fingerprint],
+        )
+        answered = {}
+
+        def retry():
+            try:
+                answered["retry"] = client.post("/api/v1/clusters", CLUSTER, format="json", HTTP_IDEMPOTENCY_KEY="k")
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=retry)
+        thread.start()
+        try:
+            wait_until(waiting_on_a_lock, timeout=20)
+            ApiKey.objects.filter(organization=client.organization).update(revoked_at=timezone.now())
+        finally:
+            first.rollback()  # the first request failed: the retry runs
+            thread.join(20)
+            first.close()
+        assert_error(answered["retry"], 401, "not_authenticated")
+        assert not Cluster.objects.filter(provider=client.organization).exists()
 
     def test_keys_are_scoped_per_organization(self, lab_client, other_lab_client):
         lab_client.post("/api/v1/api-keys", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")

@@ -52,3 +52,16 @@ def test_a_value_that_reaches_the_sql_twice_or_never_is_refused():
         never.rows(name="x")
     with pytest.raises(TypeError):
         CompiledQuery(by_name, name=float)
+
+
+def test_rows_are_tuples_through_the_fields_converters():
+    """A column with a converter (JSON) comes back converted, in tuples, as values_list gives it."""
+    from marketplace.models import IdempotencyRecord
+
+    lab = Organization.objects.create(name="Lab", is_lab=True)
+    IdempotencyRecord.objects.create(organization=lab, key="k", fingerprint="f", response_body={"a": [1, "b"]})
+    compiled = CompiledQuery(
+        lambda key: IdempotencyRecord.objects.filter(key=key).order_by().values_list("key", "response_body"), key=str
+    )
+    assert compiled.rows(key="k") == list(IdempotencyRecord.objects.filter(key="k").values_list("key", "response_body"))
+    assert compiled.rows(key="k") == [("k", {"a": [1, "b"]})]

@@ -188,3 +188,26 @@ def test_creating_operations_link_to_what_can_be_done_next(schema):
                 assert "id" in response["content"]["application/json"]["schema"].get("properties", {}) or (
                     "$ref" in response["content"]["application/json"]["schema"]
                 )
+
+
+def test_no_component_is_described_by_a_mixin_of_the_code(schema):
+    """drf-spectacular describes a serializer without a docstring of its own by its nearest
+    base class's: a mixin of core.serializers (not a serializer: FieldsBuiltOnce) must not
+    speak to API users, so it carries no docstring, and none shows in the schema."""
+    from rest_framework.fields import Field
+
+    from core import serializers as helpers
+
+    def words(text: str) -> str:
+        return " ".join(text.split())
+
+    mixins = [
+        cls
+        for cls in vars(helpers).values()
+        if isinstance(cls, type) and cls.__module__ == helpers.__name__ and not issubclass(cls, Field)
+    ]
+    assert helpers.FieldsBuiltOnce in mixins
+    docstrings = {words(cls.__doc__) for cls in mixins if cls.__doc__}
+    assert docstrings == set()
+    described = {words(component.get("description", "")) for component in schema["components"]["schemas"].values()}
+    assert not described & docstrings

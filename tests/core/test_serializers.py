@@ -46,3 +46,18 @@ def test_the_fields_are_those_drf_builds_and_each_instance_has_its_own():
         assert one.fields[name] is not two.fields[name]
         assert one.fields[name].parent is one and two.fields[name].parent is two
     assert "_fields_built" in Once.__dict__ and "_fields_built" not in Plain.__dict__
+
+
+def test_a_field_with_a_child_of_its_own_is_not_shared_between_instances():
+    """A ListField binds its child when it is made: a shallow copy would share the child, bound
+    to the unbound original (its context empty); each instance gets its own."""
+
+    class Tagged(serializers.Field):
+        def to_representation(self, value):
+            return f"{value}@{self.context.get('who')}"
+
+    class Once(FieldsBuiltOnce, serializers.Serializer):
+        tags = serializers.ListField(child=Tagged())
+
+    shown = [Once({"tags": [1]}, context={"who": who}).data["tags"] for who in ("A", "B")]
+    assert shown == [["1@A"], ["1@B"]]
