@@ -8,11 +8,11 @@ from core.timeutils import HORIZON_TEXT, within_horizon
 MAX_COUNT = 10_000_000
 
 
-# For a ModelSerializer that answers often (a booking's contract, the caller's
-# organization): its fields are built from the model once per class, not once per instance.
+# For a serializer used on a hot path (a booking's contract, the caller's organization, a
+# search's query): its fields are built once per class, not once per instance.
 #
-# DRF builds a ModelSerializer's fields for every instance, reading the model's fields and
-# deep-copying the declared ones: a third of a booking's Python. Here each instance gets a
+# DRF builds a serializer's fields for every instance, deep-copying the declared ones and, for
+# a ModelSerializer, reading the model's: a third of a booking's Python. Here each instance gets a
 # shallow copy of the fields built the first time, bound to itself; a nested serializer is
 # deep-copied, as DRF does, since it keeps fields of its own. Only for serializers whose
 # fields do not depend on the instance (its context, its data): ``get_fields`` runs once.

@@ -13,7 +13,7 @@ from django.utils import timezone
 from core.db import CompiledQuery
 from core.errors import InvalidInput
 from core.timeutils import ceil_hour, current_hour
-from marketplace.models import ApiKey, Cluster, Listing, Node, Organization
+from marketplace.models import ApiKey, Cluster, GpuModel, Listing, Node, Organization
 
 KEY_PREFIX = "gpb"
 _PREFIX_SHAPE = re.compile(r"[a-z0-9]{8}")  # as issued (services.api_key_create)
@@ -63,6 +63,19 @@ def api_key_lookup(*, raw: str) -> ApiKey | None:
         return None
     api_key.organization = Organization.from_db("default", _ORGANIZATION_FIELDS, row[len(_KEY_FIELDS) :])
     return api_key
+
+
+_GPU_MODEL_FIELDS = tuple(field.attname for field in GpuModel._meta.concrete_fields)
+# Read by most searches and every compute request: compiled once (core.db.CompiledQuery).
+_GPU_MODEL_BY_SLUG = CompiledQuery(
+    lambda slug: GpuModel.objects.filter(slug=slug).order_by().values_list(*_GPU_MODEL_FIELDS), slug=str
+)
+
+
+def gpu_model_by_slug(*, slug: str) -> GpuModel | None:
+    """The catalog's GPU model with this slug, or None."""
+    found = _GPU_MODEL_BY_SLUG.rows(slug=slug)
+    return GpuModel.from_db("default", _GPU_MODEL_FIELDS, found[0]) if found else None
 
 
 def api_key_from_authorization_header(header: str) -> ApiKey | None:

@@ -4,9 +4,9 @@ from functools import cache
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.db import CompiledQuery
 from core.serializers import FieldsBuiltOnce, StrictSerializer
 from marketplace.models import ApiKey, GpuModel, Organization
+from marketplace.selectors import gpu_model_by_slug
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,64}$")
 
@@ -108,13 +108,6 @@ class GpuModelSerializer(serializers.ModelSerializer):
         }
 
 
-_GPU_MODEL_FIELDS = tuple(field.attname for field in GpuModel._meta.concrete_fields)
-# Read by most searches and every compute request: compiled once (core.db.CompiledQuery).
-_GPU_MODEL_BY_SLUG = CompiledQuery(
-    lambda slug: GpuModel.objects.filter(slug=slug).order_by().values_list(*_GPU_MODEL_FIELDS), slug=str
-)
-
-
 class GpuModelField(serializers.SlugRelatedField):
     """A GPU model of the catalog, by its slug. An unknown one is refused with the catalog's slugs,
     so the caller learns what to send from the error itself."""
@@ -132,9 +125,9 @@ class GpuModelField(serializers.SlugRelatedField):
 
     def to_internal_value(self, data) -> GpuModel:
         if isinstance(data, str) and _SLUG.match(data):
-            found = _GPU_MODEL_BY_SLUG.rows(slug=data)
-            if found:
-                return GpuModel.from_db("default", _GPU_MODEL_FIELDS, found[0])
+            gpu_model = gpu_model_by_slug(slug=data)
+            if gpu_model is not None:
+                return gpu_model
             shown = f" {data!r}"
         else:
             shown = ""  # not a slug at all: nothing worth echoing
