@@ -5,6 +5,8 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.utils.urls import replace_query_param
 
+from core.serializers import refuse_unclear_parameters
+
 MAX_PAGE = 1_000_000
 
 
@@ -16,11 +18,22 @@ class StandardPagination(PageNumberPagination):
     def get_page_size(self, request: Request) -> int:
         """``page_size`` if given, from 1 to ``max_page_size``; anything else is a 400, never
         silently the default."""
+        refuse_unclear_parameters(request.query_params, [self.page_size_query_param])
         raw = request.query_params.get(self.page_size_query_param)
         if raw is None:
             return self.page_size
         if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= self.max_page_size:
             raise ValidationError({self.page_size_query_param: [f"A page size from 1 to {self.max_page_size}."]})
+        return int(raw)
+
+    def get_page_number(self, request: Request, paginator=None) -> int:
+        """``page`` if given, a plain number from 1 to ``MAX_PAGE``; anything else is a 400. DRF
+        alone reads ``page=`` as the first page and ``page=last`` as the last, which the schema's
+        integer does not allow."""
+        refuse_unclear_parameters(request.query_params, [self.page_query_param])
+        raw = request.query_params.get(self.page_query_param, "1")
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
+            raise ValidationError({self.page_query_param: ["A page number from 1."]})
         return int(raw)
 
     def get_schema_operation_parameters(self, view) -> list[dict]:
@@ -35,10 +48,7 @@ class StandardPagination(PageNumberPagination):
     def fetched_page(self, request: Request, fetch: Callable[..., tuple[list, int]]) -> tuple[list, dict]:
         """A page from a selector that returns ``(rows, total)`` for ``limit``/``offset`` in one go,
         with the same ``count``/``next``/``previous`` as every other list."""
-        raw = request.query_params.get(self.page_query_param, "1")
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
-            raise ValidationError({self.page_query_param: ["A page number from 1."]})
-        number, size = int(raw), self.get_page_size(request)
+        number, size = self.get_page_number(request), self.get_page_size(request)
         rows, total = fetch(limit=size, offset=(number - 1) * size)
         url = request.build_absolute_uri()
         return rows, {

@@ -48,21 +48,29 @@ class StrictSerializer(serializers.Serializer):
 
 
 EMPTY_PARAMETER = "Give a value, or leave the parameter out."
+REPEATED_PARAMETER = "Give this parameter once: no parameter of the API takes a list."
 
 
-def refuse_empty_parameters(query_params, names) -> None:
-    """A query parameter sent with no value (``?status=``) is a 400 naming it. DRF and
-    django-filter treat it as absent, as a form would, and answer as if no filter were asked."""
-    empty = sorted(name for name in names if query_params.get(name) == "")
-    if empty:
-        raise serializers.ValidationError({name: [EMPTY_PARAMETER] for name in empty})
+def refuse_unclear_parameters(query_params, names) -> None:
+    """A query parameter sent with no value (``?status=``) or more than once (``?page=2&page=3``)
+    is a 400 naming it. DRF and django-filter would take the first as absent, as a form would, and
+    read the last value of the second, and answer a question the client did not ask."""
+    errors = {}
+    for name in names:
+        values = query_params.getlist(name)
+        if len(values) > 1:
+            errors[name] = [REPEATED_PARAMETER]
+        elif values == [""]:
+            errors[name] = [EMPTY_PARAMETER]
+    if errors:
+        raise serializers.ValidationError(errors)
 
 
 class QuerySerializer(serializers.Serializer):
-    """An operation's query parameters; one sent empty is refused, not ignored."""
+    """An operation's query parameters; one sent empty or twice is refused, not ignored."""
 
     def to_internal_value(self, data):
-        refuse_empty_parameters(data, self.fields)
+        refuse_unclear_parameters(data, self.fields)
         return super().to_internal_value(data)
 
 

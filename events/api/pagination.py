@@ -7,6 +7,7 @@ from urllib import parse
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import Cursor, CursorPagination
 
+from core.serializers import refuse_unclear_parameters
 from events.api.serializers import MAX_PAGE_SIZE
 
 BAD_CURSOR = "Not a cursor this API gave: pass the cursor of a `next` or `previous` link as it is."
@@ -20,7 +21,9 @@ class EventCursorPagination(CursorPagination):
 
     def decode_cursor(self, request) -> Cursor | None:
         """DRF's cursor, except that a malformed one is a 400 naming the parameter, and its
-        position must be an id (DRF would pass any text on to the query)."""
+        position must be an id (DRF would pass any text on to the query), and ``cursor=`` is not
+        taken for the first page."""
+        refuse_unclear_parameters(request.query_params, [self.cursor_query_param])
         encoded = request.query_params.get(self.cursor_query_param)
         if encoded is None:
             return None

@@ -65,9 +65,39 @@ def test_only_the_ascii_digits_of_an_id_find_its_object(provider_client, spellin
     assert_error(provider_client.get(f"/api/v1/clusters/{spelling(cluster['id'])}"), 404, "not_found")
 
 
-@pytest.mark.parametrize("page", ["²", "١", "０", "1.5", "-1", "0"])
-def test_a_page_that_is_not_a_plain_number_is_400(lab_client, page):
-    assert_error(lab_client.get("/api/v1/listings", {"page": page}), 400, "invalid")
+# Lists paged by DRF's own paginator (invoices, api-keys) and by a selector's page (listings).
+PAGED_LISTS = ["/api/v1/listings", "/api/v1/invoices", "/api/v1/api-keys", "/api/v1/contracts"]
+
+
+@pytest.mark.parametrize("page", ["²", "١", "０", "1.5", "-1", "0", "", "last", "1000001"])
+@pytest.mark.parametrize("path", PAGED_LISTS)
+def test_a_page_that_is_not_a_plain_number_is_400(lab_client, path, page):
+    # ``page=`` had been the first page and ``page=last`` the last on DRF's paginator.
+    error = assert_error(lab_client.get(path, {"page": page}), 400, "invalid")
+    assert "page" in error["fields"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["page=1&page=2", "page=1&page=", "page_size=5&page_size=6", "status=void&status=void", "status=open&status="],
+)
+@pytest.mark.parametrize("path", ["/api/v1/invoices", "/api/v1/compute-requests"])
+def test_a_parameter_given_twice_is_400_naming_it(lab_client, path, query):
+    # The last value had been read, and a list the schema does not allow answered as if given once.
+    error = assert_error(lab_client.get(f"{path}?{query}"), 400, "invalid")
+    assert set(error["fields"]) == {query.split("=")[0]}
+
+
+@pytest.mark.parametrize("query", ["cursor=", "cursor=&cursor=", "page_size=5&page_size=5"])
+def test_an_event_page_parameter_empty_or_given_twice_is_400(lab_client, query):
+    error = assert_error(lab_client.get(f"/api/v1/events?{query}"), 400, "invalid")
+    assert set(error["fields"]) == {query.split("=")[0]}
+
+
+@pytest.mark.parametrize("query", ["gpu_model=h100-sxm-80gb&gpu_model=a100-sxm-80gb", "min_gpus=8&min_gpus=16"])
+def test_a_search_parameter_given_twice_is_400(lab_client, query):
+    error = assert_error(lab_client.get(f"/api/v1/listings?{query}"), 400, "invalid")
+    assert set(error["fields"]) == {query.split("=")[0]}
 
 
 def _nested(depth: int) -> str:
