@@ -36,8 +36,10 @@ def _keeps_fields(field) -> bool:
     return isinstance(field, serializers.BaseSerializer) or hasattr(field, "child") or hasattr(field, "child_relation")
 
 
+# An input serializer that refuses fields it does not know, instead of ignoring them. (A comment,
+# not a docstring: drf-spectacular would show it as the description of every request schema
+# built on it that has no docstring of its own.)
 class StrictSerializer(serializers.Serializer):
-    """An input serializer that refuses fields it does not know, instead of ignoring them."""
 
     def to_internal_value(self, data):
         if isinstance(data, dict):
@@ -66,8 +68,9 @@ def refuse_unclear_parameters(query_params, names) -> None:
         raise serializers.ValidationError(errors)
 
 
+# An operation's query parameters; one sent empty or twice is refused, not ignored. (A comment,
+# as StrictSerializer's.)
 class QuerySerializer(serializers.Serializer):
-    """An operation's query parameters; one sent empty or twice is refused, not ignored."""
 
     def to_internal_value(self, data):
         refuse_unclear_parameters(data, self.fields)
