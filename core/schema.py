@@ -141,28 +141,56 @@ LINKS = {
 }
 
 
+# And from a list's page to the operations on its first object: a client (and the fuzz run) that
+# did not create an invoice, a payout statement or a contract itself reaches them from the list.
+FIRST_OF_PAGE_LINKS = {
+    ("contracts_list", "200"): {
+        "ReadTheFirstContract": "contracts_retrieve",
+        "ListItsNodes": "contracts_nodes_list",
+        "ReadItsAccessManifest": "contracts_access_retrieve",
+        "ReportItsDelivery": "contracts_delivered_create",
+    },
+    ("invoices_list", "200"): {"ReadTheFirstInvoice": "invoices_retrieve"},
+    ("payouts_list", "200"): {"ReadTheFirstStatement": "payouts_retrieve"},
+    ("events_list", "200"): {"ReadTheFirstEvent": "events_retrieve"},
+    ("incidents_list", "200"): {
+        "ReadTheFirstIncident": "incidents_retrieve",
+        "ResolveTheFirstIncident": "incidents_resolve_create",
+    },
+    ("webhook_endpoints_list", "200"): {
+        "ReadTheFirstEndpoint": "webhook_endpoints_retrieve",
+        "ListItsDeliveries": "webhook_endpoints_deliveries_list",
+        "EnableTheFirstEndpoint": "webhook_endpoints_enable_create",
+    },
+}
+
+
 def response_links(result, generator, request, public):
-    """Add ``LINKS`` to the responses they start from; each passes the new object's ``id`` as the
-    linked operation's ``id`` path parameter."""
+    """Add ``LINKS`` and ``FIRST_OF_PAGE_LINKS`` to the responses they start from; each passes the
+    object's ``id`` as the linked operation's ``id`` path parameter."""
     operations = {
         operation["operationId"]: operation
         for methods in result.get("paths", {}).values()
         for operation in methods.values()
         if isinstance(operation, dict) and "operationId" in operation
     }
-    for (source, status), links in LINKS.items():
-        if source not in operations:  # not in this (partial) schema
-            continue
-        response = operations[source]["responses"][status]
-        response["links"] = {
-            name: {
-                "operationId": target,
-                "parameters": {"id": "$response.body#/id"},
-                "description": f"{target} on the object just created: its `id` is the path's `id`.",
+    tables = (
+        (LINKS, "$response.body#/id", "the object just created"),
+        (FIRST_OF_PAGE_LINKS, "$response.body#/results/0/id", "the first object of the page"),
+    )
+    for table, pointer, which in tables:
+        for (source, status), links in table.items():
+            if source not in operations:  # not in this (partial) schema
+                continue
+            operations[source]["responses"][status]["links"] = {
+                name: {
+                    "operationId": target,
+                    "parameters": {"id": pointer},
+                    "description": f"{target} on {which}: its `id` is the path's `id`.",
+                }
+                for name, target in links.items()
+                if target in operations
             }
-            for name, target in links.items()
-            if target in operations
-        }
     return result
 
 

@@ -64,6 +64,7 @@ ROLES = {"provider": "Colossus Compute", "lab": "Frontier Lab", "both": "Orbital
 MARKET_PARAMETERS = {
     # parameter: (its locations, the dictionary it draws from)
     "gpu_model": (("body", "query"), "gpu_models"),
+    "slug": (("path",), "gpu_models"),  # the market's book, trades and index, and the catalog
     "cluster": (("body", "query"), "clusters"),
     "starts_at": (("body", "query"), "hours"),
     "ends_at": (("body", "query"), "hours"),

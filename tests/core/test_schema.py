@@ -216,3 +216,17 @@ def test_no_component_is_described_by_a_mixin_of_the_code(schema):
     assert docstrings == set()
     described = {words(component.get("description", "")) for component in schema["components"]["schemas"].values()}
     assert not described & docstrings
+
+
+def test_lists_link_from_their_first_object_to_the_operations_on_it(schema):
+    from core.schema import FIRST_OF_PAGE_LINKS, LINKS
+
+    by_id = {op["operationId"]: op for _method, _path, op in operations(schema)}
+    for table in (LINKS, FIRST_OF_PAGE_LINKS):
+        for (source, status), links in table.items():  # no link is lost to a misspelt operation
+            assert set(by_id[source]["responses"][status]["links"]) == set(links), source
+    link = by_id["invoices_list"]["responses"]["200"]["links"]["ReadTheFirstInvoice"]
+    assert link["operationId"] == "invoices_retrieve"
+    assert link["parameters"] == {"id": "$response.body#/results/0/id"}
+    page = by_id["contracts_list"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "results" in schema["components"]["schemas"][page["$ref"].rsplit("/", 1)[1]]["properties"]
