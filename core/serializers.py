@@ -40,7 +40,6 @@ def _keeps_fields(field) -> bool:
 # not a docstring: drf-spectacular would show it as the description of every request schema
 # built on it that has no docstring of its own.)
 class StrictSerializer(serializers.Serializer):
-
     def to_internal_value(self, data):
         if isinstance(data, dict):
             unknown = set(data) - set(self.fields)
@@ -71,10 +70,21 @@ def refuse_unclear_parameters(query_params, names) -> None:
 # An operation's query parameters; one sent empty or twice is refused, not ignored. (A comment,
 # as StrictSerializer's.)
 class QuerySerializer(serializers.Serializer):
-
     def to_internal_value(self, data):
         refuse_unclear_parameters(data, self.fields)
         return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false, as the schema's boolean says, and none of the other spellings DRF would
+    take for them (1, "yes", "on", "T"): a JSON boolean in a body, the word in a query string."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        if isinstance(self.root, QuerySerializer) and data in ("true", "false"):
+            return data == "true"
+        self.fail("invalid", input=data)
 
 
 def count_field(*, max_value: int = MAX_COUNT, **kwargs) -> serializers.IntegerField:

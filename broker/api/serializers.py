@@ -3,7 +3,15 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_sc
 from rest_framework import serializers
 
 from broker.models import Allocation, ComputeRequest, Contract
-from core.serializers import FieldsBuiltOnce, QuerySerializer, StrictSerializer, count_field, price_field, time_field
+from core.serializers import (
+    FieldsBuiltOnce,
+    QuerySerializer,
+    StrictBooleanField,
+    StrictSerializer,
+    count_field,
+    price_field,
+    time_field,
+)
 from marketplace.api.serializers import GpuModelField
 from marketplace.models import REGION_VALIDATOR, BillingMode, Interconnect
 
@@ -35,7 +43,7 @@ class FillTermsSerializer(StrictSerializer):
     billing_mode = serializers.ChoiceField(
         choices=BillingMode.choices, help_text="committed (every hour is paid) or metered (GPU-hours used)."
     )
-    colocated = serializers.BooleanField(default=True, help_text="Fill from one cluster only.")
+    colocated = StrictBooleanField(default=True, help_text="Fill from one cluster only.")
     region = serializers.CharField(
         max_length=63,
         required=False,
@@ -244,7 +252,7 @@ class ContractNodeSerializer(serializers.ModelSerializer):
 
 
 class ContractNodesQuerySerializer(QuerySerializer):
-    history = serializers.BooleanField(
+    history = StrictBooleanField(
         required=False,
         default=False,
         help_text="Also list nodes replaced before they served the contract an hour (they show starts_at equal "

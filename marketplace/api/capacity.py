@@ -9,7 +9,15 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_sc
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from core.serializers import FieldsBuiltOnce, QuerySerializer, StrictSerializer, count_field, price_field, time_field
+from core.serializers import (
+    FieldsBuiltOnce,
+    QuerySerializer,
+    StrictBooleanField,
+    StrictSerializer,
+    count_field,
+    price_field,
+    time_field,
+)
 from marketplace.api.serializers import GpuModelField, ReliabilitySerializer, reliability_from_row, reliability_of
 from marketplace.models import (
     HOSTNAME_VALIDATOR,
@@ -376,7 +384,7 @@ class ListingSearchSerializer(FieldsBuiltOnce, QuerySerializer):
     status = serializers.ChoiceField(
         choices=Listing.Status.choices, required=False, help_text="Only listings in this status."
     )
-    mine = serializers.BooleanField(
+    mine = StrictBooleanField(
         required=False, default=False, help_text="Your own listings, in every status (a provider always gets them)."
     )
 

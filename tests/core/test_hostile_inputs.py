@@ -245,3 +245,34 @@ def test_a_charset_django_can_use_or_ignores_goes_on_to_django(charset):
     guarded = refuse_unusable_charsets(django_stand_in)
     _, _, body = _served("GET", "/api/v1/listings", "region=x", f"application/json; charset={charset}", guarded)
     assert body == b"reached"
+
+
+BOOLEAN_SPELLINGS = ["1", "0", "yes", "on", "True", "t", "", "null"]
+
+
+@pytest.mark.parametrize("spelling", BOOLEAN_SPELLINGS)
+def test_a_boolean_query_parameter_is_true_or_false_only(lab_client, spelling):
+    # DRF alone took 1, yes, on, True and t for true: the schema's boolean is the word.
+    error = assert_error(lab_client.get(f"/api/v1/listings?mine={spelling}"), 400, "invalid")
+    assert set(error["fields"]) == {"mine"}
+    assert lab_client.get("/api/v1/listings?mine=true").status_code == 200
+
+
+def test_every_boolean_query_parameter_is_read_alike():
+    from django.http import QueryDict
+
+    from broker.api.serializers import ContractNodesQuerySerializer
+
+    for spelling in BOOLEAN_SPELLINGS:
+        query = ContractNodesQuerySerializer(data=QueryDict(f"history={spelling}"))
+        assert not query.is_valid() and set(query.errors) == {"history"}
+    for spelling, meaning in (("true", True), ("false", False)):
+        query = ContractNodesQuerySerializer(data=QueryDict(f"history={spelling}"))
+        assert query.is_valid() and query.validated_data["history"] is meaning
+
+
+@pytest.mark.parametrize("spelling", [1, 0, "yes", "true", "on", None])
+def test_a_boolean_in_a_body_is_a_json_boolean_only(lab_client, spelling):
+    request = {"gpu_count": 8, "duration_hours": 2, "max_price_per_gpu_hour": "2.00", "colocated": spelling}
+    error = assert_error(lab_client.post("/api/v1/compute-requests", request, format="json"), 400, "invalid")
+    assert "colocated" in error["fields"]
