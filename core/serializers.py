@@ -1,4 +1,5 @@
 import copy
+import re
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -87,9 +88,28 @@ class StrictBooleanField(serializers.BooleanField):
         self.fail("invalid", input=data)
 
 
-def count_field(*, max_value: int = MAX_COUNT, **kwargs) -> serializers.IntegerField:
+_QUERY_INTEGER = re.compile(r"-?[0-9]{1,19}")
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A whole number, as the schema's integer says: a JSON number with no fraction in a body
+    (8 or 8.0, not "8" or true), ASCII digits in a query string (8, not "8.0", "+8" or " 8").
+    DRF alone takes all of those."""
+
+    def to_internal_value(self, data):
+        if isinstance(self.root, QuerySerializer):
+            if isinstance(data, str) and _QUERY_INTEGER.fullmatch(data):
+                return int(data)
+        elif isinstance(data, int) and not isinstance(data, bool):
+            return data
+        elif isinstance(data, float) and data.is_integer():
+            return int(data)
+        self.fail("invalid")
+
+
+def count_field(*, max_value: int = MAX_COUNT, **kwargs) -> StrictIntegerField:
     """A positive whole count with an upper bound, so no value can overflow a column."""
-    return serializers.IntegerField(min_value=1, max_value=max_value, **kwargs)
+    return StrictIntegerField(min_value=1, max_value=max_value, **kwargs)
 
 
 PRICE_SCHEMA = {

@@ -27,7 +27,7 @@ from broker.handover import (
 from broker.models import Contract
 from broker.selectors import contract_list
 from core.schema import conflict, documented_error
-from core.serializers import StrictSerializer
+from core.serializers import StrictIntegerField, StrictSerializer
 
 
 @extend_schema_serializer(
@@ -41,7 +41,7 @@ from core.serializers import StrictSerializer
 )
 class AccessSetSerializer(StrictSerializer):
     ssh_key_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=10**18 - 1, help_text="The id of one of your SSH keys."),
+        child=StrictIntegerField(min_value=1, max_value=10**18 - 1, help_text="The id of one of your SSH keys."),
         max_length=MAX_ACCESS_KEYS,
         allow_empty=True,
         help_text=f"Your SSH keys to attach (GET /api/v1/ssh-keys), at most {MAX_ACCESS_KEYS}: they replace the "

@@ -3,14 +3,14 @@
 resells hours of a committed contract the caller bought. Everything else is marketplace's."""
 
 from drf_spectacular.utils import OpenApiExample, PolymorphicProxySerializer, extend_schema
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from broker.resale import resale_create
 from core.schema import bad_request, conflict
-from core.serializers import StrictSerializer, count_field, price_field, time_field
+from core.serializers import StrictIntegerField, StrictSerializer, count_field, price_field, time_field
 from marketplace.api import capacity_views
 from marketplace.api.capacity import ListingCreateSerializer, ListingSerializer
 from marketplace.permissions import IsOrganizationMember, IsProvider
@@ -18,7 +18,7 @@ from marketplace.services import listing_create
 
 
 class ResaleCreateSerializer(StrictSerializer):
-    contract = serializers.IntegerField(
+    contract = StrictIntegerField(
         min_value=1,
         max_value=10**18 - 1,
         help_text="A committed contract you bought, scheduled or active, whose unused future hours you resell.",

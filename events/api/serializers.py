@@ -2,7 +2,7 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
-from core.serializers import QuerySerializer, StrictSerializer
+from core.serializers import QuerySerializer, StrictIntegerField, StrictSerializer
 from events.models import Event, EventType, WebhookDelivery, WebhookEndpoint
 from events.webhooks import READ_TIMEOUT_SECONDS
 
@@ -45,7 +45,7 @@ class EventQuerySerializer(QuerySerializer):
         max_length=512,
         help_text="Where a page starts: pass the cursor of a `next` or `previous` link as it is.",
     )
-    page_size = serializers.IntegerField(
+    page_size = StrictIntegerField(
         required=False,
         min_value=1,
         max_value=MAX_PAGE_SIZE,

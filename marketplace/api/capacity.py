@@ -13,6 +13,7 @@ from core.serializers import (
     FieldsBuiltOnce,
     QuerySerializer,
     StrictBooleanField,
+    StrictIntegerField,
     StrictSerializer,
     count_field,
     price_field,
@@ -378,7 +379,7 @@ class ListingSearchSerializer(FieldsBuiltOnce, QuerySerializer):
         help_text="Only clusters whose measured availability over the last 30 days (cluster_reliability) is at "
         "least this percentage; a cluster not yet measured counts as 100 (no failure recorded).",
     )
-    cluster = serializers.IntegerField(
+    cluster = StrictIntegerField(
         required=False, min_value=1, max_value=2**62, help_text="Only listings of this cluster."
     )
     status = serializers.ChoiceField(

@@ -61,3 +61,72 @@ def test_a_field_with_a_child_of_its_own_is_not_shared_between_instances():
 
     shown = [Once({"tags": [1]}, context={"who": who}).data["tags"] for who in ("A", "B")]
     assert shown == [["1@A"], ["1@B"]]
+
+
+def _input_serializers() -> list[type]:
+    """Every request body and query serializer of the API (each derives from StrictSerializer or
+    QuerySerializer), once the URL configuration has imported their views."""
+    from django.urls import get_resolver
+
+    from core.serializers import QuerySerializer, StrictSerializer
+
+    get_resolver().url_patterns  # noqa: B018 - imports every view, and with it every serializer
+    found, stack = [], [StrictSerializer, QuerySerializer]
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack.extend(cls.__subclasses__())
+    return [cls for cls in found if cls.__module__.split(".")[0] != "core"]
+
+
+def _writable_fields(serializer):
+    for field in serializer.fields.values():
+        if field.read_only:
+            continue
+        yield field
+        if isinstance(field, serializers.BaseSerializer):
+            yield from _writable_fields(field.child if isinstance(field, serializers.ListSerializer) else field)
+        elif hasattr(field, "child"):
+            yield field.child
+
+
+def test_every_integer_and_boolean_an_input_takes_is_read_as_the_schema_says():
+    from core.serializers import StrictBooleanField, StrictIntegerField
+
+    inputs = _input_serializers()
+    assert len(inputs) >= 25
+    lenient = [
+        f"{cls.__module__}.{cls.__name__}.{field.field_name or field.parent.field_name}"
+        for cls in inputs
+        for field in _writable_fields(cls())
+        if (isinstance(field, serializers.IntegerField) and not isinstance(field, StrictIntegerField))
+        or (isinstance(field, serializers.BooleanField) and not isinstance(field, StrictBooleanField))
+    ]
+    assert lenient == []
+
+
+@pytest.mark.parametrize("value", ["8", "8.0", True, 8.5, "", None, [8]])
+def test_a_body_integer_is_a_json_number_with_no_fraction(value):
+    from core.serializers import StrictSerializer, count_field
+
+    class Body(StrictSerializer):
+        count = count_field(allow_null=False)
+
+    assert not Body(data={"count": value}).is_valid()
+    for accepted in (8, 8.0):
+        body = Body(data={"count": accepted})
+        assert body.is_valid() and body.validated_data["count"] == 8 and type(body.validated_data["count"]) is int
+
+
+@pytest.mark.parametrize("value", ["8.0", "+8", " 8", "8 ", "８", "0x8", "--8", "-", "1" * 20])
+def test_a_query_integer_is_ascii_digits(value):
+    from django.http import QueryDict
+
+    from core.serializers import QuerySerializer, StrictIntegerField
+
+    class Query(QuerySerializer):
+        count = StrictIntegerField(required=False)
+
+    assert not Query(data=QueryDict(f"count={value.replace('+', '%2B')}")).is_valid()
+    query = Query(data=QueryDict("count=-8"))
+    assert query.is_valid() and query.validated_data["count"] == -8
