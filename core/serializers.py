@@ -115,15 +115,27 @@ def count_field(*, max_value: int = MAX_COUNT, **kwargs) -> StrictIntegerField:
 PRICE_SCHEMA = {
     "type": "string",
     "format": "decimal",
-    "pattern": r"^[0-9]{1,5}(\.[0-9]{1,2})?$",
+    # whole cents, written with up to four decimals as the API writes prices ("1.9900")
+    "pattern": r"^[0-9]{1,5}(\.[0-9]{1,2}0{0,2})?$",
     "description": "A price per GPU-hour, a decimal string in whole cents from 0.01 up to the market's ceiling "
-    "(1000.00 unless configured otherwise).",
+    "(1000.00 unless configured otherwise); up to four decimals, as prices are written in answers (1.9900).",
 }
+
+
+_PRICE = re.compile(PRICE_SCHEMA["pattern"])
 
 
 @extend_schema_field(PRICE_SCHEMA)
 class PriceField(serializers.DecimalField):
-    """A decimal price, documented as the whole-cents string the market accepts."""
+    """A decimal price, the whole-cents string the schema documents and nothing else: DRF alone
+    takes a JSON number, an exponent ("2.1e0") and spaces around the digits."""
+
+    default_error_messages = {"invalid": 'A price in whole cents, as a string such as "2.10".'}
+
+    def to_internal_value(self, data):
+        if not (isinstance(data, str) and _PRICE.fullmatch(data)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 def price_field(**kwargs) -> serializers.DecimalField:

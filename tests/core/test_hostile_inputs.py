@@ -276,3 +276,15 @@ def test_a_boolean_in_a_body_is_a_json_boolean_only(lab_client, spelling):
     request = {"gpu_count": 8, "duration_hours": 2, "max_price_per_gpu_hour": "2.00", "colocated": spelling}
     error = assert_error(lab_client.post("/api/v1/compute-requests", request, format="json"), 400, "invalid")
     assert "colocated" in error["fields"]
+
+
+@pytest.mark.parametrize("price", [2.5, "2.1e0", " 2.10", "2.10 ", "2.505", "2.", ".5", "1,5", "NaN", "Infinity"])
+def test_a_price_is_the_whole_cents_string_the_schema_documents(lab_client, price):
+    # DRF's DecimalField alone took a JSON number, an exponent and spaces around the digits.
+    request = {"gpu_model": "h100-sxm-80gb", "gpu_count": 8, "starts_at": "2099-01-01T00:00:00Z",
+               "duration_hours": 2, "billing_mode": "committed", "max_price_per_gpu_hour": price}  # fmt: skip
+    error = assert_error(lab_client.post("/api/v1/compute-requests", request, format="json"), 400, "invalid")
+    assert set(error["fields"]) == {"max_price_per_gpu_hour"}
+    assert lab_client.post(
+        "/api/v1/compute-requests", request | {"max_price_per_gpu_hour": "2.1000"}, format="json"
+    ).status_code == 201  # as answers write prices
