@@ -122,20 +122,28 @@ PRICE_SCHEMA = {
 }
 
 
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _PRICE = re.compile(PRICE_SCHEMA["pattern"])
 
 
-@extend_schema_field(PRICE_SCHEMA)
-class PriceField(serializers.DecimalField):
-    """A decimal price, the whole-cents string the schema documents and nothing else: DRF alone
-    takes a JSON number, an exponent ("2.1e0") and spaces around the digits."""
+class StrictDecimalField(serializers.DecimalField):
+    """A decimal, as the string of plain digits the schema documents (its type is string): DRF
+    alone also takes a JSON number, an exponent ("1e2") and spaces around the digits."""
 
-    default_error_messages = {"invalid": 'A price in whole cents, as a string such as "2.10".'}
+    shape = _DECIMAL
 
     def to_internal_value(self, data):
-        if not (isinstance(data, str) and _PRICE.fullmatch(data)):
+        if not (isinstance(data, str) and self.shape.fullmatch(data)):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+@extend_schema_field(PRICE_SCHEMA)
+class PriceField(StrictDecimalField):
+    """A decimal price, the whole-cents string the schema documents and nothing else."""
+
+    shape = _PRICE
+    default_error_messages = {"invalid": 'A price in whole cents, as a string such as "2.10".'}
 
 
 def price_field(**kwargs) -> serializers.DecimalField:

@@ -13,6 +13,7 @@ from core.serializers import (
     FieldsBuiltOnce,
     QuerySerializer,
     StrictBooleanField,
+    StrictDecimalField,
     StrictIntegerField,
     StrictSerializer,
     count_field,
@@ -135,19 +136,23 @@ class NodeUpdateSerializer(StrictSerializer):
 
 @extend_schema_field({"type": "integer", "minimum": 1, "maximum": 10**18 - 1})
 class ClusterIdField(serializers.PrimaryKeyRelatedField):
-    """A cluster by its id, documented as the bounded integer it is."""
+    """A cluster by its id, documented as the bounded integer it is, and read as one (DRF alone
+    looks up "5", and 5.5 as cluster 5)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(pk_field=StrictIntegerField(), **kwargs)
 
 
-def sla_availability_field(**kwargs) -> serializers.DecimalField:
+def sla_availability_field(**kwargs) -> StrictDecimalField:
     """A listing's availability promise: a percentage from 50 to 100, two places."""
-    return serializers.DecimalField(
+    return StrictDecimalField(
         max_digits=5, decimal_places=2, min_value=Decimal("50"), max_value=Decimal("100"), required=False, **kwargs
     )
 
 
-def sla_breach_credit_rate_field(**kwargs) -> serializers.DecimalField:
+def sla_breach_credit_rate_field(**kwargs) -> StrictDecimalField:
     """A listing's credit rate past its promise: a multiple of the price from 1 to 10, two places."""
-    return serializers.DecimalField(
+    return StrictDecimalField(
         max_digits=4, decimal_places=2, min_value=Decimal("1"), max_value=Decimal("10"), required=False, **kwargs
     )
 
@@ -370,7 +375,7 @@ class ListingSearchSerializer(FieldsBuiltOnce, QuerySerializer):
         required=False, help_text="The window's end, after starts_at. For a search of capacity, not yet past."
     )
     max_price = price_field(required=False, help_text="At most this price per GPU-hour.")
-    min_availability = serializers.DecimalField(
+    min_availability = StrictDecimalField(
         max_digits=7,
         decimal_places=4,
         min_value=Decimal("0"),

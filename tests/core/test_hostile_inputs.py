@@ -288,3 +288,34 @@ def test_a_price_is_the_whole_cents_string_the_schema_documents(lab_client, pric
     assert lab_client.post(
         "/api/v1/compute-requests", request | {"max_price_per_gpu_hour": "2.1000"}, format="json"
     ).status_code == 201  # as answers write prices
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("cluster", "{id}"), ("cluster", "{id}.5"), ("cluster", True), ("sla_availability", 99.5),
+     ("sla_availability", "9.95e1"), ("sla_breach_credit_rate", " 2.00"), ("sla_breach_credit_rate", 2)],
+)  # fmt: skip
+def test_a_listing_s_id_and_decimals_are_read_as_the_schema_documents_them(provider_client, field, value):
+    # DRF alone looked up cluster "5" (and 5.5 as cluster 5) and took numbers and exponents for decimals.
+    from tests.marketplace.factories import hour, iso
+
+    cluster = provider_client.post(
+        "/api/v1/clusters",
+        {"name": "c", "gpu_model": "h100-sxm-80gb", "region": "us-south-1", "interconnect": "infiniband",
+         "gpus_per_node": 8, "node_count": 1},
+        format="json",
+    ).json()  # fmt: skip
+    listing = {"cluster": cluster["id"], "node_count": 1, "starts_at": iso(hour(1)), "ends_at": iso(hour(25)),
+               "price_per_gpu_hour": "2.00", "min_duration_hours": 1, "billing_mode": "committed",
+               "sla_availability": "99.50", "sla_breach_credit_rate": "2.00"}  # fmt: skip
+    if isinstance(value, str) and "{id}" in value:
+        value = value.format(id=cluster["id"]) if "." not in value else float(value.format(id=cluster["id"]))
+    error = assert_error(provider_client.post("/api/v1/listings", listing | {field: value}, format="json"), 400)
+    assert set(error["fields"]) == {field}
+    assert provider_client.post("/api/v1/listings", listing, format="json").status_code == 201
+
+
+@pytest.mark.parametrize("value", ["1e2", " 99", "99.", "+99", "９９"])
+def test_a_query_decimal_is_plain_digits(lab_client, value):
+    error = assert_error(lab_client.get("/api/v1/listings", {"min_availability": value}), 400, "invalid")
+    assert set(error["fields"]) == {"min_availability"}
