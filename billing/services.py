@@ -38,7 +38,7 @@ from core import metrics
 from core.errors import InvalidInput, InvalidTransition
 from core.money import ZERO, round_money
 from core.services import audit_record
-from core.timeutils import iso_utc, month_of, next_month, period_bounds, previous_month
+from core.timeutils import iso_utc, month_of, next_month, parse_client_time, period_bounds, previous_month
 from events.models import EventType
 from events.services import Notice, event_publish, events_publish
 from marketplace.models import Organization
@@ -71,11 +71,7 @@ def _parse_time(value) -> datetime | None:
 
 @functools.lru_cache(maxsize=4096)  # a batch repeats a few interval bounds many times
 def _parse_time_text(value: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(value)
-        return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
-    except (ValueError, OverflowError):  # OverflowError: in UTC before year 1 or after 9999
-        return None
+    return parse_client_time(value)
 
 
 def _storable(text: str) -> bool:

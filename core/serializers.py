@@ -4,7 +4,7 @@ import re
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.timeutils import HORIZON_TEXT, within_horizon
+from core.timeutils import HORIZON_TEXT, parse_client_date, parse_client_time, within_horizon
 
 MAX_COUNT = 10_000_000
 
@@ -76,6 +76,18 @@ class QuerySerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class PatternField(serializers.CharField):
+    """Text held to its pattern (a RegexValidator, shown in the schema) as sent: DRF alone trims
+    whitespace first, so " us-south-1" or "us-south-1\\n" passed a pattern that allows neither."""
+
+    default_error_messages = {"surrounded": "No spaces or line breaks around the value."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and data != data.strip():
+            self.fail("surrounded")
+        return super().to_internal_value(data)
+
+
 class StrictBooleanField(serializers.BooleanField):
     """true or false, as the schema's boolean says, and none of the other spellings DRF would
     take for them (1, "yes", "on", "T"): a JSON boolean in a body, the word in a query string."""
@@ -122,7 +134,7 @@ PRICE_SCHEMA = {
 }
 
 
-_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_DECIMAL = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)")  # as drf-spectacular's pattern: 5, 5.5, 5. and .5
 _PRICE = re.compile(PRICE_SCHEMA["pattern"])
 
 
@@ -164,9 +176,30 @@ def _inside_horizon(value) -> None:
         raise serializers.ValidationError(f"Must be within {HORIZON_TEXT}.")
 
 
-def time_field(**kwargs) -> serializers.DateTimeField:
-    """A moment given by a client: ISO 8601 with a zone, inside the market's horizon."""
-    return serializers.DateTimeField(validators=[_inside_horizon], **kwargs)
+class StrictDateTimeField(serializers.DateTimeField):
+    """A moment as the schema's date-time documents it (RFC 3339, a zone required): DRF alone
+    reads a time without a zone as UTC and takes ``20261205T100000Z`` and week dates."""
+
+    def to_internal_value(self, value):
+        moment = parse_client_time(value)
+        if moment is None:
+            self.fail("invalid", format="RFC 3339 with a zone, e.g. 2026-12-05T10:00:00Z")
+        return self.enforce_timezone(moment)
+
+
+class StrictDateField(serializers.DateField):
+    """A day as the schema's date documents it (``2026-12-05``), not ``20261205`` or a week date."""
+
+    def to_internal_value(self, value):
+        day = parse_client_date(value)
+        if day is None:
+            self.fail("invalid", format="YYYY-MM-DD")
+        return day
+
+
+def time_field(**kwargs) -> StrictDateTimeField:
+    """A moment given by a client: RFC 3339 with a zone, inside the market's horizon."""
+    return StrictDateTimeField(validators=[_inside_horizon], **kwargs)
 
 
 class ErrorDetailSerializer(serializers.Serializer):

@@ -1,6 +1,7 @@
 """Hour and month arithmetic. The unit of trade is a node-hour on whole UTC hours; the
 billing period is a calendar month in UTC, named by its first day."""
 
+import re
 from datetime import UTC, date, datetime, timedelta
 
 from django.utils import timezone
@@ -14,6 +15,36 @@ HOUR = timedelta(hours=1)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 HORIZON = datetime(2100, 1, 1, tzinfo=UTC)
 HORIZON_TEXT = "2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z"
+
+
+# RFC 3339's date-time, the schema's format for every time a client gives: a full date, T, a
+# time with its seconds, a zone (Z or an offset); t and z may be lower case.
+_CLIENT_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_CLIENT_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def parse_client_time(text) -> datetime | None:
+    """A moment as a client writes it (RFC 3339: ``2026-12-05T10:00:00Z``), in UTC; None for
+    anything else: no zone, no seconds, a week date or the basic format Python alone would take,
+    or a moment outside years 1 to 9999 once in UTC."""
+    if not isinstance(text, str) or not _CLIENT_TIME.fullmatch(text := text.upper()):
+        return None
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except (ValueError, OverflowError):  # a 30th of February; OverflowError: before year 1 in UTC
+        return None
+
+
+def parse_client_date(text) -> date | None:
+    """A day as a client writes it (RFC 3339's full-date: ``2026-12-05``); None for anything else."""
+    if not isinstance(text, str) or not _CLIENT_DATE.fullmatch(text):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def within_horizon(value: datetime) -> bool:

@@ -1,12 +1,13 @@
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.close_sql import RatedLine
 from billing.models import CreditNote, Invoice, InvoiceLine, Payment, PayoutStatement, UsageRecord
 from core.money import QUANTITY_PLACES, ZERO
-from core.serializers import MonthField, QuerySerializer, StrictSerializer
+from core.serializers import MonthField, PatternField, QuerySerializer, StrictSerializer
 
 # One usage record as sent. The service checks each record itself (billing.services.usage_ingest),
 # so that one bad record is rejected with its reason while the others of the batch are kept.
@@ -183,8 +184,9 @@ class InvoiceSerializer(serializers.ModelSerializer):
 
 
 class PreviewQuerySerializer(QuerySerializer):
-    period = serializers.RegexField(
-        r"^20[0-9]{2}-(0[1-9]|1[0-2])$", help_text="A month, YYYY-MM, from 2000-01 to 2099-12."
+    period = PatternField(
+        validators=[RegexValidator(r"^20[0-9]{2}-(0[1-9]|1[0-2])$", "A month, YYYY-MM, from 2000-01 to 2099-12.")],
+        help_text="A month, YYYY-MM, from 2000-01 to 2099-12.",
     )
 
 

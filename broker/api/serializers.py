@@ -5,6 +5,7 @@ from rest_framework import serializers
 from broker.models import Allocation, ComputeRequest, Contract
 from core.serializers import (
     FieldsBuiltOnce,
+    PatternField,
     QuerySerializer,
     StrictBooleanField,
     StrictSerializer,
@@ -44,7 +45,7 @@ class FillTermsSerializer(StrictSerializer):
         choices=BillingMode.choices, help_text="committed (every hour is paid) or metered (GPU-hours used)."
     )
     colocated = StrictBooleanField(default=True, help_text="Fill from one cluster only.")
-    region = serializers.CharField(
+    region = PatternField(
         max_length=63,
         required=False,
         allow_blank=True,  # the default, "": any region (a generated client sends the default)

@@ -7,7 +7,7 @@ from rest_framework import serializers
 
 from broker.terms import MAX_DURATION_HOURS, validate_window
 from core.errors import InvalidInput
-from core.serializers import QuerySerializer, count_field, time_field
+from core.serializers import PatternField, QuerySerializer, StrictDateField, count_field, time_field
 from core.timeutils import EARLIEST, HORIZON, HORIZON_TEXT, HOUR, hours_between, is_whole_hour, next_hour
 from market.index import last_completed_day
 from marketplace.models import REGION_VALIDATOR, BillingMode
@@ -28,7 +28,7 @@ class BookQuerySerializer(QuerySerializer):
     ends_at = time_field(
         required=False, help_text="The window's end: a whole UTC hour after starts_at; starts_at + 1 hour when omitted."
     )
-    region = serializers.CharField(
+    region = PatternField(
         required=False, max_length=63, validators=[REGION_VALIDATOR], help_text="Only this region; all when omitted."
     )
     levels = count_field(
@@ -133,12 +133,12 @@ def _inside_horizon(day) -> None:
 
 def _index_day_fields() -> dict[str, serializers.Field]:
     return {
-        "from": serializers.DateField(
+        "from": StrictDateField(
             required=False,
             validators=[_inside_horizon],
             help_text=f"The first UTC day, YYYY-MM-DD; {DEFAULT_INDEX_DAYS - 1} days before `to` when omitted.",
         ),
-        "to": serializers.DateField(
+        "to": StrictDateField(
             required=False,
             validators=[_inside_horizon],
             help_text="The last UTC day, YYYY-MM-DD; yesterday (the last completed day) when omitted. At most "

@@ -11,6 +11,7 @@ from rest_framework.settings import api_settings
 
 from core.serializers import (
     FieldsBuiltOnce,
+    PatternField,
     QuerySerializer,
     StrictBooleanField,
     StrictDecimalField,
@@ -53,14 +54,14 @@ from marketplace.services import MAX_NODES_PER_CALL
 class ClusterCreateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=100, help_text="A name unique among your clusters.")
     gpu_model = GpuModelField()
-    region = serializers.CharField(
+    region = PatternField(
         max_length=63, validators=[REGION_VALIDATOR], help_text="Where the cluster is, e.g. us-south-1."
     )
     interconnect = serializers.ChoiceField(choices=Interconnect.choices, help_text="The network between nodes.")
     gpus_per_node = count_field(max_value=64, help_text="GPUs in each node.")
     node_count = count_field(max_value=MAX_NODES_PER_CALL, help_text="How many nodes to register.")
     hostnames = serializers.ListField(
-        child=serializers.CharField(max_length=253, validators=[HOSTNAME_VALIDATOR]),
+        child=PatternField(max_length=253, validators=[HOSTNAME_VALIDATOR]),
         required=False,
         max_length=MAX_NODES_PER_CALL,
         help_text="One per node; generated when omitted.",
@@ -119,7 +120,7 @@ class NodeSerializer(serializers.ModelSerializer):
 class NodeAddSerializer(StrictSerializer):
     count = count_field(max_value=MAX_NODES_PER_CALL, help_text="How many nodes to add.")
     hostnames = serializers.ListField(
-        child=serializers.CharField(max_length=253, validators=[HOSTNAME_VALIDATOR]),
+        child=PatternField(max_length=253, validators=[HOSTNAME_VALIDATOR]),
         required=False,
         max_length=MAX_NODES_PER_CALL,
         help_text="One per node, `count` of them; generated when omitted.",

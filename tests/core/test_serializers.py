@@ -92,20 +92,34 @@ def _writable_fields(serializer):
 
 def _lenient(field) -> bool:
     """A field DRF reads more loosely than the schema documents it: an integer from "8" or 8.5,
-    a boolean from "yes", a decimal string from a JSON number or "1e2", an id from "5"."""
-    from core.serializers import StrictBooleanField, StrictDecimalField, StrictIntegerField
+    a boolean from "yes", a decimal string from a JSON number or "1e2", an id from "5", a time
+    without a zone, a day as 20261205, a patterned value with whitespace around it."""
+    from django.core.validators import RegexValidator
+
+    from core.serializers import (
+        PatternField,
+        StrictBooleanField,
+        StrictDateField,
+        StrictDateTimeField,
+        StrictDecimalField,
+        StrictIntegerField,
+    )
 
     strict = {
         serializers.IntegerField: StrictIntegerField,
         serializers.BooleanField: StrictBooleanField,
         serializers.DecimalField: StrictDecimalField,
+        serializers.DateTimeField: StrictDateTimeField,
+        serializers.DateField: StrictDateField,
     }
     if isinstance(field, serializers.PrimaryKeyRelatedField):
         return not isinstance(field.pk_field, StrictIntegerField)
+    if isinstance(field, serializers.CharField) and any(isinstance(v, RegexValidator) for v in field.validators):
+        return not isinstance(field, PatternField)
     return any(isinstance(field, loose) and not isinstance(field, tight) for loose, tight in strict.items())
 
 
-def test_every_number_boolean_and_id_an_input_takes_is_read_as_the_schema_says():
+def test_every_number_boolean_id_and_time_an_input_takes_is_read_as_the_schema_says():
     inputs = _input_serializers()
     assert len(inputs) >= 25
     lenient = [
