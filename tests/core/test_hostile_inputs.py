@@ -43,6 +43,13 @@ def test_a_path_id_that_is_not_ascii_digits_is_the_json_404(both_client, method,
 ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
 
+CLUSTER = {"name": "c", "gpu_model": "h100-sxm-80gb", "region": "us-south-1", "interconnect": "infiniband",
+           "gpus_per_node": 8, "node_count": 1}  # fmt: skip
+
+
+def new_cluster(client) -> dict:
+    return client.post("/api/v1/clusters", CLUSTER, format="json").json()
+
 
 @pytest.mark.parametrize(
     "spelling",
@@ -55,12 +62,7 @@ FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
     ids=["plus", "newline", "arabic-indic", "full-width"],
 )
 def test_only_the_ascii_digits_of_an_id_find_its_object(provider_client, spelling):
-    cluster = provider_client.post(
-        "/api/v1/clusters",
-        {"name": "c", "gpu_model": "h100-sxm-80gb", "region": "us-south-1", "interconnect": "infiniband",
-         "gpus_per_node": 8, "node_count": 1},
-        format="json",
-    ).json()  # fmt: skip
+    cluster = new_cluster(provider_client)
     assert provider_client.get(f"/api/v1/clusters/{cluster['id']}").status_code == 200
     assert_error(provider_client.get(f"/api/v1/clusters/{spelling(cluster['id'])}"), 404, "not_found")
 
@@ -299,12 +301,7 @@ def test_a_listing_s_id_and_decimals_are_read_as_the_schema_documents_them(provi
     # DRF alone looked up cluster "5" (and 5.5 as cluster 5) and took numbers and exponents for decimals.
     from tests.marketplace.factories import hour, iso
 
-    cluster = provider_client.post(
-        "/api/v1/clusters",
-        {"name": "c", "gpu_model": "h100-sxm-80gb", "region": "us-south-1", "interconnect": "infiniband",
-         "gpus_per_node": 8, "node_count": 1},
-        format="json",
-    ).json()  # fmt: skip
+    cluster = new_cluster(provider_client)
     listing = {"cluster": cluster["id"], "node_count": 1, "starts_at": iso(hour(1)), "ends_at": iso(hour(25)),
                "price_per_gpu_hour": "2.00", "min_duration_hours": 1, "billing_mode": "committed",
                "sla_availability": "99.50", "sla_breach_credit_rate": "2.00"}  # fmt: skip
@@ -349,8 +346,7 @@ def test_a_day_is_yyyy_mm_dd(lab_client, day):
 @pytest.mark.parametrize("region", [" us-south-1", "us-south-1\n", "us-south-1 "])
 def test_a_patterned_value_is_matched_as_sent(provider_client, region):
     # DRF trimmed the whitespace first, so a value the schema's pattern refuses was accepted.
-    cluster = {"name": "c", "gpu_model": "h100-sxm-80gb", "region": region, "interconnect": "infiniband",
-               "gpus_per_node": 8, "node_count": 1}  # fmt: skip
+    cluster = CLUSTER | {"region": region}
     error = assert_error(provider_client.post("/api/v1/clusters", cluster, format="json"), 400, "invalid")
     assert set(error["fields"]) == {"region"}
     named = cluster | {"hostnames": ["h-1\n"], "region": "us-south-1"}
