@@ -76,7 +76,17 @@ class QuerySerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
-class PatternField(serializers.CharField):
+class StrictCharField(serializers.CharField):
+    """Text, as the schema's string says: DRF alone takes a JSON number for it (``"name": 123``
+    is stored as "123")."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class PatternField(StrictCharField):
     """Text held to its pattern (a RegexValidator, shown in the schema) as sent: DRF alone trims
     whitespace first, so " us-south-1" or "us-south-1\\n" passed a pattern that allows neither."""
 

@@ -27,7 +27,7 @@ from broker.handover import (
 from broker.models import Contract
 from broker.selectors import contract_list
 from core.schema import conflict, documented_error
-from core.serializers import StrictIntegerField, StrictSerializer
+from core.serializers import StrictCharField, StrictIntegerField, StrictSerializer
 
 
 @extend_schema_serializer(
@@ -47,7 +47,7 @@ class AccessSetSerializer(StrictSerializer):
         help_text=f"Your SSH keys to attach (GET /api/v1/ssh-keys), at most {MAX_ACCESS_KEYS}: they replace the "
         "keys attached before. The contract keeps a copy of each: deleting a key later does not remove it here.",
     )
-    note = serializers.CharField(
+    note = StrictCharField(
         max_length=MAX_ACCESS_NOTE,
         allow_blank=True,
         required=False,
@@ -71,11 +71,11 @@ class AccessSetSerializer(StrictSerializer):
     ]
 )
 class DeliveredSerializer(StrictSerializer):
-    endpoint = serializers.CharField(
+    endpoint = StrictCharField(
         max_length=MAX_DELIVERY_ENDPOINT,
         help_text="Where the lab connects: an ssh:// or https:// URL, or host:port. Connection details only.",
     )
-    detail = serializers.CharField(
+    detail = StrictCharField(
         max_length=MAX_DELIVERY_DETAIL,
         allow_blank=True,
         required=False,

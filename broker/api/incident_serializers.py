@@ -4,7 +4,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_sc
 from rest_framework import serializers
 
 from broker.models import Incident, Replacement
-from core.serializers import StrictSerializer, time_field
+from core.serializers import StrictCharField, StrictSerializer, time_field
 
 
 @extend_schema_serializer(
@@ -26,7 +26,7 @@ class IncidentOpenSerializer(StrictSerializer):
         help_text="When the node stopped serving (or degraded): not in the future (5 minutes of clock skew "
         "allowed), not more than 7 days ago."
     )
-    detail = serializers.CharField(
+    detail = StrictCharField(
         max_length=2000, required=False, allow_blank=True, default="", help_text="What happened, for the record."
     )
 

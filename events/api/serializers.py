@@ -2,7 +2,7 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
-from core.serializers import QuerySerializer, StrictIntegerField, StrictSerializer
+from core.serializers import QuerySerializer, StrictCharField, StrictIntegerField, StrictSerializer
 from events.models import Event, EventType, WebhookDelivery, WebhookEndpoint
 from events.webhooks import READ_TIMEOUT_SECONDS
 
@@ -40,7 +40,7 @@ class EventQuerySerializer(QuerySerializer):
         help_text="Only events of this type.",
         error_messages={"invalid_choice": UNKNOWN_TYPE},
     )
-    cursor = serializers.CharField(
+    cursor = StrictCharField(
         required=False,
         max_length=512,
         help_text="Where a page starts: pass the cursor of a `next` or `previous` link as it is.",
@@ -124,7 +124,7 @@ class IssuedWebhookEndpointSchema(OpenApiSerializerExtension):
     ]
 )
 class WebhookEndpointCreateSerializer(StrictSerializer):
-    url = serializers.CharField(
+    url = StrictCharField(
         max_length=2048,
         help_text="An https URL on a public address: no credentials, no private, loopback or link-local host "
         "(checked again against what its name resolves to at every delivery). Answer 2xx within "
@@ -136,7 +136,7 @@ class WebhookEndpointCreateSerializer(StrictSerializer):
         max_length=len(TYPE_CHOICES),
         help_text='The event types to send to it; `["*"]` for all, alone.',
     )
-    description = serializers.CharField(
+    description = StrictCharField(
         max_length=200, required=False, default="", allow_blank=True, help_text="A note for yourself."
     )
 

@@ -14,6 +14,7 @@ from core.serializers import (
     PatternField,
     QuerySerializer,
     StrictBooleanField,
+    StrictCharField,
     StrictDecimalField,
     StrictIntegerField,
     StrictSerializer,
@@ -52,7 +53,7 @@ from marketplace.services import MAX_NODES_PER_CALL
     ]
 )
 class ClusterCreateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=100, help_text="A name unique among your clusters.")
+    name = StrictCharField(max_length=100, help_text="A name unique among your clusters.")
     gpu_model = GpuModelField()
     region = PatternField(
         max_length=63, validators=[REGION_VALIDATOR], help_text="Where the cluster is, e.g. us-south-1."
@@ -69,7 +70,7 @@ class ClusterCreateSerializer(StrictSerializer):
 
 
 class ClusterUpdateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=100, help_text="A new name, unique among your clusters.")
+    name = StrictCharField(max_length=100, help_text="A new name, unique among your clusters.")
 
 
 CLUSTER_HELP = {
@@ -359,7 +360,7 @@ class ListingSearchSerializer(FieldsBuiltOnce, QuerySerializer):
     gpu_model = GpuModelField(
         required=False, help_text="Only this GPU model, by its slug (GET /api/v1/gpu-models); an unknown one is a 400."
     )
-    region = serializers.CharField(required=False, max_length=63, help_text="Only clusters in this region.")
+    region = StrictCharField(required=False, max_length=63, help_text="Only clusters in this region.")
     interconnect = serializers.ChoiceField(
         choices=Interconnect.choices, required=False, help_text="Only clusters with this interconnect."
     )

@@ -4,7 +4,7 @@ from functools import cache
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.serializers import FieldsBuiltOnce, StrictSerializer
+from core.serializers import FieldsBuiltOnce, StrictCharField, StrictSerializer
 from marketplace.models import ApiKey, GpuModel, Organization
 from marketplace.selectors import gpu_model_by_slug
 
@@ -81,7 +81,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
 
 class ApiKeyCreateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=100, default="default", help_text="A name to tell your keys apart.")
+    name = StrictCharField(max_length=100, default="default", help_text="A name to tell your keys apart.")
     scope = serializers.ChoiceField(
         choices=ApiKey.Scope.choices,
         default=ApiKey.Scope.FULL,

@@ -7,7 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.schema import conflict, documented_error
-from core.serializers import StrictSerializer
+from core.serializers import StrictCharField, StrictSerializer
 from marketplace.models import SshKey
 from marketplace.permissions import IsLab
 from marketplace.ssh_keys import (
@@ -27,11 +27,11 @@ EXAMPLE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFyqq22jLtvSRv1iPjjzW4Vg44HJC
     ]
 )
 class SshKeyCreateSerializer(StrictSerializer):
-    name = serializers.CharField(
+    name = StrictCharField(
         max_length=SshKey._meta.get_field("name").max_length,
         help_text="A name for the key, unique among your keys.",
     )
-    public_key = serializers.CharField(
+    public_key = StrictCharField(
         max_length=MAX_PUBLIC_KEY_LENGTH,
         trim_whitespace=True,
         help_text="One OpenSSH public key line (the .pub file): ssh-ed25519, ssh-rsa of at least 2048 bits, "

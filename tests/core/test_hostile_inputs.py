@@ -358,3 +358,10 @@ def test_a_patterned_value_is_matched_as_sent(provider_client, region):
 def test_a_preview_period_is_matched_as_sent(lab_client, period):
     error = assert_error(lab_client.get(f"/api/v1/invoices/preview?period={period}"), 400, "invalid")
     assert set(error["fields"]) == {"period"}
+
+
+@pytest.mark.parametrize("name", [123, 1.5, True, ["a"], {"a": 1}])
+def test_text_is_a_json_string(lab_client, name):
+    # DRF alone stored a JSON number as its text ("123").
+    error = assert_error(lab_client.post("/api/v1/api-keys", {"name": name}, format="json"), 400, "invalid")
+    assert set(error["fields"]) == {"name"}

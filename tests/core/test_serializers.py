@@ -93,12 +93,13 @@ def _writable_fields(serializer):
 def _lenient(field) -> bool:
     """A field DRF reads more loosely than the schema documents it: an integer from "8" or 8.5,
     a boolean from "yes", a decimal string from a JSON number or "1e2", an id from "5", a time
-    without a zone, a day as 20261205, a patterned value with whitespace around it."""
+    without a zone, a day as 20261205, a patterned value with whitespace around it, text from a JSON number."""
     from django.core.validators import RegexValidator
 
     from core.serializers import (
         PatternField,
         StrictBooleanField,
+        StrictCharField,
         StrictDateField,
         StrictDateTimeField,
         StrictDecimalField,
@@ -116,6 +117,8 @@ def _lenient(field) -> bool:
         return not isinstance(field.pk_field, StrictIntegerField)
     if isinstance(field, serializers.CharField) and any(isinstance(v, RegexValidator) for v in field.validators):
         return not isinstance(field, PatternField)
+    if isinstance(field, serializers.CharField):
+        return not isinstance(field, StrictCharField)
     return any(isinstance(field, loose) and not isinstance(field, tight) for loose, tight in strict.items())
 
 
