@@ -69,9 +69,7 @@ def _parse_time(value) -> datetime | None:
     return _parse_time_text(value)
 
 
-@functools.lru_cache(maxsize=4096)  # a batch repeats a few interval bounds many times
-def _parse_time_text(value: str) -> datetime | None:
-    return parse_client_time(value)
+_parse_time_text = functools.lru_cache(maxsize=4096)(parse_client_time)  # a batch repeats its bounds
 
 
 def _storable(text: str) -> bool:

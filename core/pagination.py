@@ -5,7 +5,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.utils.urls import replace_query_param
 
-from core.serializers import refuse_unclear_parameters
+from core.serializers import query_integer, refuse_unclear_parameters
 
 MAX_PAGE = 1_000_000
 
@@ -22,19 +22,20 @@ class StandardPagination(PageNumberPagination):
         raw = request.query_params.get(self.page_size_query_param)
         if raw is None:
             return self.page_size
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= self.max_page_size:
+        size = query_integer(raw)
+        if size is None or not 1 <= size <= self.max_page_size:
             raise ValidationError({self.page_size_query_param: [f"A page size from 1 to {self.max_page_size}."]})
-        return int(raw)
+        return size
 
     def get_page_number(self, request: Request, paginator=None) -> int:
         """``page`` if given, a plain number from 1 to ``MAX_PAGE``; anything else is a 400. DRF
         alone reads ``page=`` as the first page and ``page=last`` as the last, which the schema's
         integer does not allow."""
         refuse_unclear_parameters(request.query_params, [self.page_query_param])
-        raw = request.query_params.get(self.page_query_param, "1")
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
+        number = query_integer(request.query_params.get(self.page_query_param, "1"))
+        if number is None or not 1 <= number <= MAX_PAGE:
             raise ValidationError({self.page_query_param: ["A page number from 1."]})
-        return int(raw)
+        return number
 
     def get_schema_operation_parameters(self, view) -> list[dict]:
         parameters = super().get_schema_operation_parameters(view)

@@ -113,6 +113,12 @@ class StrictBooleanField(serializers.BooleanField):
 _QUERY_INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
+def query_integer(text) -> int | None:
+    """An integer as a query string writes it: ASCII digits, a minus sign at most (not "8.0",
+    "+8", " 8" or full-width digits, which int() alone would take); None for anything else."""
+    return int(text) if isinstance(text, str) and _QUERY_INTEGER.fullmatch(text) else None
+
+
 class StrictIntegerField(serializers.IntegerField):
     """A whole number, as the schema's integer says: a JSON number with no fraction in a body
     (8 or 8.0, not "8" or true), ASCII digits in a query string (8, not "8.0", "+8" or " 8").
@@ -120,8 +126,8 @@ class StrictIntegerField(serializers.IntegerField):
 
     def to_internal_value(self, data):
         if isinstance(self.root, QuerySerializer):
-            if isinstance(data, str) and _QUERY_INTEGER.fullmatch(data):
-                return int(data)
+            if (number := query_integer(data)) is not None:
+                return number
         elif isinstance(data, int) and not isinstance(data, bool):
             return data
         elif isinstance(data, float) and data.is_integer():

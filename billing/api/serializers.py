@@ -183,10 +183,12 @@ class InvoiceSerializer(serializers.ModelSerializer):
         return serializers.DecimalField(max_digits=16, decimal_places=2).to_representation(due)
 
 
+PREVIEW_MONTH = "A month, YYYY-MM, from 2000-01 to 2099-12."
+
+
 class PreviewQuerySerializer(QuerySerializer):
     period = PatternField(
-        validators=[RegexValidator(r"^20[0-9]{2}-(0[1-9]|1[0-2])$", "A month, YYYY-MM, from 2000-01 to 2099-12.")],
-        help_text="A month, YYYY-MM, from 2000-01 to 2099-12.",
+        validators=[RegexValidator(r"^20[0-9]{2}-(0[1-9]|1[0-2])$", PREVIEW_MONTH)], help_text=PREVIEW_MONTH
     )
 
 
